@@ -1,0 +1,3 @@
+from eigenguard.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""The `eigenguard` command. Bad input -> one line on stderr, exit code 2, nothing written."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from eigenguard.errors import EigenguardError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train image classifiers on possibly poisoned data, and measure backdoors (ACC / ASR).",
+)
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _parse_attack_options(items: list[str] | None) -> dict[str, Any] | None:
+    if not items:
+        return None
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EigenguardError(f"invalid --attack-option '{item}': expected KEY=VALUE, e.g. alpha=0.1")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, Opt("--config", "-c", help="YAML file of options; flags override it")] = None,
+    profile: Annotated[str | None, Opt(help="named defaults: paper (GPU, the paper's settings) or quick (CPU)")] = None,
+    dataset: Annotated[str | None, Opt(help="cifar10, cifar100, gtsrb, mnist, fashion-mnist, imagefolder")] = None,
+    data_root: Annotated[str | None, Opt(help="dataset directory (default: $EIGENGUARD_DATA)")] = None,
+    download: Annotated[bool | None, Opt("--download/--no-download", help="fetch a missing dataset")] = None,
+    image_size: Annotated[int | None, Opt(help="resize side for imagefolder")] = None,
+    train_subset: Annotated[int | None, Opt(help="train on only this many images")] = None,
+    defense_fraction: Annotated[float | None, Opt(help="share held back for defenses (0.1)")] = None,
+    model: Annotated[str | None, Opt(help="resnet18, resnet34, vgg16, mobilenetv2")] = None,
+    width: Annotated[float | None, Opt(help="channel-width multiplier")] = None,
+    attack: Annotated[str | None, Opt(help="badnets, blend, or none")] = None,
+    poison_rate: Annotated[float | None, Opt(help="fraction of the training set poisoned, in [0, 1)")] = None,
+    target: Annotated[int | None, Opt(help="target class")] = None,
+    attack_option: Annotated[list[str] | None, Opt(help="extra attack argument KEY=VALUE (repeatable)")] = None,
+    defense: Annotated[str | None, Opt(help="defense (none)")] = None,
+    epochs: Annotated[int | None, Opt(help="training epochs")] = None,
+    batch_size: Annotated[int | None, Opt(help="batch size")] = None,
+    lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
+    momentum: Annotated[float | None, Opt(help="SGD momentum")] = None,
+    weight_decay: Annotated[float | None, Opt(help="weight decay")] = None,
+    schedule: Annotated[str | None, Opt(help="cosine, multistep or constant")] = None,
+    warmup_epochs: Annotated[float | None, Opt(help="linear warm-up, epochs")] = None,
+    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="random crop + flip")] = None,
+    flip: Annotated[bool | None, Opt("--flip/--no-flip", help="override the dataset's flip default")] = None,
+    seed: Annotated[int | None, Opt(help="master seed")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N")] = None,
+    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model")] = None,
+    eval_batch_size: Annotated[int | None, Opt(help="evaluation batch size")] = None,
+    out: Annotated[str | None, Opt(help="run directory to create (must not exist)")] = None,
+    runs_dir: Annotated[str | None, Opt(help="parent of auto-named run directories")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress output")] = False,
+) -> None:
+    """Train one model on a (possibly poisoned) dataset; write a run directory with metrics and weights."""
+    # Every flag is a config field of the same name; first thing, before any other local exists.
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet", "attack_option")}
+    from eigenguard.config import load_yaml, resolve_config
+    from eigenguard.training.pipeline import train as run_training
+
+    try:
+        overrides["attack_options"] = _parse_attack_options(attack_option)
+        file_values = load_yaml(config) if config else {}
+        resolved = resolve_config(file_values, overrides)
+        result = run_training(resolved, progress=not quiet)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    if quiet:
+        typer.echo(
+            f"ACC {100 * result.metrics['acc']:.2f}%"
+            + ("" if result.metrics["asr"] is None else f"  ASR {100 * result.metrics['asr']:.2f}%")
+            + f"  run {result.run_dir}"
+        )
+
+
+@app.command("list")
+def list_components() -> None:
+    """List the registered datasets, models, attacks and profiles."""
+    from eigenguard.attacks import ATTACKS
+    from eigenguard.config import PROFILES
+    from eigenguard.data import DATASETS
+    from eigenguard.models import MODELS
+
+    for kind, names in (
+        ("datasets", DATASETS.names()),
+        ("models", MODELS.names()),
+        ("attacks", ["none", *ATTACKS.names()]),
+        ("profiles", list(PROFILES)),
+    ):
+        typer.echo(f"{kind}: {', '.join(names)}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,117 @@
+"""End-to-end runs on a tiny MNIST-format dataset: the run directory, determinism, the Python API."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from eigenguard import TrainConfig, create_model, train
+from eigenguard.errors import EigenguardError
+
+
+def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
+    values: dict = {
+        "profile": "quick",
+        "dataset": "mnist",
+        "data_root": str(root),
+        "model": "resnet18",
+        "width": 0.125,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.05,
+        "attack": "badnets",
+        "poison_rate": 0.1,
+        "train_subset": None,
+        "device": "cpu",
+        "out": str(out),
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(tiny_config(mnist_root, out), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "log.csv",
+        "metrics.json",
+        "model.safetensors",
+        "split.safetensors",
+    ]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["dataset"] == "mnist" and config["epochs"] == 2 and config["width"] == 0.125
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "acc", "asr", "lr", "epoch_seconds"} <= set(rows[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert 0.0 <= metrics["acc"] <= 1.0 and 0.0 <= metrics["asr"] <= 1.0
+    assert metrics["acc"] == float(rows[-1]["acc"])
+    # 600 train images, 10% held back -> 540 trained on, 54 poisoned
+    assert metrics["train_images"] == 540 and metrics["poisoned_images"] == 54
+    split = load_file(out / "split.safetensors")
+    assert len(split["train_indices"]) == 540 and len(split["defense_indices"]) == 60
+    assert len(split["poison_indices"]) == 54
+    assert set(split["poison_indices"].tolist()) <= set(split["train_indices"].tolist())
+    # the checkpoint loads into a fresh model and reproduces its predictions
+    weights = load_file(out / "model.safetensors")
+    fresh = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+    fresh.load_state_dict(weights)
+    fresh.eval()
+    result.model.eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(fresh(x), result.model(x))
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["config"])["model"] == "resnet18"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_same_seed_same_result_on_cpu(mnist_root: Path, tmp_path: Path) -> None:
+    a = train(tiny_config(mnist_root, tmp_path / "a", attack="blend"), progress=False)
+    b = train(tiny_config(mnist_root, tmp_path / "b", attack="blend"), progress=False)
+    for key in ("acc", "asr", "train_loss"):
+        assert a.metrics[key] == b.metrics[key]
+    assert torch.equal(
+        load_file(tmp_path / "a/split.safetensors")["poison_indices"],
+        load_file(tmp_path / "b/split.safetensors")["poison_indices"],
+    )
+    wa, wb = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    train(tiny_config(mnist_root, tmp_path / "c", attack="blend", seed=1), progress=False)
+    assert not torch.equal(
+        load_file(tmp_path / "c/split.safetensors")["poison_indices"],
+        load_file(tmp_path / "a/split.safetensors")["poison_indices"],
+    )
+
+
+def test_backdoor_is_learned_and_clean_run_has_no_asr(mnist_root: Path, tmp_path: Path) -> None:
+    # No augmentation: on 540 images, random crops cut the 3x3 corner trigger off too often to learn it
+    # in a few steps (the quick profile, with 20k images, learns it with augmentation on).
+    config = tiny_config(mnist_root, tmp_path / "p", epochs=10, batch_size=32, poison_rate=0.2, augment=False)
+    attacked = train(config, progress=False)
+    assert attacked.metrics["acc"] > 0.8  # brightness classes are easy
+    assert attacked.metrics["asr"] > 0.8  # and so is the checkerboard
+    clean = train(tiny_config(mnist_root, tmp_path / "c", attack="none", epochs=1), progress=False)
+    assert clean.metrics["asr"] is None and clean.metrics["poisoned_images"] == 0
+
+
+def test_existing_run_directory_is_refused(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(EigenguardError, match="already exists"):
+        train(tiny_config(mnist_root, out), progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_missing_dataset_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(EigenguardError, match="--data-root"):
+        train(tiny_config(tmp_path / "empty", out), progress=False)
+    assert not out.exists()
