@@ -162,7 +162,7 @@ def main() -> None:
         "images_timed": args.images,
         "loader_workers": args.workers,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": {k: round(v, 2) for k, v in results.items()},

@@ -207,7 +207,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         "attack": attack.describe() if attack else None,
         "environment": {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "eigenguard": eigenguard.__version__,
