@@ -78,7 +78,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     train_set = train_full.subset(split.train).to(device)
     test = test.to(device)
 
-    attack = None
+    attack, asr_set = None, None
     poison_indices = torch.empty(0, dtype=torch.int64)
     if config.attack != ATTACK_NONE:
         attack = create_attack(
@@ -172,7 +172,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
             acc = accuracy(forward, test, normalize, config.eval_batch_size, amp)
-            asr = accuracy(forward, asr_set, normalize, config.eval_batch_size, amp) if attack else None
+            asr = None if asr_set is None else accuracy(forward, asr_set, normalize, config.eval_batch_size, amp)
             row = {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -200,7 +200,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         "train_images": len(train_set),
         "poisoned_images": len(poison_indices),
         "test_images": len(test),
-        "asr_images": len(asr_set) if attack else 0,
+        "asr_images": 0 if asr_set is None else len(asr_set),
         "train_seconds": round(train_seconds, 3),
         "train_images_per_second": round(steps_per_epoch * config.batch_size * config.epochs / train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 3),
