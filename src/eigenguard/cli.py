@@ -36,6 +36,7 @@ def _parse_attack_options(items: list[str] | None) -> dict[str, Any] | None:
 
 
 Opt = typer.Option
+QUIET_KEYS = (("acc", "ACC"), ("asr", "ASR"), ("acc_paper", "ACC(paper)"), ("asr_paper", "ASR(paper)"))
 
 
 @app.command()
@@ -54,11 +55,18 @@ def train(
     poison_rate: Annotated[float | None, Opt(help="fraction of the training set poisoned, in [0, 1)")] = None,
     target: Annotated[int | None, Opt(help="target class")] = None,
     attack_option: Annotated[list[str] | None, Opt(help="extra attack argument KEY=VALUE (repeatable)")] = None,
-    defense: Annotated[str | None, Opt(help="defense (none)")] = None,
+    defense: Annotated[str | None, Opt(help="none or eigenguard")] = None,
+    guard_at: Annotated[str | None, Opt(help="EigenGuard insertion point (stage1)")] = None,
+    k: Annotated[int | None, Opt("--k", help="EigenGuard: top directions flattened (20)")] = None,
+    momentum: Annotated[float | None, Opt(help="EigenGuard: history momentum (0.7)")] = None,
+    history_init: Annotated[str | None, Opt(help="EigenGuard: first or zeros")] = None,
+    guard_grad: Annotated[str | None, Opt(help="EigenGuard backward: constant or full")] = None,
+    guard_precision: Annotated[str | None, Opt(help="EigenGuard eigh dtype: float32 or float64")] = None,
+    lowest_loss_samples: Annotated[int | None, Opt(help="EigenGuard: lowest-loss samples joined (100)")] = None,
     epochs: Annotated[int | None, Opt(help="training epochs")] = None,
     batch_size: Annotated[int | None, Opt(help="batch size")] = None,
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
-    momentum: Annotated[float | None, Opt(help="SGD momentum")] = None,
+    sgd_momentum: Annotated[float | None, Opt(help="SGD momentum")] = None,
     weight_decay: Annotated[float | None, Opt(help="weight decay")] = None,
     schedule: Annotated[str | None, Opt(help="cosine, multistep or constant")] = None,
     warmup_epochs: Annotated[float | None, Opt(help="linear warm-up, epochs")] = None,
@@ -68,6 +76,7 @@ def train(
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N")] = None,
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model")] = None,
     eval_batch_size: Annotated[int | None, Opt(help="evaluation batch size")] = None,
+    eval_every: Annotated[int | None, Opt(help="evaluate every N epochs (last always)")] = None,
     out: Annotated[str | None, Opt(help="run directory to create (must not exist)")] = None,
     runs_dir: Annotated[str | None, Opt(help="parent of auto-named run directories")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress output")] = False,

@@ -25,7 +25,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "epochs": 100,
         "batch_size": 256,
         "lr": 0.1,
-        "momentum": 0.9,
+        "sgd_momentum": 0.9,
         "weight_decay": 5e-4,
         "schedule": "cosine",
         "warmup_epochs": 0.0,
@@ -39,7 +39,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "epochs": 12,
         "batch_size": 256,
         "lr": 0.1,
-        "momentum": 0.9,
+        "sgd_momentum": 0.9,
         "weight_decay": 5e-4,
         "schedule": "cosine",
         "warmup_epochs": 0.5,
@@ -51,6 +51,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
+DEFENSES = (DEFENSE_NONE, "eigenguard")
 
 
 class TrainConfig(BaseModel):
@@ -75,12 +76,22 @@ class TrainConfig(BaseModel):
     target: int = Field(0, description="all-to-one target class")
     attack_options: dict[str, Any] = Field(default_factory=dict, description="extra attack arguments")
     # defense
-    defense: str = Field(DEFENSE_NONE, description="defense name ('none': plain training)")
+    defense: str = Field(DEFENSE_NONE, description="defense: 'none' (plain training) or 'eigenguard'")
+    # EigenGuard (used when defense = eigenguard; see guard/module.py for what each choice means)
+    guard_at: str = Field("stage1", description="insertion point of the guard")
+    k: int = Field(20, description="EigenGuard: number of top singular directions flattened to one scale")
+    momentum: float = Field(0.7, description="EigenGuard: momentum of the history buffer His")
+    history_init: Literal["first", "zeros"] = Field("first", description="EigenGuard: His before step one")
+    guard_grad: Literal["constant", "full"] = Field("constant", description="EigenGuard: backward mode")
+    guard_precision: Literal["float32", "float64"] = Field("float32", description="EigenGuard: eigh dtype")
+    lowest_loss_samples: int = Field(
+        100, description="EigenGuard: lowest-loss training samples added to the decomposition (paper: 100)"
+    )
     # optimisation
     epochs: int = Field(100, description="training epochs")
     batch_size: int = Field(256, description="training batch size")
     lr: float = Field(0.1, description="peak SGD learning rate")
-    momentum: float = Field(0.9, description="SGD momentum (Nesterov off)")
+    sgd_momentum: float = Field(0.9, description="SGD momentum (Nesterov off)")
     weight_decay: float = Field(5e-4, description="SGD weight decay")
     schedule: Literal["cosine", "multistep", "constant"] = Field("cosine", description="lr schedule")
     warmup_epochs: float = Field(0.0, description="linear lr warm-up length, in epochs")
@@ -91,6 +102,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     compile: bool = Field(False, description="torch.compile the model")
     eval_batch_size: int = Field(512, description="batch size for evaluation")
+    eval_every: int = Field(1, description="evaluate every N epochs (the last epoch always)")
     out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
     runs_dir: str = Field("runs", description="parent of auto-named run directories")
 
@@ -131,9 +143,16 @@ class TrainConfig(BaseModel):
     @field_validator("defense")
     @classmethod
     def _defense(cls, v: str) -> str:
-        if v.lower() != DEFENSE_NONE:
-            raise ValueError(f"unknown defense; allowed: {DEFENSE_NONE}")
+        if v.lower() not in DEFENSES:
+            raise ValueError(f"unknown defense; allowed: {', '.join(DEFENSES)}")
         return v.lower()
+
+    @field_validator("lowest_loss_samples")
+    @classmethod
+    def _lowest_loss(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
 
     @field_validator("poison_rate")
     @classmethod
@@ -149,7 +168,7 @@ class TrainConfig(BaseModel):
             raise ValueError("must be in [0, 1)")
         return v
 
-    @field_validator("epochs", "batch_size", "eval_batch_size", "image_size")
+    @field_validator("epochs", "batch_size", "eval_batch_size", "image_size", "eval_every", "k")
     @classmethod
     def _positive_int(cls, v: int) -> int:
         if v < 1:
@@ -170,7 +189,7 @@ class TrainConfig(BaseModel):
             raise ValueError("must be > 0")
         return v
 
-    @field_validator("momentum")
+    @field_validator("sgd_momentum", "momentum")
     @classmethod
     def _momentum(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:
@@ -204,6 +223,19 @@ class TrainConfig(BaseModel):
         if self.attack == ATTACK_NONE and self.poison_rate > 0:
             # A clean run: nothing to poison. Keep the record honest rather than silently ignoring it.
             object.__setattr__(self, "poison_rate", 0.0)
+        return self
+
+    @model_validator(mode="after")
+    def _guard_point(self) -> "TrainConfig":
+        if self.defense == "eigenguard":
+            from eigenguard.models import MODELS
+
+            points = MODELS.get(self.model)(in_channels=1, num_classes=2, width=0.0625).insertion_points
+            if self.guard_at not in points:
+                raise ValueError(
+                    f"guard_at '{self.guard_at}' is not an insertion point of {self.model}; "
+                    f"allowed: {', '.join(points)}"
+                )
         return self
 
     def run_name(self) -> str:

@@ -33,11 +33,14 @@ def train_one_epoch(
     amp: bool = False,
     on_step: StepCallback | None = None,
     log_every: int = 10,
+    extra_inputs: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train for one pass over (images, labels); returns mean loss and accuracy on the augmented batches.
 
     The last incomplete batch is dropped (when there is at least one full batch), so BatchNorm never sees
     a batch of one. The order is a fresh permutation from `generator` every epoch.
+    `extra_inputs` (already normalised) are appended to every batch; a module inside the model (EigenGuard
+    with anchor rows) must remove them again, so the logits have one row per batch sample.
     """
     model.train()
     n = images.shape[0]
@@ -54,6 +57,8 @@ def train_one_epoch(
         if flip:
             x = random_flip(x, generator)
         x = normalize(x)
+        if extra_inputs is not None:
+            x = torch.cat([x, extra_inputs.to(x.dtype)])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)

@@ -26,10 +26,11 @@ from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import load_dataset
 from eigenguard.data.split import defense_split
 from eigenguard.errors import EigenguardError
+from eigenguard.guard import EigenGuard, guard
 from eigenguard.models import Backbone, create_model
 from eigenguard.run_directory import RunDirectory, check_new_run_dir
 from eigenguard.training.augment import Normalize
-from eigenguard.training.evaluate import accuracy
+from eigenguard.training.evaluate import evaluate_protocols, per_sample_loss
 from eigenguard.training.loop import train_one_epoch
 from eigenguard.training.schedule import lr_multiplier
 
@@ -46,6 +47,28 @@ class RunResult:
     metrics: dict[str, Any]
     model: Backbone
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+EVAL_KEYS = ("acc", "asr", "acc_paper", "asr_paper")
+
+
+def _format_eval(values: dict[str, float | None]) -> str:
+    parts = []
+    for key, label in (("acc", "ACC"), ("asr", "ASR"), ("acc_paper", "ACC(paper)"), ("asr_paper", "ASR(paper)")):
+        if values.get(key) is not None:
+            parts.append(f"{label} {100 * values[key]:5.1f}%")
+    return "  ".join(parts) if parts else "(not evaluated)"
+
+
+def _table_rows(guarded: bool) -> list[tuple[str, str]]:
+    if not guarded:
+        return [("ACC (clean test)", "acc"), ("ASR (triggered non-target test)", "asr")]
+    return [
+        ("ACC, per-sample protocol (each image alone)", "acc"),
+        ("ASR, per-sample protocol (each image alone)", "asr"),
+        ("ACC, paper protocol (clean batches)", "acc_paper"),
+        ("ASR, paper protocol (all-triggered batches)", "asr_paper"),
+    ]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +123,19 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         num_classes=train_set.num_classes,
         width=config.width,
     )
+    guards: list[EigenGuard] = []
+    if config.defense == "eigenguard":
+        guards.append(
+            guard(
+                model,
+                at=config.guard_at,
+                k=config.k,
+                momentum=config.momentum,
+                history_init=config.history_init,
+                grad=config.guard_grad,
+                precision=config.guard_precision,
+            )
+        )
     model = model.to(device)
     amp = device.type == "cuda"
     if amp:
@@ -111,7 +147,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     steps_per_epoch = max(len(train_set) // config.batch_size, 1)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(config.schedule, total_steps, round(config.warmup_epochs * steps_per_epoch))
@@ -153,6 +189,21 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
                 bar.update(task, completed=done_before + step, loss=loss, epoch=f"{epoch}/{config.epochs}")
 
             t0 = time.perf_counter()
+            anchors, anchors_poisoned = None, None
+            if guards and config.lowest_loss_samples and epoch > 1:
+                # The paper's "100 training samples with the lowest loss", re-chosen before every epoch
+                # from the second on (the first has no trained model to rank by). They join every step's
+                # decomposition un-augmented and without gradient; the guard returns only the batch rows.
+                for g in guards:
+                    g.inference = "batch"  # rank by the training-time decomposition; per-sample is 10x slower
+                losses = per_sample_loss(forward, train_set, normalize, config.batch_size, amp)
+                for g in guards:
+                    g.inference = "per-sample"
+                chosen = losses.topk(min(config.lowest_loss_samples, len(losses)), largest=False).indices
+                anchors = normalize(train_set.images[chosen])
+                anchors_poisoned = int(torch.isin(chosen.cpu(), poison_indices).sum())
+            for g in guards:
+                g.anchor_rows = 0 if anchors is None else len(anchors)
             stats = train_one_epoch(
                 forward,
                 optimizer,
@@ -166,35 +217,52 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
                 flip=flip and config.augment,
                 amp=amp,
                 on_step=on_step,
+                extra_inputs=anchors,
             )
+            for g in guards:
+                g.anchor_rows = 0
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
-            acc = accuracy(forward, test, normalize, config.eval_batch_size, amp)
-            asr = None if asr_set is None else accuracy(forward, asr_set, normalize, config.eval_batch_size, amp)
-            row = {
+            row: dict[str, Any] = {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": round(stats["train_loss"], 6),
                 "train_acc": round(stats["train_acc"], 6),
-                "acc": round(acc, 6),
-                "asr": "" if asr is None else round(asr, 6),
-                "epoch_seconds": round(epoch_seconds, 3),
             }
+            evaluated = {}
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                evaluated = evaluate_protocols(
+                    forward,
+                    guards,
+                    test,
+                    asr_set,
+                    normalize,
+                    eval_batch_size=config.eval_batch_size,
+                    paper_batch_size=config.batch_size,
+                    amp=amp,
+                )
+            for key in EVAL_KEYS if guards else EVAL_KEYS[:2]:
+                value = evaluated.get(key)
+                row[key] = "" if value is None else round(value, 6)
+            if guards:
+                row["anchors_poisoned"] = "" if anchors_poisoned is None else anchors_poisoned
+            row["epoch_seconds"] = round(epoch_seconds, 3)
             history.append(row)
             run.append_log(row)
-            asr_text = "" if asr is None else f"  ASR {100 * asr:5.1f}%"
             bar.console.print(
                 f"epoch {epoch:>3}/{config.epochs}  loss {stats['train_loss']:.4f}  "
-                f"ACC {100 * acc:5.1f}%{asr_text}  ({epoch_seconds:.1f}s)"
+                f"{_format_eval(evaluated)}  ({epoch_seconds:.1f}s)"
             )
 
     # -- 4. final record ---------------------------------------------------------------------------
-    final = history[-1]
+    final = {k: None if v == "" else v for k, v in history[-1].items()}
     metrics: dict[str, Any] = {
         "acc": final["acc"],
-        "asr": None if attack is None else final["asr"],
+        "asr": final["asr"],
+        "protocol": "per-sample" if guards else "plain",
+        **({"acc_paper": final["acc_paper"], "asr_paper": final["asr_paper"]} if guards else {}),
         "train_loss": final["train_loss"],
         "epochs": config.epochs,
         "train_images": len(train_set),
@@ -205,6 +273,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         "train_images_per_second": round(steps_per_epoch * config.batch_size * config.epochs / train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 3),
         "attack": attack.describe() if attack else None,
+        "defense": config.defense,
         "environment": {
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
@@ -222,7 +291,8 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     table = Table(title=config.run_name())
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("ACC (clean test)", f"{100 * metrics['acc']:.2f}%")
-    table.add_row("ASR (triggered non-target test)", "-" if attack is None else f"{100 * metrics['asr']:.2f}%")
+    for label, key in _table_rows(bool(guards)):
+        value = metrics.get(key)
+        table.add_row(label, "-" if value is None else f"{100 * value:.2f}%")
     console.print(table)
     return RunResult(run_dir=out, metrics=metrics, model=model, history=history)

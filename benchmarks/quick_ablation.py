@@ -1,0 +1,74 @@
+"""The README's "EigenGuard results" table: the quick Fashion-MNIST profile, no defense vs EigenGuard, and an
+ablation of EigenGuard's open choices. Every row is one `eigenguard train --profile quick ...` run.
+
+    python benchmarks/quick_ablation.py                    # all rows, ~90 min on 2 CPU cores
+    python benchmarks/quick_ablation.py --only guard-badnets k5
+
+Runs are resumable: a row whose run directory already holds metrics.json is read, not re-run. Results go
+to bench-results/quick-ablation/ (one run directory per row, results.json, table.md).
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from eigenguard import resolve_config, train
+
+GUARD = {"defense": "eigenguard"}
+# (row name, what differs from the quick profile). eval_every=12: ACC/ASR only after the last epoch.
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    ("guard-badnets", {**GUARD, "attack": "badnets"}),
+    ("none-blend", {"attack": "blend"}),
+    ("guard-blend", {**GUARD, "attack": "blend"}),
+    ("k5", {**GUARD, "k": 5}),
+    ("k40", {**GUARD, "k": 40}),
+    ("k10", {**GUARD, "k": 10}),
+    ("history-zeros", {**GUARD, "history_init": "zeros"}),
+    ("grad-full", {**GUARD, "guard_grad": "full"}),
+    ("no-lowest-loss", {**GUARD, "lowest_loss_samples": 0}),
+    ("at-stage2", {**GUARD, "guard_at": "stage2"}),
+    ("none-badnets", {"attack": "badnets"}),
+]
+
+
+def command(overrides: dict[str, Any]) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+    return f"eigenguard train --profile quick --eval-every 12 {flags}".strip()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench-results/quick-ablation"))
+    p.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, overrides in ROWS:
+        run_dir = args.out / name
+        if args.only and name not in args.only and not (run_dir / "metrics.json").exists():
+            continue
+        if not (run_dir / "metrics.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
+            config = resolve_config({}, {"profile": "quick", "eval_every": 12, **overrides, "out": str(run_dir)})
+            print(f"== {name}: {command(overrides)}", flush=True)
+            train(config, progress=False)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        results.append({"row": name, "command": command(overrides), **{
+            k: metrics.get(k) for k in ("acc", "asr", "acc_paper", "asr_paper", "train_seconds", "total_seconds")
+        }})
+        print(json.dumps(results[-1]), flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = ["| row | ACC per-sample | ASR per-sample | ACC paper | ASR paper | train s | command |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['row']} | {pct(r['acc'])} | {pct(r['asr'])} | {pct(r['acc_paper'])} | "
+                     f"{pct(r['asr_paper'])} | {r['train_seconds']:.0f} | `{r['command']}` |")
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The EigenGuard module: an nn.Module that filters the spectrum of the features passing through it."""
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from eigenguard.errors import EigenguardError
+from eigenguard.guard.spectral_filter import filter_each_against, filter_rows_gram
+
+HISTORY_INITS = ("first", "zeros")
+GRAD_MODES = ("constant", "full")
+INFERENCE_MODES = ("per-sample", "batch")
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+class EigenGuard(nn.Module):
+    """Flatten the top-k feature spectrum of a batch (Algorithm 1 of the EigenGuard paper).
+
+    Features X (B, C, H, W) are flattened to rows F (B x D). In training mode:
+        His <- mu * His + (1 - mu) * F                       (a buffer, no gradient)
+        [His; F] = U diag(s) V^T                              (2B x D)
+        s'_i = s_k for i <= k,  s'_i = 0.001 * s_k for i > k  (top k share one scale, the rest nearly vanish)
+        output = the F rows of U diag(s') V^T, reshaped to (B, C, H, W)
+    computed through the 2B x 2B Gram matrix (see spectral_filter.py), never a 2B x D SVD.
+
+    Open choices, each an argument (defaults in brackets):
+      history_init ["first"]: His before the first step: "first" = the first batch, "zeros" = as written in
+        the paper (then the first His is 0.3 F, a biased average for the first few steps).
+      grad ["constant"]: "constant" treats the filter matrix as a constant in the backward pass; "full"
+        differentiates through the eigendecomposition too (repeated eigenvalues handled by safe_eigh).
+      inference ["per-sample"]: in eval mode, "per-sample" filters each image against the frozen His alone,
+        so a prediction never depends on the rest of the batch; "batch" is Algorithm 1 literally ([His; F]
+        for the whole test batch), the protocol behind the paper's numbers. His is never updated in eval mode.
+      precision ["float32"]: dtype of the Gram matrix and its eigendecomposition.
+    `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
+    100 lowest-loss training samples) that join the decomposition but are not returned.
+    His has the row count of the first training batch; a later batch with b rows updates His[:b].
+    """
+
+    history: torch.Tensor
+
+    def __init__(
+        self,
+        k: int = 20,
+        momentum: float = 0.7,
+        floor: float = 1e-3,
+        history_init: str = "first",
+        grad: str = "constant",
+        inference: str = "per-sample",
+        precision: str = "float32",
+    ) -> None:
+        super().__init__()
+        if not (isinstance(k, int) and k >= 1):
+            raise EigenguardError(f"EigenGuard k must be an integer >= 1, got {k!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise EigenguardError(f"EigenGuard momentum must be in [0, 1), got {momentum!r}")
+        if not floor >= 0.0:
+            raise EigenguardError(f"EigenGuard floor must be >= 0, got {floor!r}")
+        for name, value, allowed in (
+            ("history_init", history_init, HISTORY_INITS),
+            ("grad", grad, GRAD_MODES),
+            ("inference", inference, INFERENCE_MODES),
+            ("precision", precision, tuple(PRECISIONS)),
+        ):
+            if value not in allowed:
+                raise EigenguardError(f"EigenGuard {name} '{value}' is not allowed; allowed: {', '.join(allowed)}")
+        self.k, self.momentum, self.floor = k, float(momentum), float(floor)
+        self.history_init, self.grad, self.inference, self.precision = history_init, grad, inference, precision
+        self.anchor_rows = 0
+        self.register_buffer("history", torch.zeros(0, 0))
+
+    def extra_repr(self) -> str:
+        return (
+            f"k={self.k}, momentum={self.momentum}, floor={self.floor}, history_init={self.history_init}, "
+            f"grad={self.grad}, inference={self.inference}, history={tuple(self.history.shape)}"
+        )
+
+    def reset_history(self) -> None:
+        self.history = torch.zeros(0, 0, device=self.history.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0] - (self.anchor_rows if self.training else 0)
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(x.device.type, enabled=False):
+            flat = x.flatten(1).float()
+            if self.training:
+                batch = flat[:rows]
+                self._update_history(batch.detach())
+                feat = torch.cat([self.history, flat[rows:].detach(), batch])
+                out = filter_rows_gram(feat, rows, self.k, self.floor, self.grad, dtype)
+            elif self.inference == "batch":
+                feat = torch.cat([self.history.to(flat.dtype), flat]) if self.history.numel() else flat
+                out = filter_rows_gram(feat, rows, self.k, self.floor, "constant", dtype)
+            else:
+                history = self.history.to(flat.dtype) if self.history.numel() else flat.new_zeros(0, flat.shape[1])
+                out = filter_each_against(history, flat, self.k, self.floor, dtype)
+        return out.view(rows, *x.shape[1:]).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_history(self, batch: torch.Tensor) -> None:
+        if self.history.numel() == 0:
+            first = batch.clone() if self.history_init == "first" else torch.zeros_like(batch)
+            self.history = first
+        if self.history.shape[1] != batch.shape[1]:
+            raise EigenguardError(
+                f"EigenGuard saw features of size {batch.shape[1]} after {self.history.shape[1]}; "
+                "one guard serves one insertion point (call reset_history() to start over)"
+            )
+        n = min(self.history.shape[0], batch.shape[0])
+        self.history[:n].mul_(self.momentum).add_(batch[:n], alpha=1.0 - self.momentum)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # His is sized by the first batch; adopt the checkpoint's shape before the normal copy.
+        key = prefix + "history"
+        if key in state_dict:
+            self.history = torch.empty_like(state_dict[key], device=self.history.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
