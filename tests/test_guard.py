@@ -1,0 +1,259 @@
+"""EigenGuard: the three numerical paths agree, degenerate inputs stay finite, inference is honest."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from eigenguard import TrainConfig, create_model, train
+from eigenguard.errors import EigenguardError
+from eigenguard.guard import EigenGuard, filter_each_against, filter_rows_gram, filter_rows_svd, find_guards, guard
+from eigenguard.guard.safe_eigh import safe_eigh
+from eigenguard.models import MODELS
+
+D64 = torch.float64
+
+
+def inputs(n: int = 24, d: int = 60) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "random": torch.randn(n, d, generator=g, dtype=D64),
+        "low-rank": torch.randn(n, 3, generator=g, dtype=D64) @ torch.randn(3, d, generator=g, dtype=D64),
+        "duplicated-rows": torch.randn(1, d, generator=g, dtype=D64).repeat(n, 1),
+        "all-zero": torch.zeros(n, d, dtype=D64),
+        "relu-features": torch.relu(torch.randn(n, d, generator=g, dtype=D64)) + 0.5,
+    }
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("name", list(inputs()))
+@pytest.mark.parametrize("k", [1, 5, 20, 100])
+def test_gram_path_matches_literal_svd(name: str, k: int) -> None:
+    feat = inputs()[name]
+    for rows in (1, 12):
+        ref = filter_rows_svd(feat, rows, k)
+        for grad in ("constant", "full"):
+            fast = filter_rows_gram(feat, rows, k, grad=grad)
+            assert torch.isfinite(fast).all()
+            assert rel_err(fast, ref) < 1e-4 or ref.abs().max() == fast.abs().max() == 0
+
+
+def test_filter_definition_on_a_known_spectrum() -> None:
+    # feat = U diag(s) V^T with chosen s: the top k rows must come out at sigma_k, the rest at 0.001 sigma_k.
+    g = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=D64))
+    v, _ = torch.linalg.qr(torch.randn(30, 8, generator=g, dtype=D64))
+    s = torch.tensor([9.0, 7, 5, 4, 3, 2, 1, 0.5], dtype=D64)
+    feat = u @ torch.diag(s) @ v.T
+    out = filter_rows_gram(feat, 8, k=3)
+    s_out = torch.linalg.svdvals(out)
+    expected = torch.tensor([5.0, 5, 5] + [0.005] * 5, dtype=D64)
+    assert torch.allclose(s_out, expected, rtol=1e-8)
+
+
+def test_rank_below_k_uses_sigma_r_and_zero_maps_to_zero() -> None:
+    feat = inputs()["low-rank"]  # rank 3
+    out = filter_rows_gram(feat, feat.shape[0], k=20)
+    s_in, s_out = torch.linalg.svdvals(feat), torch.linalg.svdvals(out)
+    assert torch.allclose(s_out[:3], s_in[2].expand(3), rtol=1e-8)
+    assert s_out[3:].max() < 1e-6 * s_out[0]
+    assert filter_rows_gram(torch.zeros(4, 10, dtype=D64), 4, 2).abs().max() == 0
+
+
+@pytest.mark.parametrize("name", list(inputs()))
+@pytest.mark.parametrize("grad", ["constant", "full"])
+def test_gradients_finite_on_degenerate_inputs(name: str, grad: str) -> None:
+    x = inputs()[name].clone().requires_grad_(True)
+    history = inputs()[name].flip(0)
+    out = filter_rows_gram(torch.cat([history, x]), x.shape[0], 5, grad=grad)
+    (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=D64).view_as(out)).sum(), x)
+    assert torch.isfinite(out).all() and torch.isfinite(g).all()
+
+
+def test_full_gradient_equals_autograd_through_the_svd() -> None:
+    g = torch.Generator().manual_seed(2)
+    history = torch.randn(10, 40, generator=g, dtype=D64)
+    x = torch.randn(10, 40, generator=g, dtype=D64, requires_grad=True)
+    w = torch.randn(10, 40, generator=g, dtype=D64)
+    (g_svd,) = torch.autograd.grad((filter_rows_svd(torch.cat([history, x]), 10, 4) * w).sum(), x)
+    (g_full,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, 4, grad="full") * w).sum(), x)
+    (g_const,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, 4) * w).sum(), x)
+    assert rel_err(g_full, g_svd) < 1e-8
+    assert rel_err(g_const, g_svd) > 1e-3  # a different (cheaper) gradient, by design
+
+
+def test_safe_eigh_backward_matches_torch_where_defined() -> None:
+    a = torch.randn(6, 6, dtype=D64)
+    a = (a + a.T).requires_grad_(True)
+    w1, w2 = torch.randn(6, dtype=D64), torch.randn(6, 6, dtype=D64)
+
+    def loss(fn):  # sign-invariant function of the eigenvectors
+        values, vectors = fn(a)
+        return (values * w1).sum() + ((vectors @ torch.diag(values) @ vectors.T) * w2).sum() + (vectors**2 * w2).sum()
+
+    (g_torch,) = torch.autograd.grad(loss(torch.linalg.eigh), a)
+    (g_safe,) = torch.autograd.grad(loss(safe_eigh), a)
+    assert torch.allclose(g_safe, 0.5 * (g_torch + g_torch.T), atol=1e-10)
+
+
+def test_per_sample_equals_one_image_at_a_time_and_is_batch_independent() -> None:
+    g = torch.Generator().manual_seed(3)
+    history = torch.randn(16, 50, generator=g, dtype=D64)
+    x = torch.randn(9, 50, generator=g, dtype=D64)
+    together = filter_each_against(history, x, 5)
+    alone = torch.cat([filter_rows_svd(torch.cat([history, x[i : i + 1]]), 1, 5) for i in range(9)])
+    assert rel_err(together, alone) < 1e-8
+    perm = torch.randperm(9, generator=g)
+    assert torch.allclose(filter_each_against(history, x[perm], 5), together[perm], atol=1e-12)
+    assert torch.allclose(filter_each_against(history, x[:1], 5), together[:1], atol=1e-12)
+
+
+def trained_guard(**options) -> EigenGuard:
+    module = EigenGuard(k=4, **options).train()
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        module(torch.randn(8, 2, 3, 3, generator=g))
+    return module.eval()
+
+
+def test_module_inference_modes() -> None:
+    module = trained_guard()
+    g = torch.Generator().manual_seed(5)
+    clean, triggered = torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, 2, 3, 3, generator=g)
+    history_before = module.history.clone()
+    # per-sample (default): an image's output does not depend on the batch around it
+    alone = module(clean[:1])
+    mixed = module(torch.cat([clean[:1], triggered]))[:1]
+    assert torch.allclose(alone, mixed, atol=1e-5)
+    # batch (the paper's Algorithm 1): it does
+    module.inference = "batch"
+    assert not torch.allclose(module(clean[:1]), module(torch.cat([clean[:1], triggered]))[:1], atol=1e-3)
+    assert torch.equal(module.history, history_before)  # eval never updates His
+
+
+def test_history_initialisation_and_update() -> None:
+    x1, x2 = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
+    first = EigenGuard(k=2, momentum=0.7, history_init="first").train()
+    first(x1)
+    assert torch.allclose(first.history, x1.flatten(1))
+    first(x2)
+    assert torch.allclose(first.history, 0.7 * x1.flatten(1) + 0.3 * x2.flatten(1))
+    zeros = EigenGuard(k=2, momentum=0.7, history_init="zeros").train()
+    zeros(x1)
+    assert torch.allclose(zeros.history, 0.3 * x1.flatten(1))
+    small = torch.randn(2, 1, 2, 2)
+    before = zeros.history.clone()
+    zeros(small)  # a smaller batch updates only the first rows
+    assert torch.allclose(zeros.history[:2], 0.7 * before[:2] + 0.3 * small.flatten(1))
+    assert torch.equal(zeros.history[2:], before[2:])
+    with pytest.raises(EigenguardError, match="features of size"):
+        zeros(torch.randn(4, 2, 2, 2))
+
+
+def test_anchor_rows_join_the_decomposition_but_are_not_returned() -> None:
+    module = EigenGuard(k=3).train()
+    module.anchor_rows = 5
+    x = torch.randn(13, 2, 3, 3, requires_grad=True)
+    out = module(x)
+    assert out.shape == (8, 2, 3, 3)
+    assert module.history.shape == (8, 18)
+    out.sum().backward()
+    assert x.grad[8:].abs().max() == 0 and x.grad[:8].abs().max() > 0
+
+
+def test_state_dict_round_trip() -> None:
+    model = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+    guard(model, at="stage1", k=5)
+    model.train()
+    model(torch.randn(8, 1, 16, 16))
+    state = model.state_dict()
+    assert state["points.stage1.history"].shape == (8, 8 * 16 * 16)
+    fresh = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+    guard(fresh, at="stage1", k=5)
+    fresh.load_state_dict(state)
+    model.eval()
+    fresh.eval()
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(find_guards(fresh)[0].history, find_guards(model)[0].history)
+    assert torch.allclose(fresh(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_insertion_into_our_models(name: str) -> None:
+    model = create_model(name, in_channels=3, num_classes=10, width=0.125)
+    module = guard(model, at="stage1", k=4)
+    assert model.points["stage1"] is module
+    model.train()
+    y = model(torch.randn(4, 3, 16, 16))
+    y.sum().backward()
+    assert y.shape == (4, 10) and module.history.shape[0] == 4
+    model.eval()
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_insertion_into_torchvision_resnet18() -> None:
+    model = torchvision.models.resnet18(num_classes=10)
+    module = guard(model, at="layer1", k=4)
+    assert find_guards(model) == [module]
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert module.history.shape == (4, 64 * 8 * 8)  # layer1 of torchvision's resnet18 at 32x32 input
+    assert "eigenguard_layer1.history" in model.state_dict()
+    with pytest.raises(EigenguardError, match="cannot place a guard at 'layer9'"):
+        guard(model, at="layer9")
+    with pytest.raises(EigenguardError, match="already placed"):
+        guard(model, at="layer1")
+    with pytest.raises(EigenguardError, match="container"):
+        guard(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), at="0")
+
+
+def test_bad_options() -> None:
+    for kwargs, pattern in (
+        ({"k": 0}, "k must be"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"history_init": "ones"}, "history_init 'ones'"),
+        ({"inference": "single"}, "inference 'single'"),
+        ({"grad": "exact"}, "grad 'exact'"),
+    ):
+        with pytest.raises(EigenguardError, match=pattern):
+            EigenGuard(**kwargs)
+
+
+def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        profile="quick",
+        dataset="mnist",
+        data_root=str(mnist_root),
+        width=0.125,
+        epochs=2,
+        batch_size=64,
+        train_subset=None,
+        device="cpu",
+        defense="eigenguard",
+        k=5,
+        lowest_loss_samples=16,
+        out=str(tmp_path / "g"),
+    )
+    result = train(config, progress=False)
+    m = result.metrics
+    assert m["protocol"] == "per-sample" and m["defense"] == "eigenguard"
+    for key in ("acc", "asr", "acc_paper", "asr_paper"):
+        assert 0.0 <= m[key] <= 1.0
+    log = (tmp_path / "g" / "log.csv").read_text().splitlines()
+    assert log[0].split(",")[4:9] == ["acc", "asr", "acc_paper", "asr_paper", "anchors_poisoned"]
+    assert log[1].split(",")[8] == "" and log[2].split(",")[8] != ""  # anchors from epoch 2 on
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "g" / "model.safetensors")["points.stage1.history"].shape == (64, 8 * 28 * 28)
+
+
+def test_guard_config_errors() -> None:
+    with pytest.raises(Exception, match="guard_at 'stage9' is not an insertion point of resnet18"):
+        TrainConfig(defense="eigenguard", guard_at="stage9")
+    with pytest.raises(Exception, match="unknown defense"):
+        TrainConfig(defense="anp")
