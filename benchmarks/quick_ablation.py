@@ -55,17 +55,28 @@ def main() -> None:
             print(f"== {name}: {command(overrides)}", flush=True)
             train(config, progress=False)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        results.append({"row": name, "command": command(overrides), **{
-            k: metrics.get(k) for k in ("acc", "asr", "acc_paper", "asr_paper", "train_seconds", "total_seconds")
-        }})
+        results.append(
+            {
+                "row": name,
+                "command": command(overrides),
+                **{
+                    k: metrics.get(k)
+                    for k in ("acc", "asr", "acc_paper", "asr_paper", "train_seconds", "total_seconds")
+                },
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    lines = ["| row | ACC per-sample | ASR per-sample | ACC paper | ASR paper | train s | command |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | ACC per-sample | ASR per-sample | ACC paper | ASR paper | train s | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['row']} | {pct(r['acc'])} | {pct(r['asr'])} | {pct(r['acc_paper'])} | "
-                     f"{pct(r['asr_paper'])} | {r['train_seconds']:.0f} | `{r['command']}` |")
+        lines.append(
+            f"| {r['row']} | {pct(r['acc'])} | {pct(r['asr'])} | {pct(r['acc_paper'])} | "
+            f"{pct(r['asr_paper'])} | {r['train_seconds']:.0f} | `{r['command']}` |"
+        )
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,7 +4,11 @@ Three entry points cover most uses:
     from eigenguard import TrainConfig, train
     result = train(TrainConfig(dataset="fashion-mnist", profile="quick"))
     result.metrics["acc"], result.metrics["asr"]
-and, for your own loops, `load_dataset`, `create_model`, `create_attack`.
+and, for your own models, the defense in three lines:
+    from eigenguard.guard import guard
+    model = torchvision.models.resnet18(num_classes=10)
+    guard(model, at="layer1")          # after the first residual stage, k=20, momentum=0.7
+plus `load_dataset`, `create_model`, `create_attack` for your own loops.
 """
 
 __version__ = "0.1.0"
@@ -13,6 +17,7 @@ from eigenguard.attacks import ATTACKS, Attack, create_attack
 from eigenguard.config import PROFILES, TrainConfig, resolve_config
 from eigenguard.data import DATASETS, ImageDataset, load_dataset
 from eigenguard.errors import EigenguardError
+from eigenguard.guard import EigenGuard
 from eigenguard.models import MODELS, Backbone, create_model
 from eigenguard.training.pipeline import RunResult, train
 
@@ -23,6 +28,7 @@ __all__ = [
     "PROFILES",
     "Attack",
     "Backbone",
+    "EigenGuard",
     "EigenguardError",
     "ImageDataset",
     "RunResult",

@@ -8,21 +8,23 @@ from eigenguard.training.augment import Normalize
 
 
 @torch.no_grad()
-def predict(
+def eval_logits(
     model: nn.Module, data: ImageDataset, normalize: Normalize, batch_size: int = 1024, amp: bool = False
 ) -> torch.Tensor:
-    """Predicted class of every sample (int64, on the data's device). The model is put in eval mode."""
+    """Logits of every sample (float32, on the data's device), in eval mode; the mode is restored after."""
     was_training = model.training
     model.eval()
-    preds = []
-    for start in range(0, len(data), batch_size):
-        x = normalize(data.images[start : start + batch_size])
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            preds.append(model(x).argmax(dim=1))
-    model.train(was_training)
-    if not preds:
-        return torch.empty(0, dtype=torch.int64, device=data.images.device)
-    return torch.cat(preds)
+    chunks = []
+    try:
+        for start in range(0, len(data), batch_size):
+            x = normalize(data.images[start : start + batch_size])
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                chunks.append(model(x).float())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.empty(0, 0, device=data.images.device)
+    return torch.cat(chunks)
 
 
 def accuracy(
@@ -31,27 +33,16 @@ def accuracy(
     """Fraction of `data` classified as its label (ASR when `data` is a triggered set labelled target)."""
     if len(data) == 0:
         return float("nan")
-    preds = predict(model, data, normalize, batch_size, amp)
+    preds = eval_logits(model, data, normalize, batch_size, amp).argmax(dim=1)
     return (preds == data.labels).float().mean().item()
 
 
-@torch.no_grad()
 def per_sample_loss(
     model: nn.Module, data: ImageDataset, normalize: Normalize, batch_size: int = 1024, amp: bool = False
 ) -> torch.Tensor:
     """Cross-entropy of every sample under the model in eval mode (float32, on the data's device)."""
-    was_training = model.training
-    model.eval()
-    losses = []
-    for start in range(0, len(data), batch_size):
-        x = normalize(data.images[start : start + batch_size])
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        losses.append(
-            torch.nn.functional.cross_entropy(logits.float(), data.labels[start : start + batch_size], reduction="none")
-        )
-    model.train(was_training)
-    return torch.cat(losses)
+    logits = eval_logits(model, data, normalize, batch_size, amp)
+    return torch.nn.functional.cross_entropy(logits, data.labels, reduction="none")
 
 
 def evaluate_protocols(
