@@ -1,7 +1,7 @@
 """The README's "EigenGuard results" table: the quick Fashion-MNIST profile, no defense vs EigenGuard, and an
 ablation of EigenGuard's open choices. Every row is one `eigenguard train --profile quick ...` run.
 
-    python benchmarks/quick_ablation.py                    # all rows, ~90 min on 2 CPU cores
+    python benchmarks/quick_ablation.py                    # all rows, ~100 min on 2 CPU cores
     python benchmarks/quick_ablation.py --only guard-badnets k5
 
 Runs are resumable: a row whose run directory already holds metrics.json is read, not re-run. Results go
@@ -28,6 +28,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("history-zeros", {**GUARD, "history_init": "zeros"}),
     ("grad-full", {**GUARD, "guard_grad": "full"}),
     ("no-lowest-loss", {**GUARD, "lowest_loss_samples": 0}),
+    ("no-lowest-loss-blend", {**GUARD, "attack": "blend", "lowest_loss_samples": 0}),
     ("at-stage2", {**GUARD, "guard_at": "stage2"}),
     ("none-badnets", {"attack": "badnets"}),
 ]
