@@ -46,7 +46,7 @@ def step_times(args: argparse.Namespace, device: torch.device) -> dict[str, floa
         torch.manual_seed(0)
         model = create_model("resnet18", num_classes=10, width=args.width)
         if name == "guarded":
-            module = guard(model, at="stage1", k=20, momentum=0.7)
+            module = guard(model, at="stage1", k=20, momentum=0.7, precision=args.precision)
             module.anchor_rows = args.anchors
         model = model.to(device)
         if amp:
@@ -77,7 +77,8 @@ def filter_paths(args: argparse.Namespace, device: torch.device) -> dict[str, fl
     rows, d = args.matrix_rows, args.matrix_cols
     # ReLU-like features with a shared mean direction, as after a residual stage
     feat = (torch.relu(torch.randn(rows, d, generator=g)) + 0.1 * torch.randn(rows, 1, generator=g)).to(device)
-    fast = lambda: filter_rows_gram(feat, rows // 2, 20)  # noqa: E731
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.precision]
+    fast = lambda: filter_rows_gram(feat, rows // 2, 20, dtype=dtype)  # noqa: E731
     literal = lambda: filter_rows_svd(feat, rows // 2, 20)  # noqa: E731
     fast(), literal()
     t_fast = statistics.median(timed(fast, device) for _ in range(args.repeats))
@@ -106,6 +107,8 @@ def main() -> None:
     p.add_argument("--matrix-rows", type=int, default=512)
     p.add_argument("--matrix-cols", type=int, default=65536)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=("float32", "float64"), default="float32", help="Gram/eigh dtype")
+    p.add_argument("--skip-step", action="store_true", help="only the filter comparison")
     p.add_argument("--out", type=Path, default=Path("bench-results/guard-overhead.json"))
     args = p.parse_args()
     device = torch.device(args.device)
