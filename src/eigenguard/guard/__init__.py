@@ -1,7 +1,15 @@
 """EigenGuard: the spectral-filter defense of the paper, as a drop-in module."""
 
 from eigenguard.guard.insert import find_guards, guard
-from eigenguard.guard.module import EigenGuard
+from eigenguard.guard.module import EigenGuard, inference_mode
 from eigenguard.guard.spectral_filter import filter_each_against, filter_rows_gram, filter_rows_svd
 
-__all__ = ["EigenGuard", "filter_each_against", "filter_rows_gram", "filter_rows_svd", "find_guards", "guard"]
+__all__ = [
+    "EigenGuard",
+    "filter_each_against",
+    "filter_rows_gram",
+    "filter_rows_svd",
+    "find_guards",
+    "guard",
+    "inference_mode",
+]

@@ -1,5 +1,7 @@
 """The EigenGuard module: an nn.Module that filters the spectrum of the features passing through it."""
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -116,3 +118,19 @@ class EigenGuard(nn.Module):
         if key in state_dict:
             self.history = torch.empty_like(state_dict[key], device=self.history.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@contextmanager
+def inference_mode(guards: Iterable[EigenGuard], mode: str) -> Iterator[None]:
+    """Temporarily switch every guard's eval-mode inference ("per-sample" or "batch"); restored on exit."""
+    guards = list(guards)
+    if mode not in INFERENCE_MODES:
+        raise EigenguardError(f"EigenGuard inference '{mode}' is not allowed; allowed: {', '.join(INFERENCE_MODES)}")
+    saved = [g.inference for g in guards]
+    try:
+        for g in guards:
+            g.inference = mode
+        yield
+    finally:
+        for g, previous in zip(guards, saved, strict=True):
+            g.inference = previous

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.guard.module import EigenGuard, inference_mode
 from eigenguard.training.augment import Normalize
 
 
@@ -47,7 +48,7 @@ def per_sample_loss(
 
 def evaluate_protocols(
     model: nn.Module,
-    guards: list[nn.Module],
+    guards: list[EigenGuard],
     test: ImageDataset,
     asr_set: ImageDataset | None,
     normalize: Normalize,
@@ -71,16 +72,9 @@ def evaluate_protocols(
         return acc, None if asr_set is None else accuracy(model, asr_set, normalize, batch, amp)
 
     result: dict[str, float | None] = {}
-    modes = ("per-sample", "batch") if guards else ("per-sample",)
-    saved = [getattr(g, "inference", None) for g in guards]
-    try:
-        for mode in modes:
-            for g in guards:
-                g.inference = mode
+    for mode in ("per-sample", "batch") if guards else ("per-sample",):
+        with inference_mode(guards, mode):
             acc, asr = measure(mode)
-            suffix = "" if mode == "per-sample" else "_paper"
-            result["acc" + suffix], result["asr" + suffix] = acc, asr
-    finally:
-        for g, inference in zip(guards, saved, strict=True):
-            g.inference = inference
+        suffix = "" if mode == "per-sample" else "_paper"
+        result["acc" + suffix], result["asr" + suffix] = acc, asr
     return result

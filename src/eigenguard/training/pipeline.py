@@ -26,7 +26,7 @@ from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import load_dataset
 from eigenguard.data.split import defense_split
 from eigenguard.errors import EigenguardError
-from eigenguard.guard import EigenGuard, guard
+from eigenguard.guard import EigenGuard, guard, inference_mode
 from eigenguard.models import Backbone, create_model
 from eigenguard.run_directory import RunDirectory, check_new_run_dir
 from eigenguard.training.augment import Normalize
@@ -194,11 +194,8 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
                 # The paper's "100 training samples with the lowest loss", re-chosen before every epoch
                 # from the second on (the first has no trained model to rank by). They join every step's
                 # decomposition un-augmented and without gradient; the guard returns only the batch rows.
-                for g in guards:
-                    g.inference = "batch"  # rank by the training-time decomposition; per-sample is 10x slower
-                losses = per_sample_loss(forward, train_set, normalize, config.batch_size, amp)
-                for g in guards:
-                    g.inference = "per-sample"
+                with inference_mode(guards, "batch"):  # rank as in training; per-sample is 10x slower
+                    losses = per_sample_loss(forward, train_set, normalize, config.batch_size, amp)
                 chosen = losses.topk(min(config.lowest_loss_samples, len(losses)), largest=False).indices
                 anchors = normalize(train_set.images[chosen])
                 anchors_poisoned = int(torch.isin(chosen.cpu(), poison_indices).sum())
