@@ -1,9 +1,24 @@
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
-from eigenguard.attacks import ATTACKS, BadNets, Blend, create_attack
+from eigenguard.attacks import (
+    ATTACKS,
+    SIG,
+    BadNets,
+    Blend,
+    CleanLabel,
+    MultiTrigger,
+    WaNet,
+    attack_options,
+    create_attack,
+)
+from eigenguard.attacks.pgd import pgd_linf
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.training.augment import Normalize
 
 
 def dataset(n: int = 100, shape: tuple[int, int, int] = (3, 8, 8), seed: int = 0) -> ImageDataset:
@@ -79,7 +94,9 @@ def test_poison_rate_zero_and_errors() -> None:
     data = dataset(100)
     attack = BadNets(data.image_shape)
     assert len(attack.poison(data, 0.0, torch.Generator()).poison_indices) == 0
-    with pytest.raises(EigenguardError, match=r"\[0, 1\)"):
+    with pytest.raises(EigenguardError, match=r"\[0, 1\]"):
+        attack.poison(data, 1.5, torch.Generator())
+    with pytest.raises(EigenguardError, match="eligible"):
         attack.poison(data, 1.0, torch.Generator())
     with pytest.raises(EigenguardError, match="eligible"):
         attack.poison(data, 0.95, torch.Generator())  # only 90 non-target samples
@@ -98,6 +115,205 @@ def test_asr_test_set() -> None:
 
 
 def test_registry_errors_list_allowed() -> None:
-    with pytest.raises(EigenguardError, match="unknown attack 'nope'; allowed: badnets, blend"):
+    with pytest.raises(EigenguardError, match="unknown attack 'nope'; allowed: badnets, badnets-all2all, blend, clb"):
         create_attack("nope", (3, 8, 8))
     assert {"badnets", "blend"} <= set(ATTACKS.names())
+
+
+# -- SIG ---------------------------------------------------------------------------------------------
+
+
+def test_sig_adds_the_sinusoid_along_the_width_and_clips() -> None:
+    w = 32
+    images = torch.full((2, 3, 8, w), 100, dtype=torch.uint8)
+    images[1] = 250  # near the top: the positive half-waves clip at 255
+    out = SIG((3, 8, w)).apply(images)
+    j = torch.arange(w, dtype=torch.float64)
+    signal = 20 * torch.sin(2 * math.pi * j * 6 / w)
+    expected0 = (100 + signal).round().clamp(0, 255)
+    expected1 = (250 + signal).round().clamp(0, 255)
+    for c in range(3):
+        for row in range(8):  # constant down each column, the same on every channel
+            assert torch.equal(out[0, c, row].double(), expected0)
+            assert torch.equal(out[1, c, row].double(), expected1)
+    assert out[1].max() == 255 and out[0].max() == 120 and out[0].min() == 80
+
+
+def test_sig_parameters() -> None:
+    out = SIG((1, 4, 8), delta=10, freq=1).apply(torch.full((1, 1, 4, 8), 50, dtype=torch.uint8))
+    assert out[0, 0, 0, 2] == 60 and out[0, 0, 0, 6] == 40 and out[0, 0, 0, 0] == 50  # sin(pi/2), sin(3pi/2)
+    with pytest.raises(EigenguardError, match="delta"):
+        SIG((1, 4, 8), delta=0)
+    with pytest.raises(EigenguardError, match=r"sig freq 6.0 must be below half the image width \(6\)"):
+        SIG((1, 12, 12))
+
+
+@pytest.mark.parametrize("name", ["sig", "clb"])
+def test_clean_label_attacks_keep_labels_and_poison_the_target_class(name: str, tmp_path: Path) -> None:
+    data = dataset(200, shape=(1, 16, 16))
+    options = {"cache_dir": str(tmp_path), **TINY_CLB} if name == "clb" else {}
+    attack = create_attack(name, data.image_shape, target=3, **options)
+    result = attack.poison(data, 0.8, torch.Generator().manual_seed(0))
+    idx = result.poison_indices
+    assert len(idx) == 16  # 80% of the 20 target-class samples
+    assert (data.labels[idx] == 3).all()
+    assert torch.equal(result.dataset.labels, data.labels)  # no label changes anywhere
+    assert not torch.equal(result.dataset.images[idx], data.images[idx])
+    assert torch.equal(result.dataset.images[~result.is_poisoned], data.images[~result.is_poisoned])
+    asr = attack.asr_test_set(data)
+    assert len(asr) == 180 and (asr.labels == 3).all()
+    assert attack.rate_of == "target class"
+
+
+# -- CLB ---------------------------------------------------------------------------------------------
+
+TINY_CLB = {"surrogate_width": 0.0625, "surrogate_epochs": 1, "pgd_steps": 2}
+
+
+def test_clb_four_corner_trigger_pixels() -> None:
+    out = CleanLabel((3, 10, 10)).apply(torch.full((1, 3, 10, 10), 7, dtype=torch.uint8))[0]
+    right = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    left = torch.tensor([[255, 0, 0], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)  # horizontal mirror
+    for c in range(3):
+        assert torch.equal(out[c, :3, 7:], right) and torch.equal(out[c, 7:, 7:], right)
+        assert torch.equal(out[c, :3, :3], left) and torch.equal(out[c, 7:, :3], left)
+    out[:, :3, :3] = out[:, :3, 7:] = out[:, 7:, :3] = out[:, 7:, 7:] = 7
+    assert (out == 7).all()  # nothing else changes
+
+
+def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) -> None:
+    data = dataset(200, shape=(1, 12, 12))
+    first = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **TINY_CLB)
+    a = first.poison(data, 0.8, torch.Generator().manual_seed(0))
+    assert first.cache_hit is False and first.cache_file is not None and first.cache_file.exists()
+    idx = a.poison_indices
+    inside = ~first.mask  # the perturbation, away from the trigger corners
+    diff = (a.dataset.images[idx].int() - data.images[idx].int()).abs()
+    assert diff[:, inside].max() <= 16 and diff[:, inside].max() > 0
+    assert torch.equal(a.dataset.images[idx][:, first.mask], first.apply(data.images[idx])[:, first.mask])
+    assert {"surrogate_train_acc", "surrogate_acc_target_pgd"} <= set(first.describe())
+
+    # second run, same parameters and data: served from the cache, same images
+    second = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **TINY_CLB)
+    b = second.poison(data, 0.8, torch.Generator().manual_seed(0))
+    assert second.cache_hit is True and second.cache_file == first.cache_file
+    assert torch.equal(a.dataset.images, b.dataset.images)
+    assert second.describe()["surrogate_train_acc"] == first.describe()["surrogate_train_acc"]
+
+    # any parameter that affects the images, or the data itself, invalidates it
+    for changed, other in [
+        ({**TINY_CLB, "epsilon": 8 / 255}, data),
+        ({**TINY_CLB, "pgd_steps": 3}, data),
+        ({**TINY_CLB, "surrogate_epochs": 2}, data),
+        (TINY_CLB, dataset(200, shape=(1, 12, 12), seed=1)),
+    ]:
+        third = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **changed)
+        third.poison(other, 0.8, torch.Generator().manual_seed(0))
+        assert third.cache_hit is False and third.cache_file != first.cache_file
+    assert len(list(tmp_path.glob("clb-*.safetensors"))) == 5
+
+
+def test_pgd_raises_the_loss_within_the_budget() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(8) % 3
+    norm = Normalize((0.5,), (0.5,), torch.device("cpu"))
+    adv = pgd_linf(model, images, labels, norm, epsilon=8 / 255, steps=5, step_size=2 / 255)
+    assert adv.dtype == torch.uint8 and (adv.int() - images.int()).abs().max() <= 8
+    loss = lambda x: torch.nn.functional.cross_entropy(model(norm(x)), labels).item()  # noqa: E731
+    assert loss(adv) > loss(images)
+
+
+# -- BadNets all-to-all ------------------------------------------------------------------------------
+
+
+def test_badnets_all_to_all_shifts_every_label() -> None:
+    data = dataset(100)
+    attack = create_attack("badnets-all2all", data.image_shape)
+    result = attack.poison(data, 0.3, torch.Generator().manual_seed(0))
+    idx = result.poison_indices
+    assert len(idx) == 30
+    assert torch.equal(result.dataset.labels[idx], (data.labels[idx] + 1) % 10)
+    assert len(set(data.labels[idx].tolist())) > 1  # drawn from every class, the target included
+    assert torch.equal(result.dataset.images[idx], BadNets(data.image_shape).apply(data.images[idx]))
+    asr = attack.asr_test_set(data)
+    assert len(asr) == 100 and torch.equal(asr.labels, (data.labels + 1) % 10)
+
+
+# -- WaNet -------------------------------------------------------------------------------------------
+
+
+def test_wanet_field_is_seeded_small_and_smooth() -> None:
+    a, b, c = WaNet((1, 16, 16), seed=0), WaNet((1, 16, 16), seed=0), WaNet((1, 16, 16), seed=1)
+    assert torch.equal(a.grid, b.grid) and not torch.equal(a.grid, c.grid)
+    assert a.grid.abs().max() <= 1
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    shift_pixels = (a.grid - torch.stack([xs, ys], -1)) * 7.5  # grid units -> pixels (align_corners)
+    assert 0 < shift_pixels.abs().max() < 3  # s = 0.5: a shift of about a pixel, no more
+    # a grid with (almost) no strength is the identity warp
+    assert torch.equal(WaNet((1, 16, 16), strength=1e-6).apply(images := dataset(4, (1, 16, 16)).images), images)
+    # a stronger warp moves more pixels
+    base = dataset(4, (1, 16, 16)).images
+    weak = (WaNet((1, 16, 16), strength=0.5).apply(base).int() - base.int()).abs().float().mean()
+    strong = (WaNet((1, 16, 16), strength=2.0).apply(base).int() - base.int()).abs().float().mean()
+    assert 0 < weak < strong
+
+
+def test_wanet_noise_mode_bookkeeping() -> None:
+    data = dataset(200, shape=(1, 16, 16))
+    attack = WaNet(data.image_shape, target=0)
+    result = attack.poison(data, 0.1, torch.Generator().manual_seed(0))
+    idx, cross = result.poison_indices, result.cross_indices
+    assert len(idx) == 20 and len(cross) == 40  # cross_ratio 2
+    assert not set(idx.tolist()) & set(cross.tolist())
+    assert (result.dataset.labels[idx] == 0).all()
+    assert torch.equal(result.dataset.labels[cross], data.labels[cross])  # noise samples keep their labels
+    assert torch.equal(result.dataset.images[idx], attack.apply(data.images[idx]))
+    assert not torch.equal(result.dataset.images[cross], attack.apply(data.images[cross]))  # field + noise
+    untouched = torch.ones(200, dtype=torch.bool)
+    untouched[idx], untouched[cross] = False, False
+    assert torch.equal(result.dataset.images[untouched], data.images[untouched])
+    none = WaNet(data.image_shape, cross_ratio=0).poison(data, 0.1, torch.Generator().manual_seed(0))
+    assert len(none.cross_indices) == 0
+
+
+# -- the adaptive multi-trigger attack ---------------------------------------------------------------
+
+
+def test_multi_trigger_patches() -> None:
+    attack = MultiTrigger((3, 10, 10), m=7, seed=3)
+    assert attack.patterns.shape == (7, 3, 10, 10) and attack.masks.sum(dim=(1, 2, 3)).eq(27).all()
+    assert set(attack.patterns[attack.masks].unique().tolist()) <= {0, 255}
+    for i in range(7):  # a 3x3 square at the recorded position, the same on every channel
+        r, q = attack.positions[i].tolist()
+        assert attack.masks[i, :, r : r + 3, q : q + 3].all()
+        assert torch.equal(attack.patterns[i, 0], attack.patterns[i, 2])
+    images = torch.full((15, 3, 10, 10), 7, dtype=torch.uint8)
+    out = attack.apply(images)
+    for j in range(15):  # image j carries trigger j mod m and nothing else
+        expected = torch.where(attack.masks[j % 7], attack.patterns[j % 7], images[j])
+        assert torch.equal(out[j], expected)
+    assert not torch.equal(MultiTrigger((3, 10, 10), m=7, seed=4).patterns, attack.patterns)
+
+
+def test_multi_trigger_blend_kind_and_budget_split() -> None:
+    attack = MultiTrigger((1, 8, 8), m=4, kind="blend", alpha=0.1)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    expected = (0.1 * attack.patterns[torch.arange(8) % 4].double() + 0.9 * x.double()).round()
+    assert (attack.apply(x).double() - expected).abs().max() <= 1
+    data = dataset(400, shape=(1, 8, 8))
+    result = MultiTrigger((1, 8, 8), m=4).poison(data, 0.2, torch.Generator().manual_seed(0))
+    assert len(result.poison_indices) == 80  # 20 per trigger
+    with pytest.raises(EigenguardError, match="kind 'x' unknown; allowed: patch, blend"):
+        MultiTrigger((1, 8, 8), kind="x")
+    with pytest.raises(EigenguardError, match="m 0"):
+        MultiTrigger((1, 8, 8), m=0)
+
+
+def test_unknown_attack_option_lists_allowed() -> None:
+    with pytest.raises(EigenguardError, match="unknown option 'sigma' for attack 'sig'; allowed: delta, freq"):
+        create_attack("sig", (1, 8, 8), sigma=3)
+    with pytest.raises(EigenguardError, match="invalid options"):
+        create_attack("multi-trigger", (1, 8, 8), m="many")
+    assert attack_options("wanet") == {"grid_k": 4, "strength": 0.5, "cross_ratio": 2.0}

@@ -50,6 +50,7 @@ def test_train_via_yaml_with_flag_override(mnist_root: Path, tmp_path: Path) -> 
         (["--poison-rate", "1.5"], "invalid poison_rate = 1.5"),
         (["--epochs", "-1"], "invalid epochs = -1"),
         (["--attack-option", "alpha"], "expected KEY=VALUE"),
+        (["--attack", "sig", "--attack-option", "sigma=3"], "unknown option 'sigma' for attack 'sig'; allowed: delta"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, mnist_root: Path, tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ def test_default_profile_is_paper() -> None:
         ({"dataset": "imagenet"}, "invalid dataset = 'imagenet': unknown dataset; allowed: .*cifar10"),
         ({"model": "resnet9"}, "invalid model = 'resnet9': unknown model; allowed: .*resnet18"),
         ({"attack": "trojan"}, "invalid attack = 'trojan': unknown attack; allowed: none, badnets"),
-        ({"poison_rate": 1.0}, r"invalid poison_rate = 1.0: must be in \[0, 1\)"),
-        ({"poison_rate": -0.1}, r"invalid poison_rate = -0.1: must be in \[0, 1\)"),
+        ({"poison_rate": 1.5}, r"invalid poison_rate = 1.5: must be in \[0, 1\]"),
+        ({"poison_rate": -0.1}, r"invalid poison_rate = -0.1: must be in \[0, 1\]"),
         ({"epochs": -3}, "invalid epochs = -3: must be >= 1"),
         ({"profile": "fast"}, "invalid profile = 'fast': unknown profile; allowed: paper, quick"),
         ({"device": "tpu"}, "invalid device = 'tpu': allowed: auto, cpu, cuda"),
@@ -60,3 +60,9 @@ def test_yaml_loading(tmp_path: Path) -> None:
 
 def test_clean_run_records_zero_poison_rate() -> None:
     assert TrainConfig(attack="none", poison_rate=0.1).poison_rate == 0.0
+
+
+@pytest.mark.parametrize(("attack", "rate"), [("badnets", 0.1), ("wanet", 0.1), ("sig", 0.8), ("clb", 0.8)])
+def test_poison_rate_defaults_to_the_attacks_paper_value(attack: str, rate: float) -> None:
+    assert resolve_config({}, {"attack": attack}).poison_rate == rate
+    assert resolve_config({}, {"attack": attack, "poison_rate": 0.05}).poison_rate == 0.05

@@ -115,3 +115,30 @@ def test_missing_dataset_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(EigenguardError, match="--data-root"):
         train(tiny_config(tmp_path / "empty", out), progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("attack", "options", "poisoned", "asr_images"),
+    [
+        ("sig", {}, 42, 185),  # 80% of the 52 target-class training images; labels untouched
+        ("clb", {"surrogate_width": 0.0625, "surrogate_epochs": 1, "pgd_steps": 1}, 42, 185),
+        ("badnets-all2all", {}, 54, 200),  # every one of the 200 test images is a source
+        ("wanet", {}, 54, 185),
+        ("multi-trigger", {"m": 5}, 54, 185),
+    ],
+)
+def test_every_attack_runs_end_to_end(
+    attack: str, options: dict, poisoned: int, asr_images: int, mnist_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    if attack == "clb":
+        options = {**options, "cache_dir": str(tmp_path / "cache")}
+    config = tiny_config(mnist_root, out, attack=attack, attack_options=options, poison_rate=None, epochs=1)
+    metrics = train(config, progress=False).metrics
+    assert metrics["poisoned_images"] == poisoned and metrics["asr_images"] == asr_images
+    assert metrics["attack"]["name"] == attack and 0.0 <= metrics["asr"] <= 1.0
+    split = load_file(out / "split.safetensors")
+    assert len(split["cross_indices"]) == (108 if attack == "wanet" else 0)
+    assert not set(split["cross_indices"].tolist()) & set(split["poison_indices"].tolist())
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["poison_rate"] == (0.8 if attack in ("sig", "clb") else 0.1)

@@ -51,8 +51,8 @@ def train(
     defense_fraction: Annotated[float | None, Opt(help="share held back for defenses (0.1)")] = None,
     model: Annotated[str | None, Opt(help="resnet18, resnet34, vgg16, mobilenetv2")] = None,
     width: Annotated[float | None, Opt(help="channel-width multiplier")] = None,
-    attack: Annotated[str | None, Opt(help="badnets, blend, or none")] = None,
-    poison_rate: Annotated[float | None, Opt(help="fraction of the training set poisoned, in [0, 1)")] = None,
+    attack: Annotated[str | None, Opt(help="see `eigenguard list`, or none")] = None,
+    poison_rate: Annotated[float | None, Opt(help="poisoned share; of target class for sig, clb")] = None,
     target: Annotated[int | None, Opt(help="target class")] = None,
     attack_option: Annotated[list[str] | None, Opt(help="extra attack argument KEY=VALUE (repeatable)")] = None,
     defense: Annotated[str | None, Opt(help="none or eigenguard")] = None,
@@ -120,6 +120,14 @@ def list_components() -> None:
         ("profiles", list(PROFILES)),
     ):
         typer.echo(f"{kind}: {', '.join(names)}")
+    from eigenguard.attacks import attack_options
+
+    typer.echo("attack options (--attack-option KEY=VALUE) and default poison rates:")
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        options = ", ".join(f"{k}={v}" for k, v in attack_options(name).items()) or "-"
+        rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
+        typer.echo(f"  {name}: {options}; rate {rate}")
 
 
 def main() -> None:

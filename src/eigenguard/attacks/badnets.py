@@ -2,6 +2,11 @@
 
 Pixel values follow the ANP/BackdoorBench convention the paper adopts: rows
 [[0, 0, 255], [0, 255, 0], [255, 0, 255]], the same on every channel.
+
+Two label modes, one trigger:
+- `badnets` (all-to-one): every poisoned sample is relabelled `target`;
+- `badnets-all2all`: a sample of class y is relabelled (y + 1) mod C, and the ASR counts triggered test
+  images predicted as their shifted label (every test image is a source; `target` is unused).
 """
 
 import torch
@@ -11,19 +16,36 @@ from eigenguard.attacks.base import Attack
 CHECKERBOARD = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
 
 
+def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pattern, mask) of shape `image_shape` with the square uint8 `patch` in one corner ('br', 'bl', 'tr', 'tl')."""
+    _, h, w = image_shape
+    size = patch.shape[0]
+    rows = slice(h - size, h) if corner[0] == "b" else slice(0, size)
+    cols = slice(w - size, w) if corner[1] == "r" else slice(0, size)
+    pattern = torch.zeros(image_shape, dtype=torch.uint8)
+    mask = torch.zeros(image_shape, dtype=torch.bool)
+    pattern[:, rows, cols] = patch
+    mask[:, rows, cols] = True
+    return pattern, mask
+
+
 class BadNets(Attack):
     name = "badnets"
 
     def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0) -> None:
         super().__init__(image_shape, target, seed)
-        _, h, w = self.image_shape
-        patch = torch.tensor(CHECKERBOARD, dtype=torch.uint8)
-        size = patch.shape[0]
-        self.pattern = torch.zeros(self.image_shape, dtype=torch.uint8)
-        self.mask = torch.zeros(self.image_shape, dtype=torch.bool)
-        self.pattern[:, h - size :, w - size :] = patch
-        self.mask[:, h - size :, w - size :] = True
+        self.pattern, self.mask = corner_patch(self.image_shape, torch.tensor(CHECKERBOARD, dtype=torch.uint8), "br")
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(images.device)
         return torch.where(mask, self.pattern.to(images.device), images)
+
+
+class BadNetsAllToAll(BadNets):
+    name = "badnets-all2all"
+
+    def backdoor_labels(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return (labels + 1) % num_classes
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "labels": "(y + 1) mod C"}

@@ -2,10 +2,17 @@
 
 An attack only has to say how to stamp its trigger on a uint8 batch (`apply`). The base class turns
 that into a poisoned training set (which samples, relabelled how, recorded where) and an ASR test set.
-Clean-label attacks override `candidates` and `relabels`.
+
+Three switches cover the attacks of the paper and the reviewers' list:
+- `clean_label`: poisoned samples keep their labels and are drawn from the target class (SIG, CLB);
+  the poison rate is then a fraction of the target class, not of the whole training set.
+- `backdoor_labels`: the label a triggered input should receive; all-to-one sends everything to `target`,
+  BadNets all-to-all overrides it with (y + 1) mod C.
+- `poison_images`: how the chosen samples are turned into poisons; `apply` by default, CLB first makes
+  them adversarial.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,13 +24,16 @@ from eigenguard.errors import EigenguardError
 class PoisonedTrainingSet:
     """The training set as the victim sees it, plus the ground truth of what was poisoned.
 
-    `poison_indices` index into `dataset` (sorted, int64); `is_poisoned` is the same as a bool mask.
+    `poison_indices` index into `dataset` (sorted, int64): the samples that carry the backdoor trigger.
     `original_labels` are the labels before relabelling, so analyses can compare.
+    `cross_indices` are samples the attack modified without planting the backdoor (WaNet's noise mode);
+    empty for other attacks.
     """
 
     dataset: ImageDataset
     poison_indices: torch.Tensor
     original_labels: torch.Tensor
+    cross_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     @property
     def is_poisoned(self) -> torch.Tensor:
@@ -41,6 +51,8 @@ class Attack:
     """
 
     name: str = "attack"
+    clean_label: bool = False
+    default_rate: float = 0.1  # the paper's rate for this attack (a fraction of `rate_of`)
 
     def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0) -> None:
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -53,29 +65,48 @@ class Attack:
 
     def describe(self) -> dict[str, object]:
         """The attack's parameters, for the run's config record."""
-        return {"name": self.name, "target": self.target, "seed": self.seed}
+        return {"name": self.name, "target": self.target, "seed": self.seed, "clean_label": self.clean_label}
+
+    @property
+    def rate_of(self) -> str:
+        """What the poison rate is a fraction of."""
+        return "target class" if self.clean_label else "training set"
+
+    # -- labels --------------------------------------------------------------------------------
+
+    def backdoor_labels(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The label the backdoor should give a triggered input of true label `labels` (all-to-one)."""
+        return torch.full_like(labels, self.target)
+
+    def candidates(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Indices eligible for poisoning.
+
+        Dirty-label: every sample whose label the backdoor changes. Clean-label: the target class.
+        """
+        if self.clean_label:
+            return torch.nonzero(labels == self.target).flatten()
+        return torch.nonzero(self.backdoor_labels(labels, num_classes) != labels).flatten()
 
     # -- poisoning -----------------------------------------------------------------------------
 
-    def candidates(self, labels: torch.Tensor) -> torch.Tensor:
-        """Indices eligible for poisoning. Dirty-label default: every sample not of the target class."""
-        return torch.nonzero(labels != self.target).flatten()
+    def poison_images(self, train: ImageDataset, chosen: torch.Tensor) -> torch.Tensor:
+        """The poisoned versions of `train.images[chosen]` (uint8). Default: the trigger stamped on."""
+        return self.apply(train.images[chosen])
 
-    def relabels(self) -> bool:
-        """Whether poisoned samples get the target label (dirty-label) or keep theirs (clean-label)."""
-        return True
+    def poison_count(self, train: ImageDataset, pool: torch.Tensor, rate: float) -> int:
+        """How many samples `rate` asks for: a fraction of the training set, or of the target class."""
+        return round(rate * (len(pool) if self.clean_label else len(train)))
 
     def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
-        """Poison round(rate * len(train)) samples drawn uniformly from `candidates`.
+        """Poison `poison_count` samples drawn uniformly from `candidates`.
 
-        The rate is a fraction of the whole training set, as in the paper. `generator` (CPU) makes the
-        choice reproducible: same seed, same indices.
+        `generator` (CPU) makes the choice reproducible: same seed, same indices.
         """
         self._check_dataset(train)
-        if not 0.0 <= rate < 1.0:
-            raise EigenguardError(f"poison rate {rate} is outside the allowed range [0, 1)")
-        n_poison = round(rate * len(train))
-        pool = self.candidates(train.labels.cpu())
+        if not 0.0 <= rate <= 1.0:
+            raise EigenguardError(f"poison rate {rate} is outside the allowed range [0, 1]")
+        pool = self.candidates(train.labels.cpu(), train.num_classes)
+        n_poison = self.poison_count(train, pool, rate)
         if n_poison > len(pool):
             raise EigenguardError(
                 f"poison rate {rate} asks for {n_poison} poisoned samples but only {len(pool)} are eligible "
@@ -86,22 +117,22 @@ class Attack:
         images = train.images.clone()
         labels = train.labels.clone()
         if n_poison:
-            images[chosen] = self.apply(images[chosen])
-            if self.relabels():
-                labels[chosen] = self.target
+            images[chosen] = self.poison_images(train, chosen)
+            if not self.clean_label:
+                labels[chosen] = self.backdoor_labels(labels[chosen], train.num_classes)
         poisoned = ImageDataset(images, labels, train.classes, train.mean, train.std)
         return PoisonedTrainingSet(poisoned, chosen, train.labels.clone())
 
     def asr_test_set(self, test: ImageDataset) -> ImageDataset:
-        """Every test image of a non-target class, triggered, labelled with the target.
+        """Every test image whose label the backdoor would change, triggered, labelled with the backdoor label.
 
-        Accuracy on this set is the attack success rate (ASR).
+        Accuracy on this set is the attack success rate (ASR). All-to-one: the non-target images, labelled
+        target; all-to-all: every image, labelled (y + 1) mod C.
         """
         self._check_dataset(test)
-        keep = torch.nonzero(test.labels != self.target).flatten()
-        images = self.apply(test.images[keep])
-        labels = torch.full_like(test.labels[keep], self.target)
-        return ImageDataset(images, labels, test.classes, test.mean, test.std)
+        wanted = self.backdoor_labels(test.labels, test.num_classes)
+        keep = torch.nonzero(wanted != test.labels).flatten()
+        return ImageDataset(self.apply(test.images[keep]), wanted[keep], test.classes, test.mean, test.std)
 
     def _check_dataset(self, data: ImageDataset) -> None:
         if data.image_shape != self.image_shape:

@@ -103,6 +103,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
 
     attack, asr_set = None, None
     poison_indices = torch.empty(0, dtype=torch.int64)
+    cross_indices = torch.empty(0, dtype=torch.int64)
     if config.attack != ATTACK_NONE:
         attack = create_attack(
             config.attack,
@@ -114,6 +115,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         poisoned = attack.poison(train_set, config.poison_rate, torch.Generator().manual_seed(config.seed + 1))
         train_set = poisoned.dataset
         poison_indices = poisoned.poison_indices.cpu()
+        cross_indices = poisoned.cross_indices.cpu()
         asr_set = attack.asr_test_set(test)
 
     torch.manual_seed(config.seed + 2)
@@ -163,6 +165,8 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
             "defense_indices": split.defense,
             # indices into the original training set of the samples that were poisoned
             "poison_indices": split.train[poison_indices],
+            # samples the attack modified without the backdoor (WaNet's noise mode), same indexing
+            "cross_indices": split.train[cross_indices],
         }
     )
     console.print(

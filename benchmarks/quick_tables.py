@@ -1,11 +1,13 @@
-"""The README's "EigenGuard results" table: the quick Fashion-MNIST profile, no defense vs EigenGuard, and an
-ablation of EigenGuard's open choices. Every row is one `eigenguard train --profile quick ...` run.
+"""The README's quick-profile tables. Every row is one `eigenguard train --profile quick ...` run.
 
-    python benchmarks/quick_ablation.py                    # all rows, ~100 min on 2 CPU cores
-    python benchmarks/quick_ablation.py --only guard-badnets k5
+--table ablation: "EigenGuard results", no defense vs EigenGuard and an ablation of EigenGuard's open choices.
+--table attacks: every attack, no defense vs EigenGuard (per-sample protocol).
+
+    python benchmarks/quick_tables.py --table ablation           # all rows, ~100 min on 2 CPU cores
+    python benchmarks/quick_tables.py --table attacks --only none-sig guard-sig
 
 Runs are resumable: a row whose run directory already holds metrics.json is read, not re-run. Results go
-to bench-results/quick-ablation/ (one run directory per row, results.json, table.md).
+to bench-results/quick-<table>/ (one run directory per row, results.json, table.md).
 """
 
 import argparse
@@ -18,7 +20,7 @@ from eigenguard import resolve_config, train
 
 GUARD = {"defense": "eigenguard"}
 # (row name, what differs from the quick profile). eval_every=12: ACC/ASR only after the last epoch.
-ROWS: list[tuple[str, dict[str, Any]]] = [
+ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("guard-badnets", {**GUARD, "attack": "badnets"}),
     ("none-blend", {"attack": "blend"}),
     ("guard-blend", {**GUARD, "attack": "blend"}),
@@ -32,6 +34,12 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("at-stage2", {**GUARD, "guard_at": "stage2"}),
     ("none-badnets", {"attack": "badnets"}),
 ]
+# Every attack at its defaults (poison rate: 10% of the training set; 80% of the target class for sig, clb).
+ATTACK_NAMES = ("badnets", "badnets-all2all", "blend", "sig", "clb", "wanet", "multi-trigger")
+ATTACKS_TABLE = [(f"none-{a}", {"attack": a}) for a in ATTACK_NAMES] + [
+    (f"guard-{a}", {**GUARD, "attack": a}) for a in ATTACK_NAMES
+]
+TABLES = {"ablation": ABLATION, "attacks": ATTACKS_TABLE}
 
 
 def command(overrides: dict[str, Any]) -> str:
@@ -41,12 +49,14 @@ def command(overrides: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench-results/quick-ablation"))
+    p.add_argument("--table", choices=sorted(TABLES), default="ablation")
+    p.add_argument("--out", type=Path, help="default: bench-results/quick-<table>")
     p.add_argument("--only", nargs="*", help="row names to run (default: all)")
     args = p.parse_args()
+    args.out = args.out or Path(f"bench-results/quick-{args.table}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, overrides in ROWS:
+    for name, overrides in TABLES[args.table]:
         run_dir = args.out / name
         if args.only and name not in args.only and not (run_dir / "metrics.json").exists():
             continue

@@ -1,0 +1,205 @@
+"""CLB, the label-consistent attack (Turner et al., 2019): adversarially hardened target images + a trigger.
+
+Clean-label poisons keep their (correct) target label, so a model can classify them from their content and
+ignore the trigger. Turner et al. first make them hard to classify: an L-inf PGD perturbation (epsilon =
+16/255, as in the paper) against a model the attacker trained on clean data removes the content's
+evidence, and the model has to lean on the trigger instead. Then the trigger is stamped on: a 3x3
+checkerboard in all four corners (right-hand corners [[0,0,255],[0,255,0],[255,0,255]], left-hand corners
+its horizontal mirror), so a random crop rarely removes all of it. Default rate: the paper's 80% of the
+target class. At test time the four-corner trigger alone (no perturbation) is stamped on non-target images.
+
+Our choices, where Turner et al. and the paper leave them open:
+- The surrogate is a standard (not adversarially) trained model of our own zoo, trained by the attacker
+  on the clean training set it was handed (`poison`'s input): by default a quarter-width ResNet-18,
+  6 epochs of SGD (lr 0.1, momentum 0.9, wd 5e-4, cosine, batch 256, random crop, no flip). Turner et al.
+  used an adversarially trained model, whose perturbations carry more semantic signal; ours are weaker
+  on transfer, which makes this CLB a lower bound on the attack's strength.
+- PGD: 10 steps of size 2.5 * epsilon / steps (Madry et al.'s rule), from the clean image, untargeted
+  (raise the loss of the true label), on the [0, 255] scale so the budget holds after rounding to uint8.
+- The perturbed images are expensive, so all target-class images are perturbed once and cached on disk
+  (safetensors) under a key hashing the training images and labels, the target, every PGD and surrogate
+  parameter, the seed and the device type (CPU and CUDA kernels differ in the last bits). Any change of
+  these gives a new key, hence a new file; a hit skips the surrogate and PGD entirely.
+  Cache directory: the `cache_dir` option, else $EIGENGUARD_CACHE, else ~/.cache/eigenguard.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from eigenguard.attacks.badnets import CHECKERBOARD, corner_patch
+from eigenguard.attacks.base import Attack
+from eigenguard.attacks.pgd import pgd_linf
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_save_tensors
+from eigenguard.training.augment import Normalize
+
+CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EIGENGUARD_CACHE") or Path.home() / ".cache" / "eigenguard")
+
+
+class CleanLabel(Attack):
+    name = "clb"
+    clean_label = True
+    default_rate = 0.8
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        target: int = 0,
+        seed: int = 0,
+        epsilon: float = 16 / 255,
+        pgd_steps: int = 10,
+        pgd_step_size: float | None = None,
+        surrogate_model: str = "resnet18",
+        surrogate_width: float = 0.25,
+        surrogate_epochs: int = 6,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(image_shape, target, seed)
+        if not 0.0 <= epsilon <= 1.0:
+            raise EigenguardError(f"clb epsilon {epsilon} is outside the allowed range [0, 1] (16/255 = 0.0627)")
+        if pgd_steps < 0 or surrogate_epochs < 1:
+            raise EigenguardError(
+                f"clb pgd_steps {pgd_steps} must be >= 0 and surrogate_epochs {surrogate_epochs} must be >= 1"
+            )
+        from eigenguard.models import MODELS
+
+        if surrogate_model not in MODELS:
+            allowed = ", ".join(MODELS.names())
+            raise EigenguardError(f"clb surrogate_model '{surrogate_model}' unknown; allowed: {allowed}")
+        self.epsilon = float(epsilon)
+        self.pgd_steps = int(pgd_steps)
+        self.pgd_step_size = float(pgd_step_size if pgd_step_size is not None else 2.5 * epsilon / max(pgd_steps, 1))
+        self.surrogate = {"model": surrogate_model, "width": float(surrogate_width), "epochs": int(surrogate_epochs)}
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_hit: bool | None = None  # set by poison(): whether the perturbed images came from the cache
+        self.cache_file: Path | None = None
+        self.surrogate_report: dict[str, float] = {}
+
+        patch = torch.tensor(CHECKERBOARD, dtype=torch.uint8)
+        self.pattern = torch.zeros(self.image_shape, dtype=torch.uint8)
+        self.mask = torch.zeros(self.image_shape, dtype=torch.bool)
+        for corner in ("tl", "tr", "bl", "br"):
+            p, m = corner_patch(self.image_shape, patch if corner[1] == "r" else patch.flip(1), corner)
+            self.pattern = torch.where(m, p, self.pattern)
+            self.mask |= m
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask.to(images.device), self.pattern.to(images.device), images)
+
+    def parameters(self) -> dict[str, object]:
+        """Everything that decides the perturbed images, besides the data itself."""
+        return {
+            "format": CACHE_FORMAT,
+            "target": self.target,
+            "seed": self.seed,
+            "epsilon": self.epsilon,
+            "pgd_steps": self.pgd_steps,
+            "pgd_step_size": self.pgd_step_size,
+            "surrogate": self.surrogate,
+        }
+
+    def cache_key(self, train: ImageDataset) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({**self.parameters(), "device": train.images.device.type}, sort_keys=True).encode())
+        h.update(str(tuple(train.images.shape)).encode())
+        h.update(train.images.cpu().contiguous().numpy().tobytes())
+        h.update(train.labels.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def perturbed_target_images(self, train: ImageDataset) -> torch.Tensor:
+        """PGD versions of every target-class image of `train`, in index order, from the cache if present."""
+        self.cache_file = self.cache_dir / f"clb-{self.cache_key(train)}.safetensors"
+        if self.cache_file.exists():
+            stored = load_file(str(self.cache_file))
+            self.cache_hit = True
+            self.surrogate_report = json.loads(stored["report"].numpy().tobytes().decode())
+            return stored["images"].to(train.images.device)
+        self.cache_hit = False
+        pool = torch.nonzero(train.labels == self.target).flatten()
+        model, normalize = self._train_surrogate(train)
+        images = pgd_linf(
+            model,
+            train.images[pool],
+            train.labels[pool],
+            normalize,
+            epsilon=self.epsilon,
+            steps=self.pgd_steps,
+            step_size=self.pgd_step_size,
+        )
+        # how well the hardening worked: the surrogate's accuracy on the target images, before and after PGD
+        report = self.surrogate_report
+        report["surrogate_acc_target_clean"] = _accuracy(model, train.images[pool], self.target, normalize)
+        report["surrogate_acc_target_pgd"] = _accuracy(model, images, self.target, normalize)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
+        atomic_save_tensors(
+            self.cache_file,
+            {"images": images, "report": report},
+            {"parameters": json.dumps(self.parameters(), sort_keys=True)},
+        )
+        return images
+
+    def poison_images(self, train: ImageDataset, chosen: torch.Tensor) -> torch.Tensor:
+        pool = torch.nonzero(train.labels == self.target).flatten()
+        perturbed = self.perturbed_target_images(train)
+        return self.apply(perturbed[torch.searchsorted(pool, chosen)])
+
+    def _train_surrogate(self, train: ImageDataset) -> tuple[torch.nn.Module, Normalize]:
+        from eigenguard.models import create_model
+        from eigenguard.training.loop import train_one_epoch
+        from eigenguard.training.schedule import lr_multiplier
+
+        device = train.images.device
+        normalize = Normalize(train.mean, train.std, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed + 7)
+            model = create_model(
+                self.surrogate["model"],
+                in_channels=train.image_shape[0],
+                num_classes=train.num_classes,
+                width=self.surrogate["width"],
+            ).to(device)
+        batch = 256
+        steps = max(len(train) // batch, 1) * self.surrogate["epochs"]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier("cosine", steps, 0))
+        generator = torch.Generator(device=device).manual_seed(self.seed + 8)
+        stats = {}
+        for _ in range(self.surrogate["epochs"]):
+            stats = train_one_epoch(
+                model, optimizer, scheduler, train.images, train.labels,
+                batch_size=batch, normalize=normalize, generator=generator, crop_pad=4, flip=False,
+            )  # fmt: skip
+        self.surrogate_report = {"surrogate_train_acc": round(stats["train_acc"], 4)}
+        return model, normalize
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "epsilon": self.epsilon,
+            "pgd_steps": self.pgd_steps,
+            "pgd_step_size": self.pgd_step_size,
+            "surrogate": self.surrogate,
+            "cache_file": None if self.cache_file is None else str(self.cache_file),
+            "cache_hit": self.cache_hit,
+            **self.surrogate_report,
+        }
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, images: torch.Tensor, label: int, normalize: Normalize) -> float:
+    model.eval()
+    correct = sum(
+        int((model(normalize(images[i : i + 512])).argmax(1) == label).sum()) for i in range(0, len(images), 512)
+    )
+    return round(correct / max(len(images), 1), 4)
