@@ -210,7 +210,7 @@ def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) ->
         third = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **changed)
         third.poison(other, 0.8, torch.Generator().manual_seed(0))
         assert third.cache_hit is False and third.cache_file != first.cache_file
-    assert len(list(tmp_path.glob("clb-*.safetensors"))) == 5
+    assert len(list((tmp_path / "clb").glob("clb-*.safetensors"))) == 5
 
 
 def test_pgd_raises_the_loss_within_the_budget() -> None:

@@ -241,12 +241,12 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
     )
     result = train(config, progress=False)
     m = result.metrics
-    assert m["protocol"] == "per-sample" and m["defense"] == "eigenguard"
+    assert m["protocol"] == "per-sample" and m["defense"]["name"] == "eigenguard"
     for key in ("acc", "asr", "acc_paper", "asr_paper"):
         assert 0.0 <= m[key] <= 1.0
     log = (tmp_path / "g" / "log.csv").read_text().splitlines()
-    assert log[0].split(",")[4:9] == ["acc", "asr", "acc_paper", "asr_paper", "anchors_poisoned"]
-    assert log[1].split(",")[8] == "" and log[2].split(",")[8] != ""  # anchors from epoch 2 on
+    assert log[0].split(",")[5:10] == ["acc", "asr", "acc_paper", "asr_paper", "anchors_poisoned"]
+    assert log[1].split(",")[9] == "" and log[2].split(",")[9] != ""  # anchors from epoch 2 on
     from safetensors.torch import load_file
 
     assert load_file(tmp_path / "g" / "model.safetensors")["points.stage1.history"].shape == (64, 8 * 28 * 28)
@@ -256,4 +256,4 @@ def test_guard_config_errors() -> None:
     with pytest.raises(Exception, match="guard_at 'stage9' is not an insertion point of resnet18"):
         TrainConfig(defense="eigenguard", guard_at="stage9")
     with pytest.raises(Exception, match="unknown defense"):
-        TrainConfig(defense="anp")
+        TrainConfig(defense="strip")

@@ -23,14 +23,14 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _parse_attack_options(items: list[str] | None) -> dict[str, Any] | None:
+def _parse_options(items: list[str] | None, flag: str, example: str) -> dict[str, Any] | None:
     if not items:
         return None
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise EigenguardError(f"invalid --attack-option '{item}': expected KEY=VALUE, e.g. alpha=0.1")
+            raise EigenguardError(f"invalid {flag} '{item}': expected KEY=VALUE, e.g. {example}")
         options[key.replace("-", "_")] = yaml.safe_load(value)
     return options
 
@@ -55,7 +55,9 @@ def train(
     poison_rate: Annotated[float | None, Opt(help="poisoned share; of target class for sig, clb")] = None,
     target: Annotated[int | None, Opt(help="target class")] = None,
     attack_option: Annotated[list[str] | None, Opt(help="extra attack argument KEY=VALUE (repeatable)")] = None,
-    defense: Annotated[str | None, Opt(help="none or eigenguard")] = None,
+    defense: Annotated[str | None, Opt(help="none, eigenguard, ft, anp, abl, ss, fp, nad")] = None,
+    defense_option: Annotated[list[str] | None, Opt(help="extra defense argument KEY=VALUE (repeatable)")] = None,
+    clean_samples: Annotated[int | None, Opt(help="the defender's clean images (500)")] = None,
     guard_at: Annotated[str | None, Opt(help="EigenGuard insertion point (stage1)")] = None,
     k: Annotated[int | None, Opt("--k", help="EigenGuard: top directions flattened (20)")] = None,
     momentum: Annotated[float | None, Opt(help="EigenGuard: history momentum (0.7)")] = None,
@@ -79,16 +81,18 @@ def train(
     eval_every: Annotated[int | None, Opt(help="evaluate every N epochs (last always)")] = None,
     out: Annotated[str | None, Opt(help="run directory to create (must not exist)")] = None,
     runs_dir: Annotated[str | None, Opt(help="parent of auto-named run directories")] = None,
+    cache_dir: Annotated[str | None, Opt(help="reused artifacts (default $EIGENGUARD_CACHE)")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Train one model on a (possibly poisoned) dataset; write a run directory with metrics and weights."""
     # Every flag is a config field of the same name; first thing, before any other local exists.
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet", "attack_option")}
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet", "attack_option", "defense_option")}
     from eigenguard.config import load_yaml, resolve_config
     from eigenguard.training.pipeline import train as run_training
 
     try:
-        overrides["attack_options"] = _parse_attack_options(attack_option)
+        overrides["attack_options"] = _parse_options(attack_option, "--attack-option", "alpha=0.1")
+        overrides["defense_options"] = _parse_options(defense_option, "--defense-option", "epochs=20")
         file_values = load_yaml(config) if config else {}
         resolved = resolve_config(file_values, overrides)
         result = run_training(resolved, progress=not quiet)
@@ -121,13 +125,20 @@ def list_components() -> None:
     ):
         typer.echo(f"{kind}: {', '.join(names)}")
     from eigenguard.attacks import attack_options
+    from eigenguard.defenses import DEFENSES, defense_options
 
+    typer.echo(f"defenses: {', '.join(DEFENSES.names())}")
     typer.echo("attack options (--attack-option KEY=VALUE) and default poison rates:")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         options = ", ".join(f"{k}={v}" for k, v in attack_options(name).items()) or "-"
         rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
         typer.echo(f"  {name}: {options}; rate {rate}")
+    typer.echo("defense options (--defense-option KEY=VALUE; EigenGuard's are flags: --k, --momentum, ...):")
+    for name in DEFENSES.names():
+        options = ", ".join(f"{k}={v}" for k, v in defense_options(name).items()) or "-"
+        post = " (repairs the cached backdoored model)" if DEFENSES.get(name).post_training else ""
+        typer.echo(f"  {name}: {options}{post}")
 
 
 def main() -> None:

@@ -49,7 +49,6 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
-DEFENSES = (DEFENSE_NONE, "eigenguard")
 
 
 class TrainConfig(BaseModel):
@@ -78,7 +77,11 @@ class TrainConfig(BaseModel):
     target: int = Field(0, description="all-to-one target class")
     attack_options: dict[str, Any] = Field(default_factory=dict, description="extra attack arguments")
     # defense
-    defense: str = Field(DEFENSE_NONE, description="defense: 'none' (plain training) or 'eigenguard'")
+    defense: str = Field(DEFENSE_NONE, description="defense: none, eigenguard, ft, anp, abl, ss, fp, nad")
+    defense_options: dict[str, Any] = Field(default_factory=dict, description="extra defense arguments")
+    clean_samples: int = Field(
+        500, description="the defender's clean images, drawn from the defense split (paper: 500)"
+    )
     # EigenGuard (used when defense = eigenguard; see guard/module.py for what each choice means)
     guard_at: str = Field("stage1", description="insertion point of the guard")
     k: int = Field(20, description="EigenGuard: number of top singular directions flattened to one scale")
@@ -107,6 +110,9 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(1, description="evaluate every N epochs (the last epoch always)")
     out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
     runs_dir: str = Field("runs", description="parent of auto-named run directories")
+    cache_dir: str | None = Field(
+        None, description="reusable artifacts (backdoored models, CLB images); default $EIGENGUARD_CACHE"
+    )
 
     @field_validator("profile")
     @classmethod
@@ -145,11 +151,13 @@ class TrainConfig(BaseModel):
     @field_validator("defense")
     @classmethod
     def _defense(cls, v: str) -> str:
+        from eigenguard.defenses import DEFENSES
+
         if v.lower() not in DEFENSES:
-            raise ValueError(f"unknown defense; allowed: {', '.join(DEFENSES)}")
+            raise ValueError(f"unknown defense; allowed: {', '.join(DEFENSES.names())}")
         return v.lower()
 
-    @field_validator("lowest_loss_samples")
+    @field_validator("lowest_loss_samples", "clean_samples")
     @classmethod
     def _lowest_loss(cls, v: int) -> int:
         if v < 0:

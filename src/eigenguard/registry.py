@@ -1,7 +1,8 @@
 """A tiny name -> factory registry, shared by datasets, models, attacks and defenses."""
 
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from eigenguard.errors import EigenguardError
 
@@ -39,3 +40,33 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def options(self, name: str, positional: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The keyword options a class entry's constructor takes, with defaults (minus `positional`)."""
+        params = inspect.signature(self.get(name).__init__).parameters  # type: ignore[misc]
+        skip = {"self", *positional}
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {k: p.default for k, p in params.items() if k not in skip and p.kind in kinds}
+
+    def create(
+        self,
+        name: str,
+        *args: Any,
+        positional: tuple[str, ...] = (),
+        fixed: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Build entry `name` from `args`, the `fixed` keywords and the user's `options`.
+
+        An option it does not take, or a value it rejects, is one EigenguardError naming what is allowed.
+        """
+        allowed = self.options(name, positional)
+        for key in options:
+            if key not in allowed:
+                raise EigenguardError(
+                    f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
+                )
+        try:
+            return self.get(name)(*args, **(fixed or {}), **options)  # type: ignore[operator]
+        except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
+            raise EigenguardError(f"invalid options {options} for {self.kind} '{name}': {e}") from None

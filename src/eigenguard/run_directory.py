@@ -73,10 +73,15 @@ class RunDirectory:
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
 
     def append_log(self, row: Mapping[str, Any]) -> None:
-        """Add an epoch row and rewrite log.csv whole (atomic; a few KB even for 100 epochs)."""
+        """Add an epoch row and rewrite log.csv whole (atomic; a few KB even for 100 epochs).
+
+        Rows of different phases may carry different fields: the header is every field seen, in order of
+        first appearance, and a row leaves the fields it lacks empty.
+        """
         self._log_rows.append(dict(row))
+        fields = list(dict.fromkeys(k for r in self._log_rows for k in r))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self._log_rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self._log_rows)
         atomic_write_text(self.path / "log.csv", buffer.getvalue())

@@ -20,12 +20,11 @@ Our choices, where Turner et al. and the paper leave them open:
   (safetensors) under a key hashing the training images and labels, the target, every PGD and surrogate
   parameter, the seed and the device type (CPU and CUDA kernels differ in the last bits). Any change of
   these gives a new key, hence a new file; a hit skips the surrogate and PGD entirely.
-  Cache directory: the `cache_dir` option, else $EIGENGUARD_CACHE, else ~/.cache/eigenguard.
+  Cache directory: clb/ under the `cache_dir` option, else $EIGENGUARD_CACHE, else ~/.cache/eigenguard.
 """
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -34,16 +33,13 @@ from safetensors.torch import load_file
 from eigenguard.attacks.badnets import CHECKERBOARD, corner_patch
 from eigenguard.attacks.base import Attack
 from eigenguard.attacks.pgd import pgd_linf
+from eigenguard.cache import cache_root
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_save_tensors
 from eigenguard.training.augment import Normalize
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EIGENGUARD_CACHE") or Path.home() / ".cache" / "eigenguard")
 
 
 class CleanLabel(Attack):
@@ -80,7 +76,7 @@ class CleanLabel(Attack):
         self.pgd_steps = int(pgd_steps)
         self.pgd_step_size = float(pgd_step_size if pgd_step_size is not None else 2.5 * epsilon / max(pgd_steps, 1))
         self.surrogate = {"model": surrogate_model, "width": float(surrogate_width), "epochs": int(surrogate_epochs)}
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = cache_root(cache_dir) / "clb"
         self.cache_hit: bool | None = None  # set by poison(): whether the perturbed images came from the cache
         self.cache_file: Path | None = None
         self.surrogate_report: dict[str, float] = {}

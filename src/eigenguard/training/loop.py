@@ -16,6 +16,7 @@ from torch import nn
 from eigenguard.training.augment import Normalize, random_crop, random_flip
 
 StepCallback = Callable[[int, float], None]  # (steps done this epoch, mean loss so far)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels, inputs) -> loss
 
 
 def train_one_epoch(
@@ -34,6 +35,7 @@ def train_one_epoch(
     on_step: StepCallback | None = None,
     log_every: int = 10,
     extra_inputs: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, float]:
     """Train for one pass over (images, labels); returns mean loss and accuracy on the augmented batches.
 
@@ -41,6 +43,8 @@ def train_one_epoch(
     a batch of one. The order is a fresh permutation from `generator` every epoch.
     `extra_inputs` (already normalised) are appended to every batch; a module inside the model (EigenGuard
     with anchor rows) must remove them again, so the logits have one row per batch sample.
+    `loss_fn(logits, labels, inputs)` replaces the mean cross-entropy (ABL's gradient ascent, NAD's
+    attention distillation); `inputs` is the normalised batch the model saw.
     """
     model.train()
     n = images.shape[0]
@@ -61,7 +65,7 @@ def train_one_epoch(
             x = torch.cat([x, extra_inputs.to(x.dtype)])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

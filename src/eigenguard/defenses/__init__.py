@@ -1,0 +1,35 @@
+"""Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
+
+Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
+Post-training, repairing the cached backdoored model: ft, anp, fp, nad.
+"""
+
+from typing import Any
+
+from eigenguard.defenses.abl import ABL
+from eigenguard.defenses.anp import ANP
+from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.defenses.eigenguard import EigenGuardDefense
+from eigenguard.defenses.fine_pruning import FinePruning
+from eigenguard.defenses.finetune import FineTuning
+from eigenguard.defenses.nad import NAD
+from eigenguard.defenses.no_defense import NoDefense
+from eigenguard.defenses.spectral_signatures import SpectralSignatures
+from eigenguard.registry import Registry
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+for _cls in (NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD):
+    DEFENSES.register(_cls.name)(_cls)
+
+
+def defense_options(name: str) -> dict[str, Any]:
+    """The options a defense accepts (`--defense-option KEY=VALUE`), with their defaults."""
+    return DEFENSES.options(name)
+
+
+def create_defense(name: str, **options: Any) -> Defense:
+    """Build a registered defense; unknown options or bad values are one EigenguardError."""
+    return DEFENSES.create(name, **options)
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "create_defense", "defense_options"]

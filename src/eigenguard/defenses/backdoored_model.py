@@ -1,0 +1,108 @@
+"""The backdoored no-defense model that post-training defenses repair: trained once per setting, then reused.
+
+A cache entry is a complete no-defense run directory (config.yaml, log.csv, metrics.json,
+model.safetensors, split.safetensors) under <cache>/backdoored/, named by a key that hashes everything
+that decides the trained weights:
+- the training recipe: every config field except those that cannot change the weights (where output goes,
+  how often to evaluate, the defense's own settings, where the data lives);
+- the poisoned training set itself (a hash of its images and labels), which covers dataset, subset,
+  split, attack, its options and poison rate;
+- the device type (CPU and CUDA kernels differ in the last bits).
+Any change gives another key, so a stale model is never served. An entry without metrics.json is an
+unfinished run: it is removed and retrained. Several processes may race to fill the same entry; the
+run directory is created atomically, and a loser waits for nothing: it trains into its own temporary
+directory and renames it into place only if the entry is still missing.
+"""
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from eigenguard.cache import cache_root
+from eigenguard.config import DEFENSE_NONE, TrainConfig
+from eigenguard.data.image_dataset import ImageDataset
+
+# The defense's own settings, and the fields that say where things go or how often to measure:
+# none of them can change the trained no-defense weights.
+DEFENSE_FIELDS = (
+    "defense",
+    "defense_options",
+    "clean_samples",
+    "guard_at",
+    "k",
+    "momentum",
+    "history_init",
+    "guard_grad",
+    "guard_precision",
+    "lowest_loss_samples",
+)
+IRRELEVANT = (*DEFENSE_FIELDS, "out", "runs_dir", "eval_every", "eval_batch_size", "data_root", "download", "cache_dir")
+
+
+def no_defense_config(config: TrainConfig) -> TrainConfig:
+    """The same run without a defense: the defense's own fields back at their defaults, no output path."""
+    values = config.model_dump()
+    for name in DEFENSE_FIELDS:
+        values[name] = TrainConfig.model_fields[name].get_default(call_default_factory=True)
+    values["defense"] = DEFENSE_NONE
+    values["out"] = None
+    return TrainConfig(**values)
+
+
+def backdoored_key(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> str:
+    recipe = {k: v for k, v in config.model_dump().items() if k not in IRRELEVANT}
+    h = hashlib.sha256(json.dumps({**recipe, "device": device.type}, sort_keys=True, default=str).encode())
+    h.update(train_set.images.cpu().contiguous().numpy().tobytes())
+    h.update(train_set.labels.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def backdoored_entry(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> Path:
+    base = no_defense_config(config)
+    return (
+        cache_root(config.cache_dir) / "backdoored" / f"{base.run_name()}_{backdoored_key(config, train_set, device)}"
+    )
+
+
+def load_or_train_backdoored(
+    config: TrainConfig, train_set: ImageDataset, device: torch.device, model: nn.Module, *, progress: bool = False
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """Fill `model` (a fresh model of the config's architecture) with the cached backdoored weights.
+
+    Returns (model, the no-defense run's metrics, whether it came from the cache). Trains it first when
+    the entry is missing.
+    """
+    from eigenguard.training.pipeline import train  # the no-defense run is an ordinary run
+
+    entry = backdoored_entry(config, train_set, device)
+    hit = (entry / "metrics.json").exists()
+    if not hit:
+        if entry.exists():
+            shutil.rmtree(entry)  # an unfinished earlier attempt
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+        try:
+            base = no_defense_config(config).model_copy(update={"out": str(scratch / "run")})
+            train(base, progress=progress)
+            if not (entry / "metrics.json").exists():
+                (scratch / "run").rename(entry)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    state = load_file(str(entry / "model.safetensors"), device=str(device))
+    model.load_state_dict(state)
+    metrics = json.loads((entry / "metrics.json").read_text())
+    metrics["cache_entry"] = str(entry)
+    return model, metrics, hit
+
+
+def cached_plain_metrics(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> dict[str, Any] | None:
+    """The no-defense run's metrics if it is in the cache (for cost ratios), without training it."""
+    path = backdoored_entry(config, train_set, device) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None

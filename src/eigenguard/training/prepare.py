@@ -1,0 +1,92 @@
+"""Everything a run loads before it writes anything: data, split, poisons, test sets, the defender's pool.
+
+Seeds: one master seed, one stream per purpose, so changing e.g. the model does not change which samples
+are poisoned: split = seed, poison choice = seed + 1, trigger = seed, the defender's clean images = seed + 4
+(weights = seed + 2 and batches = seed + 3 belong to the trainer).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from eigenguard.attacks import Attack, attack_options, create_attack
+from eigenguard.config import ATTACK_NONE, TrainConfig
+from eigenguard.data import load_dataset
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.split import DefenseSplit, defense_split
+from eigenguard.errors import EigenguardError
+from eigenguard.training.augment import Normalize
+
+# Flipping a digit or a traffic sign changes its meaning; these datasets train without it.
+NO_FLIP_DATASETS = frozenset({"mnist", "gtsrb"})
+
+
+@dataclass
+class PreparedData:
+    """The run's data, on the training device. Indices are into `train_set` unless said otherwise."""
+
+    train_set: ImageDataset  # the victim's training set, poisoned
+    test: ImageDataset
+    asr_set: ImageDataset | None
+    clean_pool: ImageDataset  # the defender's clean images, drawn from the held-back defense split
+    split: DefenseSplit
+    clean_indices: torch.Tensor  # into the original training set
+    attack: Attack | None
+    normalize: Normalize
+    flip: bool
+    poison_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cross_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+
+    def split_record(self) -> dict[str, torch.Tensor]:
+        """What split.safetensors holds: every index set, into the original training set."""
+        return {
+            "train_indices": self.split.train,
+            "defense_indices": self.split.defense,
+            # the samples that were poisoned
+            "poison_indices": self.split.train[self.poison_indices],
+            # samples the attack modified without the backdoor (WaNet's noise mode)
+            "cross_indices": self.split.train[self.cross_indices],
+            # the defender's clean images (a subset of defense_indices)
+            "clean_indices": self.clean_indices,
+        }
+
+
+def prepare_data(config: TrainConfig, device: torch.device, needs_clean_pool: bool = True) -> PreparedData:
+    """Load and poison the data. A defense that `needs_clean_pool` gets all `clean_samples` or an error;
+    otherwise the pool is cut to what the defense split holds (it is recorded, never used)."""
+    train_full, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
+    split = defense_split(len(train_full), config.defense_fraction, config.seed, config.train_subset)
+    if needs_clean_pool and config.clean_samples > len(split.defense):
+        raise EigenguardError(
+            f"clean_samples {config.clean_samples} is more than the {len(split.defense)} images of the defense "
+            f"split; allowed: 0..{len(split.defense)} (or raise defense_fraction)"
+        )
+    order = torch.randperm(len(split.defense), generator=torch.Generator().manual_seed(config.seed + 4))
+    clean_indices = split.defense[order[: config.clean_samples]].sort().values
+    train_set = train_full.subset(split.train).to(device)
+    clean_pool = train_full.subset(clean_indices).to(device)
+    test = test.to(device)
+    flip = config.flip if config.flip is not None else config.dataset not in NO_FLIP_DATASETS
+    normalize = Normalize(train_set.mean, train_set.std, device)
+    if config.attack == ATTACK_NONE:
+        return PreparedData(train_set, test, None, clean_pool, split, clean_indices, None, normalize, flip)
+
+    options = dict(config.attack_options)
+    if config.cache_dir and "cache_dir" in attack_options(config.attack):
+        options.setdefault("cache_dir", config.cache_dir)
+    attack = create_attack(config.attack, train_set.image_shape, target=config.target, seed=config.seed, **options)
+    assert config.poison_rate is not None  # resolved by TrainConfig
+    poisoned = attack.poison(train_set, config.poison_rate, torch.Generator().manual_seed(config.seed + 1))
+    return PreparedData(
+        poisoned.dataset,
+        test,
+        attack.asr_test_set(test),
+        clean_pool,
+        split,
+        clean_indices,
+        attack,
+        normalize,
+        flip,
+        poisoned.poison_indices.cpu(),
+        poisoned.cross_indices.cpu(),
+    )

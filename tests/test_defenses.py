@@ -1,0 +1,234 @@
+"""The baseline defenses: each one's mechanism on tiny models and data where the answer is known, the
+backdoored-model cache, and every defense end to end through the pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from eigenguard import TrainConfig, train
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.defenses import DEFENSES, DefenseContext, create_defense
+from eigenguard.defenses.abl import ABL, lga_loss
+from eigenguard.defenses.anp import ANP, batchnorms
+from eigenguard.defenses.fine_pruning import classifier
+from eigenguard.defenses.nad import attention_map
+from eigenguard.defenses.spectral_signatures import SpectralSignatures, spectral_scores
+from eigenguard.errors import EigenguardError
+from eigenguard.models import create_model
+from eigenguard.training.augment import Normalize
+from eigenguard.training.trainer import Trainer
+
+
+def tiny_dataset(n: int, seed: int = 0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = (torch.randint(0, 60, (n, 1, 8, 8), generator=g) + 60 * labels[:, None, None, None]).to(torch.uint8)
+    return ImageDataset(images, labels, ["a", "b", "c", "d"])
+
+
+def tiny_context(train_set: ImageDataset, clean: ImageDataset, poisoned: torch.Tensor | None = None) -> DefenseContext:
+    config = TrainConfig(dataset="mnist", model="resnet18", width=0.0625, epochs=1, batch_size=16, device="cpu")
+    device = torch.device("cpu")
+    trainer = Trainer(config, device, Normalize((0.5,), (0.5,), device), False, clean, None, progress=False)
+    model = trainer.new_model(num_classes=4)
+    return DefenseContext(
+        config, trainer, train_set, clean, poisoned if poisoned is not None else torch.empty(0, dtype=torch.int64),
+        backdoored=lambda: model,
+    )  # fmt: skip
+
+
+# -- ANP ---------------------------------------------------------------------------------------------
+
+
+def test_anp_masks_stay_in_unit_interval() -> None:
+    ctx = tiny_context(tiny_dataset(64), tiny_dataset(64, seed=1))
+    model = ctx.backdoored()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = ANP(iterations=15, batch_size=16, mask_lr=2.0).optimise_masks(model, ctx)
+    assert set(masks) == {name for name, _ in batchnorms(model)}
+    values = torch.cat(list(masks.values()))
+    assert values.min() >= 0 and values.max() <= 1
+    assert (values < 1).any()  # the masks did move (lr 2.0 pushes some to the bounds)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # optimised on a copy
+
+
+def test_anp_pruning_zeroes_exactly_the_masked_neurons() -> None:
+    model = create_model("resnet18", in_channels=1, num_classes=4, width=0.0625)
+    layers = batchnorms(model)
+    with torch.no_grad():
+        for _, bn in layers:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    before = {n: (bn.weight.clone(), bn.bias.clone()) for n, bn in layers}
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(bn.num_features, generator=g) for n, bn in layers}
+    pruned = ANP.prune(model, masks, threshold=0.2)
+    assert pruned == sum(int((m < 0.2).sum()) for m in masks.values()) > 0
+    for n, bn in layers:
+        off = masks[n] < 0.2
+        assert (bn.weight[off] == 0).all()
+        assert torch.equal(bn.weight[~off], before[n][0][~off])
+        assert torch.equal(bn.bias, before[n][1])  # biases are left alone, as in the official code
+
+
+# -- ABL ---------------------------------------------------------------------------------------------
+
+
+class MarkerModel(nn.Module):
+    """Logits that put class 0 far ahead exactly for images whose first pixel is bright (the 'backdoor')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        marker = (x[:, 0, 0, 0] > 0.9).float()
+        logits = torch.zeros(len(x), 4) + self.dummy
+        logits[:, 0] += 10 * marker
+        return logits
+
+
+def test_abl_isolates_the_planted_low_loss_samples() -> None:
+    data = tiny_dataset(200)
+    planted = torch.arange(0, 200, 10)  # 20 samples: marker on, label 0 -> near-zero loss
+    data.images[planted, 0, 0, 0] = 255
+    data.labels[planted] = 0
+    data.images[:, 0, 0, 0][~torch.isin(torch.arange(200), planted)] = 0
+    ctx = tiny_context(data, tiny_dataset(16), poisoned=planted)
+    isolated = ABL(isolation_rate=0.1).isolate(MarkerModel(), ctx)
+    assert torch.equal(isolated, planted)
+    assert ctx.precision_recall(isolated) == {"flagged": 20, "flagged_poisoned": 20, "precision": 1.0, "recall": 1.0}
+
+
+def test_lga_pushes_the_loss_back_up_below_gamma() -> None:
+    logits = torch.tensor([[4.0, 0.0]], requires_grad=True)  # CE ~ 0.018 < gamma
+    lga_loss(0.5)(logits, torch.tensor([0]), torch.empty(0)).backward()
+    assert logits.grad is not None and logits.grad[0, 0] > 0  # descending it raises the CE of the true class
+    logits = torch.tensor([[0.0, 0.0]], requires_grad=True)  # CE ~ 0.69 > gamma: ordinary descent
+    lga_loss(0.5)(logits, torch.tensor([0]), torch.empty(0)).backward()
+    assert logits.grad is not None and logits.grad[0, 0] < 0
+    assert ABL().epochs(100) == (20, 80, 5) and ABL().epochs(12) == (2, 10, 1)
+
+
+# -- Spectral Signatures -----------------------------------------------------------------------------
+
+
+def test_spectral_signatures_remove_planted_outliers() -> None:
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 32, generator=g)
+    labels = torch.arange(400) % 2
+    planted = torch.nonzero(labels == 1).flatten()[:20]  # 10% of class 1, shifted along one direction
+    direction = torch.randn(32, generator=g)
+    features[planted] += 10 * direction / direction.norm()
+    removed = SpectralSignatures(epsilon=0.1, removal_factor=1.5).flag(features, labels)
+    assert set(planted.tolist()) <= set(removed.tolist())
+    assert len(removed) == 2 * 30  # 1.5 x 10% of each class of 200
+    scores = spectral_scores(features[labels == 1])
+    assert scores.topk(20).indices.sort().values.tolist() == list(range(20))
+
+
+# -- NAD / FP ----------------------------------------------------------------------------------------
+
+
+def test_nad_attention_map_is_unit_norm_and_channel_pooled() -> None:
+    f = torch.randn(3, 8, 4, 4)
+    a = attention_map(f, 2.0)
+    assert a.shape == (3, 16) and torch.allclose(a.norm(dim=1), torch.ones(3))
+    assert torch.allclose(a, attention_map(-f, 2.0))
+    assert torch.allclose(a[0], torch.nn.functional.normalize(f[0].pow(2).mean(0).flatten(), dim=0))
+
+
+def test_defense_options_are_checked() -> None:
+    with pytest.raises(EigenguardError, match="unknown option 'eps' for defense 'anp'; allowed: epsilon"):
+        create_defense("anp", eps=0.3)
+    with pytest.raises(EigenguardError, match="invalid options"):
+        create_defense("ft", epochs=0)
+    assert {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad"} == set(DEFENSES.names())
+
+
+# -- the backdoored-model cache and every defense end to end ------------------------------------------
+
+
+def defended(root: Path, out: Path, cache: Path, defense: str, **overrides: object) -> TrainConfig:
+    values: dict = {
+        "profile": "quick", "dataset": "mnist", "data_root": str(root), "model": "resnet18", "width": 0.125,
+        "epochs": 2, "batch_size": 64, "lr": 0.05, "attack": "badnets", "train_subset": None, "device": "cpu",
+        "clean_samples": 50, "cache_dir": str(cache), "out": str(out), "defense": defense,
+    }  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = train(defended(mnist_root, tmp_path / "ft", cache, "ft", defense_options={"epochs": 1}), progress=False)
+    assert first.metrics["backdoored_cache_hit"] is False
+    entries = list((cache / "backdoored").iterdir())
+    assert len(entries) == 1 and (entries[0] / "metrics.json").exists()
+    # another post-training defense, another defense option: the same backdoored model, not retrained
+    second = train(defended(mnist_root, tmp_path / "nad", cache, "nad", defense_options={"epochs": 1}), progress=False)
+    assert second.metrics["backdoored_cache_hit"] is True
+    assert second.metrics["backdoored_acc"] == first.metrics["backdoored_acc"]
+    assert len(list((cache / "backdoored").iterdir())) == 1
+    # the stored model is the no-defense run of the same configuration, bit for bit
+    plain = train(defended(mnist_root, tmp_path / "plain", cache, "none"), progress=False)
+    stored = load_file(entries[0] / "model.safetensors")
+    assert all(torch.equal(stored[k], v) for k, v in load_file(tmp_path / "plain" / "model.safetensors").items())
+    assert plain.metrics["defense_cost_vs_plain"] is not None
+    # a setting that changes the weights gives a new entry
+    train(defended(mnist_root, tmp_path / "ft2", cache, "ft", lr=0.02, defense_options={"epochs": 1}), progress=False)
+    assert len(list((cache / "backdoored").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("defense", "options"),
+    [
+        ("ft", {"epochs": 1}),
+        ("anp", {"iterations": 5, "batch_size": 16}),
+        ("abl", {}),
+        ("ss", {}),
+        ("fp", {"epochs": 1}),
+        ("nad", {"teacher_epochs": 1, "epochs": 1}),
+    ],
+)
+def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(defended(mnist_root, out, tmp_path / "cache", defense, defense_options=options), progress=False)
+    m = result.metrics
+    assert 0 <= m["acc"] <= 1 and 0 <= m["asr"] <= 1
+    assert m["defense"]["name"] == defense and m["defense_seconds"] > 0 and m["clean_images"] == 50
+    assert (m["defense_cost_vs_plain"] is not None) == DEFENSES.get(defense).post_training or defense == "ss"
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("phase,")
+    if defense == "abl":
+        assert [r.split(",")[0] for r in rows[1:]] == ["isolate", "train-rest", "unlearn"]
+        assert set(m["defense_report"]["isolation"]) == {"flagged", "flagged_poisoned", "precision", "recall"}
+        assert m["defense_report"]["isolation"]["flagged"] == 54  # 10% of 540
+    if defense == "ss":
+        assert m["defense_report"]["removal"]["flagged"] >= 54
+    if defense == "fp":
+        weight = load_file(out / "model.safetensors")["head.2.weight"]
+        zero_columns = int((weight == 0).all(dim=0).sum())
+        assert zero_columns == m["defense_report"]["pruned_channels"]
+        assert classifier(result.model).weight.shape[1] == m["defense_report"]["channels"]
+    if defense == "anp":
+        assert m["defense_report"]["neurons"] > 0
+    assert json.loads((out / "metrics.json").read_text())["defense_report"] == json.loads(
+        json.dumps(m["defense_report"])
+    )
+
+
+def test_clean_samples_beyond_the_defense_split_is_an_error_only_for_defenses_that_use_them(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(EigenguardError, match="clean_samples 500 is more than the 60 images"):
+        train(defended(mnist_root, tmp_path / "a", tmp_path / "c", "ft", clean_samples=500), progress=False)
+    assert not (tmp_path / "a").exists()
+    result = train(
+        defended(mnist_root, tmp_path / "b", tmp_path / "c", "none", clean_samples=500, epochs=1), progress=False
+    )
+    assert result.metrics["clean_images"] == 60
