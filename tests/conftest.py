@@ -35,3 +35,11 @@ def make_mnist_like(root: Path, n_train: int = 600, n_test: int = 200, seed: int
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     return make_mnist_like(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own artifact cache (plain runs store their model there), never ~/.cache."""
+    cache = tmp_path / "eigenguard-cache"
+    monkeypatch.setenv("EIGENGUARD_CACHE", str(cache))
+    return cache

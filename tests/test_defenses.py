@@ -179,6 +179,12 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
     stored = load_file(entries[0] / "model.safetensors")
     assert all(torch.equal(stored[k], v) for k, v in load_file(tmp_path / "plain" / "model.safetensors").items())
     assert plain.metrics["defense_cost_vs_plain"] is not None
+    # and a plain run fills the cache itself: a defense after it starts from its model
+    other = tmp_path / "cache2"
+    train(defended(mnist_root, tmp_path / "plain2", other, "none"), progress=False)
+    assert len(list((other / "backdoored").iterdir())) == 1
+    after = train(defended(mnist_root, tmp_path / "ft3", other, "ft", defense_options={"epochs": 1}), progress=False)
+    assert after.metrics["backdoored_cache_hit"] is True
     # a setting that changes the weights gives a new entry
     train(defended(mnist_root, tmp_path / "ft2", cache, "ft", lr=0.02, defense_options={"epochs": 1}), progress=False)
     assert len(list((cache / "backdoored").iterdir())) == 2

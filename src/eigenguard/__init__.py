@@ -8,7 +8,7 @@ and, for your own models, the defense in three lines:
     from eigenguard.guard import guard
     model = torchvision.models.resnet18(num_classes=10)
     guard(model, at="layer1")          # after the first residual stage, k=20, momentum=0.7
-plus `load_dataset`, `create_model`, `create_attack` for your own loops.
+plus `load_dataset`, `create_model`, `create_attack`, `create_defense` for your own loops.
 """
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from eigenguard.attacks import ATTACKS, Attack, create_attack
 from eigenguard.config import PROFILES, TrainConfig, resolve_config
 from eigenguard.data import DATASETS, ImageDataset, load_dataset
+from eigenguard.defenses import DEFENSES, Defense, create_defense
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard
 from eigenguard.models import MODELS, Backbone, create_model
@@ -24,10 +25,12 @@ from eigenguard.training.pipeline import RunResult, train
 __all__ = [
     "ATTACKS",
     "DATASETS",
+    "DEFENSES",
     "MODELS",
     "PROFILES",
     "Attack",
     "Backbone",
+    "Defense",
     "EigenGuard",
     "EigenguardError",
     "ImageDataset",
@@ -35,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "create_attack",
+    "create_defense",
     "create_model",
     "load_dataset",
     "resolve_config",

@@ -8,10 +8,10 @@ that decides the trained weights:
 - the poisoned training set itself (a hash of its images and labels), which covers dataset, subset,
   split, attack, its options and poison rate;
 - the device type (CPU and CUDA kernels differ in the last bits).
-Any change gives another key, so a stale model is never served. An entry without metrics.json is an
-unfinished run: it is removed and retrained. Several processes may race to fill the same entry; the
-run directory is created atomically, and a loser waits for nothing: it trains into its own temporary
-directory and renames it into place only if the entry is still missing.
+Any change gives another key, so a stale model is never served. Every finished no-defense run stores
+itself (copied under a temporary name, then renamed into place, only if the entry is still missing), and
+a defense whose entry is missing runs that no-defense run first. Two processes racing to fill the same
+entry both train; the first rename wins and the other copy is dropped.
 """
 
 import hashlib
@@ -28,6 +28,7 @@ from torch import nn
 from eigenguard.cache import cache_root
 from eigenguard.config import DEFENSE_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.errors import EigenguardError
 
 # The defense's own settings, and the fields that say where things go or how often to measure:
 # none of them can change the trained no-defense weights.
@@ -84,22 +85,41 @@ def load_or_train_backdoored(
     entry = backdoored_entry(config, train_set, device)
     hit = (entry / "metrics.json").exists()
     if not hit:
-        if entry.exists():
-            shutil.rmtree(entry)  # an unfinished earlier attempt
         entry.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
-        try:
-            base = no_defense_config(config).model_copy(update={"out": str(scratch / "run")})
-            train(base, progress=progress)
-            if not (entry / "metrics.json").exists():
-                (scratch / "run").rename(entry)
+        scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".training."))
+        try:  # an ordinary no-defense run; when it finishes it stores itself in the cache (store_plain_run)
+            train(no_defense_config(config).model_copy(update={"out": str(scratch / "run")}), progress=progress)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        if not (entry / "metrics.json").exists():
+            raise EigenguardError(f"the no-defense run did not store itself at {entry}: its key differs (a bug)")
     state = load_file(str(entry / "model.safetensors"), device=str(device))
     model.load_state_dict(state)
     metrics = json.loads((entry / "metrics.json").read_text())
     metrics["cache_entry"] = str(entry)
     return model, metrics, hit
+
+
+def store_plain_run(config: TrainConfig, train_set: ImageDataset, device: torch.device, run_dir: Path) -> bool:
+    """Copy a finished no-defense run into the cache, so later post-training defenses reuse it.
+
+    Does nothing (returns False) when the entry exists. The copy is made under a temporary name and renamed.
+    """
+    entry = backdoored_entry(config, train_set, device)
+    if entry.exists():  # entries only ever appear whole, by the rename below
+        return False
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    try:
+        shutil.copytree(run_dir, scratch / "run")
+        (scratch / "run").rename(entry)
+    except OSError:
+        if not (entry / "metrics.json").exists():  # not a lost race with another process: a real failure
+            raise
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return True
 
 
 def cached_plain_metrics(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> dict[str, Any] | None:

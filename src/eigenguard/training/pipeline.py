@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 import eigenguard
-from eigenguard.config import TrainConfig
+from eigenguard.config import DEFENSE_NONE, TrainConfig
 from eigenguard.defenses import DefenseContext, create_defense
-from eigenguard.defenses.backdoored_model import cached_plain_metrics, load_or_train_backdoored
+from eigenguard.defenses.backdoored_model import cached_plain_metrics, load_or_train_backdoored, store_plain_run
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone
@@ -164,6 +164,9 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     }
     run.save_model(model.state_dict(), config.model_dump())
     run.write_metrics(metrics)
+    if config.defense == DEFENSE_NONE:
+        # the backdoored model of this setting: post-training defenses of the same config will reuse it
+        store_plain_run(config, data.train_set, device, out)
 
     table = Table(title=config.run_name())
     table.add_column("metric")

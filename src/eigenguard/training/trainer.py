@@ -130,7 +130,6 @@ class Trainer:
         augment: bool | None = None,
         loss_fn: LossFn | None = None,
         hook: EpochHook | None = None,
-        params: list[nn.Parameter] | None = None,
     ) -> list[dict[str, Any]]:
         """Train `model` on `data` for `epochs`; unset knobs take the config's values. Returns this fit's rows."""
         cfg = self.config
@@ -139,7 +138,7 @@ class Trainer:
         steps_per_epoch = max(len(data) // batch_size, 1)
         total_steps = steps_per_epoch * epochs
         optimizer = torch.optim.SGD(
-            params if params is not None else model.parameters(),
+            model.parameters(),
             lr=cfg.lr if lr is None else lr,
             momentum=cfg.sgd_momentum,
             weight_decay=cfg.weight_decay if weight_decay is None else weight_decay,
