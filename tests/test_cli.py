@@ -51,6 +51,8 @@ def test_train_via_yaml_with_flag_override(mnist_root: Path, tmp_path: Path) -> 
         (["--epochs", "-1"], "invalid epochs = -1"),
         (["--attack-option", "alpha"], "expected KEY=VALUE"),
         (["--attack", "sig", "--attack-option", "sigma=3"], "unknown option 'sigma' for attack 'sig'; allowed: delta"),
+        (["--defense", "ft", "--defense-option", "epoch=3"], "unknown option 'epoch' for defense 'ft'"),
+        (["--defense", "ft"], "clean_samples 500 is more than the 60 images of the defense split"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, mnist_root: Path, tmp_path: Path) -> None:
