@@ -66,3 +66,14 @@ def test_clean_run_records_zero_poison_rate() -> None:
 def test_poison_rate_defaults_to_the_attacks_paper_value(attack: str, rate: float) -> None:
     assert resolve_config({}, {"attack": attack}).poison_rate == rate
     assert resolve_config({}, {"attack": attack, "poison_rate": 0.05}).poison_rate == 0.05
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=str)
+def test_shipped_example_configs_resolve(path: Path) -> None:
+    from eigenguard.attacks import create_attack
+    from eigenguard.defenses import create_defense
+
+    config = resolve_config(load_yaml(path), {})
+    create_defense(config.defense, **config.defense_options)  # every option is known and valid
+    if config.attack != "none":
+        create_attack(config.attack, (1, 28, 28), **config.attack_options)
