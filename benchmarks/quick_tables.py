@@ -45,6 +45,7 @@ ATTACKS_TABLE = [
     # CLB at epsilon 16/255 is not learned (10% ASR): the victim still fits the target images by content;
     # Turner et al.'s larger budget, 32/255
     ("none-clb-eps32", {"attack": "clb", "attack_options": {"epsilon": 32 / 255}}),
+    ("none-clb-eps32-e24", {"attack": "clb", "attack_options": {"epsilon": 32 / 255}, "epochs": 24}),
 ]
 # Issue 5's table: BadNets and Blend at 10% against every defense. The none-* rows run first and fill the
 # backdoored-model cache, so the post-training defenses (ft, anp, fp, nad) and ss start from those models.
