@@ -38,6 +38,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_save_tensors
 from eigenguard.training.augment import Normalize
+from eigenguard.training.evaluate import accuracy
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
 
@@ -134,8 +135,9 @@ class CleanLabel(Attack):
         )
         # how well the hardening worked: the surrogate's accuracy on the target images, before and after PGD
         report = self.surrogate_report
-        report["surrogate_acc_target_clean"] = _accuracy(model, train.images[pool], self.target, normalize)
-        report["surrogate_acc_target_pgd"] = _accuracy(model, images, self.target, normalize)
+        for key, batch in (("surrogate_acc_target_clean", train.images[pool]), ("surrogate_acc_target_pgd", images)):
+            targets = ImageDataset(batch, train.labels[pool], train.classes, train.mean, train.std)
+            report[key] = round(accuracy(model, targets, normalize, 512), 4)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
         atomic_save_tensors(
@@ -190,12 +192,3 @@ class CleanLabel(Attack):
             "cache_hit": self.cache_hit,
             **self.surrogate_report,
         }
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, images: torch.Tensor, label: int, normalize: Normalize) -> float:
-    model.eval()
-    correct = sum(
-        int((model(normalize(images[i : i + 512])).argmax(1) == label).sum()) for i in range(0, len(images), 512)
-    )
-    return round(correct / max(len(images), 1), 4)

@@ -73,16 +73,16 @@ def backdoored_entry(config: TrainConfig, train_set: ImageDataset, device: torch
 
 
 def load_or_train_backdoored(
-    config: TrainConfig, train_set: ImageDataset, device: torch.device, model: nn.Module, *, progress: bool = False
+    config: TrainConfig, entry: Path, device: torch.device, model: nn.Module, *, progress: bool = False
 ) -> tuple[nn.Module, dict[str, Any], bool]:
-    """Fill `model` (a fresh model of the config's architecture) with the cached backdoored weights.
+    """Fill `model` (a fresh model of the config's architecture) with the weights cached at `entry`
+    (`backdoored_entry` of this config).
 
     Returns (model, the no-defense run's metrics, whether it came from the cache). Trains it first when
     the entry is missing.
     """
     from eigenguard.training.pipeline import train  # the no-defense run is an ordinary run
 
-    entry = backdoored_entry(config, train_set, device)
     hit = (entry / "metrics.json").exists()
     if not hit:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -100,12 +100,11 @@ def load_or_train_backdoored(
     return model, metrics, hit
 
 
-def store_plain_run(config: TrainConfig, train_set: ImageDataset, device: torch.device, run_dir: Path) -> bool:
+def store_plain_run(entry: Path, run_dir: Path) -> bool:
     """Copy a finished no-defense run into the cache, so later post-training defenses reuse it.
 
     Does nothing (returns False) when the entry exists. The copy is made under a temporary name and renamed.
     """
-    entry = backdoored_entry(config, train_set, device)
     if entry.exists():  # entries only ever appear whole, by the rename below
         return False
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +121,7 @@ def store_plain_run(config: TrainConfig, train_set: ImageDataset, device: torch.
     return True
 
 
-def cached_plain_metrics(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> dict[str, Any] | None:
+def cached_plain_metrics(entry: Path) -> dict[str, Any] | None:
     """The no-defense run's metrics if it is in the cache (for cost ratios), without training it."""
-    path = backdoored_entry(config, train_set, device) / "metrics.json"
+    path = entry / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None

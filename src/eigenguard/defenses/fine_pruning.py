@@ -19,25 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
 from eigenguard.models import Backbone
-from eigenguard.training.evaluate import accuracy
+from eigenguard.training.evaluate import accuracy, eval_logits
 
 
 def classifier(model: Backbone) -> nn.Linear:
     return [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
 
 
-@torch.no_grad()
-def mean_channel_activation(model: Backbone, images: torch.Tensor, ctx: DefenseContext) -> torch.Tensor:
+def mean_channel_activation(model: Backbone, images: ImageDataset, ctx: DefenseContext) -> torch.Tensor:
     """Mean over images and positions of each channel of the classifier's input (last stage, pooled)."""
     seen: list[torch.Tensor] = []
     handle = classifier(model).register_forward_pre_hook(lambda _m, args: seen.append(args[0].float().sum(0)))
-    model.eval()
     try:
-        for start in range(0, len(images), 256):
-            model(ctx.trainer.normalize(images[start : start + 256]))
+        eval_logits(model, images, ctx.trainer.normalize, 256, ctx.trainer.amp)  # the hook collects the inputs
     finally:
         handle.remove()
     return torch.stack(seen).sum(0) / len(images)
@@ -58,7 +56,7 @@ class FinePruning(Defense):
     def choose_pruning(self, model: Backbone, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """The channel mask (1 keep, 0 pruned) of the classifier input, and how it was reached."""
         t, pool = ctx.trainer, ctx.clean_pool
-        order = mean_channel_activation(model, pool.images, ctx).argsort()  # least active first
+        order = mean_channel_activation(model, pool, ctx).argsort()  # least active first
         channels = len(order)
         mask = torch.ones(channels, device=order.device)
         handle = classifier(model).register_forward_pre_hook(lambda _m, args: (args[0] * mask,))

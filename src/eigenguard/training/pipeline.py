@@ -19,7 +19,12 @@ from rich.table import Table
 import eigenguard
 from eigenguard.config import DEFENSE_NONE, TrainConfig
 from eigenguard.defenses import DefenseContext, create_defense
-from eigenguard.defenses.backdoored_model import cached_plain_metrics, load_or_train_backdoored, store_plain_run
+from eigenguard.defenses.backdoored_model import (
+    backdoored_entry,
+    cached_plain_metrics,
+    load_or_train_backdoored,
+    store_plain_run,
+)
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone
@@ -92,13 +97,13 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         config, device, data.normalize, data.flip, data.test, data.asr_set,
         log=run.append_log, console=console, progress=progress,
     )  # fmt: skip
+    # where this setting's no-defense model lives in the cache (hashes the training set: computed once)
+    entry = backdoored_entry(config, data.train_set, device)
     backdoored: dict[str, Any] = {}
 
     def backdoored_model() -> torch.nn.Module:
         t0 = time.perf_counter()
-        model, metrics, hit = load_or_train_backdoored(
-            config, data.train_set, device, trainer.new_model(), progress=progress
-        )
+        model, metrics, hit = load_or_train_backdoored(config, entry, device, trainer.new_model(), progress=progress)
         backdoored.update(metrics=metrics, cache_hit=hit, seconds=time.perf_counter() - t0)
         return model
 
@@ -115,7 +120,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     else:
         final = {k: None if last.get(k) in (None, "") else last[k] for k in ("acc", "asr", "acc_paper", "asr_paper")}
     guarded = bool(find_guards(model))
-    plain = backdoored.get("metrics") or cached_plain_metrics(config, data.train_set, device)
+    plain = backdoored.get("metrics") or cached_plain_metrics(entry)
     metrics: dict[str, Any] = {
         "acc": final["acc"],
         "asr": final["asr"],
@@ -166,7 +171,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     run.write_metrics(metrics)
     if config.defense == DEFENSE_NONE:
         # the backdoored model of this setting: post-training defenses of the same config will reuse it
-        store_plain_run(config, data.train_set, device, out)
+        store_plain_run(entry, out)
 
     table = Table(title=config.run_name())
     table.add_column("metric")
