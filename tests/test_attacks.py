@@ -15,7 +15,7 @@ from eigenguard.attacks import (
     attack_options,
     create_attack,
 )
-from eigenguard.attacks.pgd import pgd_linf
+from eigenguard.attacks.pgd import adversarial_training_loss, pgd_linf
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
 from eigenguard.training.augment import Normalize
@@ -167,7 +167,7 @@ def test_clean_label_attacks_keep_labels_and_poison_the_target_class(name: str, 
 
 # -- CLB ---------------------------------------------------------------------------------------------
 
-TINY_CLB = {"surrogate_width": 0.0625, "surrogate_epochs": 1, "pgd_steps": 2}
+TINY_CLB = {"surrogate_width": 0.0625, "surrogate_epochs": 1, "pgd_steps": 2, "surrogate_pgd_steps": 1}
 
 
 def test_clb_four_corner_trigger_pixels() -> None:
@@ -205,12 +205,14 @@ def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) ->
         ({**TINY_CLB, "epsilon": 8 / 255}, data),
         ({**TINY_CLB, "pgd_steps": 3}, data),
         ({**TINY_CLB, "surrogate_epochs": 2}, data),
+        ({**TINY_CLB, "surrogate_training": "standard"}, data),
+        ({**TINY_CLB, "surrogate_epsilon": 8 / 255}, data),
         (TINY_CLB, dataset(200, shape=(1, 12, 12), seed=1)),
     ]:
         third = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **changed)
         third.poison(other, 0.8, torch.Generator().manual_seed(0))
         assert third.cache_hit is False and third.cache_file != first.cache_file
-    assert len(list((tmp_path / "clb").glob("clb-*.safetensors"))) == 5
+    assert len(list((tmp_path / "clb").glob("clb-*.safetensors"))) == 7
 
 
 def test_pgd_raises_the_loss_within_the_budget() -> None:
@@ -223,6 +225,39 @@ def test_pgd_raises_the_loss_within_the_budget() -> None:
     assert adv.dtype == torch.uint8 and (adv.int() - images.int()).abs().max() <= 8
     loss = lambda x: torch.nn.functional.cross_entropy(model(norm(x)), labels).item()  # noqa: E731
     assert loss(adv) > loss(images)
+
+
+def test_adversarial_training_loss_attacks_inside_the_ball_and_the_pixel_range() -> None:
+    torch.manual_seed(0)
+    seen: list[torch.Tensor] = []
+    linear = torch.nn.Linear(16, 3)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach())
+        return linear(x.flatten(1))
+
+    norm = Normalize((0.25,), (0.5,), torch.device("cpu"))
+    clean = norm(torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8))
+    labels = torch.arange(8) % 3
+    loss_fn = adversarial_training_loss(
+        model, norm, epsilon=8 / 255, steps=4, generator=torch.Generator().manual_seed(0)
+    )  # type: ignore[arg-type]
+    loss = loss_fn(model(clean), labels, clean)
+    assert len(seen) == 1 + 4 + 1  # the clean forward, 4 PGD steps, the final forward
+    adv = seen[-1]
+    budget = 8 / 255 / 0.5  # epsilon in normalised units
+    assert (adv - clean).abs().max() <= budget + 1e-6 and (adv - clean).abs().max() > budget / 2
+    assert adv.min() >= -0.5 - 1e-6 and adv.max() <= 1.5 + 1e-6  # (0 - 0.25) / 0.5 .. (1 - 0.25) / 0.5
+    assert loss.item() > torch.nn.functional.cross_entropy(linear(clean.flatten(1)), labels).item()
+    loss.backward()  # differentiable in the model's parameters, not in the attack
+    assert linear.weight.grad is not None
+
+
+def test_clb_bad_surrogate_options_are_one_line_errors() -> None:
+    with pytest.raises(EigenguardError, match="surrogate_training 'robust' unknown; allowed: adversarial, standard"):
+        CleanLabel((1, 8, 8), surrogate_training="robust")
+    with pytest.raises(EigenguardError, match="surrogate_pgd_steps 0 must be >= 1"):
+        CleanLabel((1, 8, 8), surrogate_pgd_steps=0)
 
 
 # -- BadNets all-to-all ------------------------------------------------------------------------------

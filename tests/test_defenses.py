@@ -163,17 +163,22 @@ def defended(root: Path, out: Path, cache: Path, defense: str, **overrides: obje
     return TrainConfig(**values)
 
 
+def entries_in(cache: Path) -> list[Path]:
+    """The cache's backdoored-model entries (not the hidden lock files beside them)."""
+    return [p for p in (cache / "backdoored").iterdir() if not p.name.startswith(".")]
+
+
 def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = train(defended(mnist_root, tmp_path / "ft", cache, "ft", defense_options={"epochs": 1}), progress=False)
     assert first.metrics["backdoored_cache_hit"] is False
-    entries = list((cache / "backdoored").iterdir())
+    entries = entries_in(cache)
     assert len(entries) == 1 and (entries[0] / "metrics.json").exists()
     # another post-training defense, another defense option: the same backdoored model, not retrained
     second = train(defended(mnist_root, tmp_path / "nad", cache, "nad", defense_options={"epochs": 1}), progress=False)
     assert second.metrics["backdoored_cache_hit"] is True
     assert second.metrics["backdoored_acc"] == first.metrics["backdoored_acc"]
-    assert len(list((cache / "backdoored").iterdir())) == 1
+    assert len(entries_in(cache)) == 1
     # the stored model is the no-defense run of the same configuration, bit for bit
     plain = train(defended(mnist_root, tmp_path / "plain", cache, "none"), progress=False)
     stored = load_file(entries[0] / "model.safetensors")
@@ -182,12 +187,12 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
     # and a plain run fills the cache itself: a defense after it starts from its model
     other = tmp_path / "cache2"
     train(defended(mnist_root, tmp_path / "plain2", other, "none"), progress=False)
-    assert len(list((other / "backdoored").iterdir())) == 1
+    assert len(entries_in(other)) == 1
     after = train(defended(mnist_root, tmp_path / "ft3", other, "ft", defense_options={"epochs": 1}), progress=False)
     assert after.metrics["backdoored_cache_hit"] is True
     # a setting that changes the weights gives a new entry
     train(defended(mnist_root, tmp_path / "ft2", cache, "ft", lr=0.02, defense_options={"epochs": 1}), progress=False)
-    assert len(list((cache / "backdoored").iterdir())) == 2
+    assert len(entries_in(cache)) == 2
 
 
 @pytest.mark.parametrize(

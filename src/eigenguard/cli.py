@@ -141,5 +141,75 @@ def list_components() -> None:
         typer.echo(f"  {name}: {options}{post}")
 
 
+@app.command()
+def bench(
+    grid: Annotated[Path, typer.Argument(help="grid YAML file (see grids/)")],
+    store: Annotated[Path, Opt(help="results database (SQLite)")] = Path("bench-results/results.sqlite"),
+    runs_dir: Annotated[Path, Opt(help="where cells' run directories go")] = Path("bench-results/runs"),
+    executor: Annotated[str, Opt(help="local (worker processes) or ray")] = "local",
+    workers: Annotated[int | None, Opt(help="cells at once (default: one per GPU, else 1)")] = None,
+    address: Annotated[str | None, Opt(help="Ray cluster address (ray executor; default: auto)")] = None,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N (local executor)")] = "auto",
+    retry_failed: Annotated[bool, Opt("--retry-failed", help="run cells that failed before again")] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="list the cells and their state, run nothing")] = False,
+) -> None:
+    """Run every unfinished cell of a grid; results go to the store, one run directory per cell."""
+    from eigenguard.bench.grid import load_grid
+    from eigenguard.bench.runner import run_grid
+    from eigenguard.bench.store import ResultStore
+
+    try:
+        if executor not in ("local", "ray"):
+            raise EigenguardError(f"executor '{executor}' unknown; allowed: local, ray")
+        if workers is not None and workers < 1:
+            raise EigenguardError(f"workers {workers} must be >= 1")
+        spec = load_grid(grid)
+        results = ResultStore(store)
+        if dry_run:
+            for cell in spec.cells:
+                labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
+                typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
+            return
+        if executor == "ray":
+            from eigenguard.bench.executors import RayExecutor
+
+            runner: Any = RayExecutor(results, runs_dir, address=address, workers=workers)
+        else:
+            from eigenguard.bench.executors import LocalExecutor
+
+            runner = LocalExecutor(results, runs_dir, workers=workers, device=device)
+        summary = run_grid(spec, results, runner, runs_dir, retry_failed=retry_failed, console=err_console)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"{spec.name}: {summary.done}/{len(spec.cells)} done, {summary.failed} failed now, "
+        f"{summary.skipped_failed} failed before, {summary.elsewhere} running elsewhere; store {store}"
+    )
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    store: Annotated[Path, Opt(help="results database (SQLite)")] = Path("bench-results/results.sqlite"),
+    grid: Annotated[list[str] | None, Opt(help="only this grid (repeatable; default: all)")] = None,
+    out: Annotated[Path, Opt(help="output directory")] = Path("bench-results/report"),
+) -> None:
+    """Tables (Markdown, CSV, HTML) and curves (PNG) from the results store, in the paper's layouts."""
+    from eigenguard.bench.report import write_report
+    from eigenguard.bench.store import ResultStore
+
+    try:
+        if not store.exists():
+            raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
+        written = write_report(ResultStore(store), out, grid)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    for path in written:
+        typer.echo(str(path))
+
+
 def main() -> None:
     app()

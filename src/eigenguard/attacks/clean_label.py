@@ -9,11 +9,15 @@ its horizontal mirror), so a random crop rarely removes all of it. Default rate:
 target class. At test time the four-corner trigger alone (no perturbation) is stamped on non-target images.
 
 Our choices, where Turner et al. and the paper leave them open:
-- The surrogate is a standard (not adversarially) trained model of our own zoo, trained by the attacker
-  on the clean training set it was handed (`poison`'s input): by default a quarter-width ResNet-18,
-  6 epochs of SGD (lr 0.1, momentum 0.9, wd 5e-4, cosine, batch 256, random crop, no flip). Turner et al.
-  used an adversarially trained model, whose perturbations carry more semantic signal; ours are weaker
-  on transfer, which makes this CLB a lower bound on the attack's strength.
+- The surrogate is a model of our own zoo, trained by the attacker on the clean training set it was
+  handed (`poison`'s input): by default a quarter-width ResNet-18, 6 epochs of SGD (lr 0.1, momentum 0.9,
+  wd 5e-4, cosine, batch 256, random crop, no flip). `surrogate_training` picks how:
+  "adversarial" (default, as Turner et al.): Madry et al.'s PGD adversarial training at
+  `surrogate_epsilon` (default: the attack's epsilon) with `surrogate_pgd_steps` (default 3) steps and a
+  random start, which costs about steps + 2 forward passes per batch. A robust model's adversarial
+  directions carry class semantics, so its perturbations really erase the target-class evidence.
+  "standard": plain training; its perturbations are high-frequency noise that a freshly trained victim
+  does not inherit, and in our quick-profile runs the attack then fails (README).
 - PGD: 10 steps of size 2.5 * epsilon / steps (Madry et al.'s rule), from the clean image, untargeted
   (raise the loss of the true label), on the [0, 255] scale so the budget holds after rounding to uint8.
 - The perturbed images are expensive, so all target-class images are perturbed once and cached on disk
@@ -32,8 +36,8 @@ from safetensors.torch import load_file
 
 from eigenguard.attacks.badnets import CHECKERBOARD, corner_patch
 from eigenguard.attacks.base import Attack
-from eigenguard.attacks.pgd import pgd_linf
-from eigenguard.cache import cache_root
+from eigenguard.attacks.pgd import adversarial_training_loss, pgd_linf
+from eigenguard.cache import cache_root, filling
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_save_tensors
@@ -41,6 +45,7 @@ from eigenguard.training.augment import Normalize
 from eigenguard.training.evaluate import accuracy
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
+SURROGATE_TRAINING = ("adversarial", "standard")
 
 
 class CleanLabel(Attack):
@@ -59,6 +64,9 @@ class CleanLabel(Attack):
         surrogate_model: str = "resnet18",
         surrogate_width: float = 0.25,
         surrogate_epochs: int = 6,
+        surrogate_training: str = "adversarial",
+        surrogate_epsilon: float | None = None,
+        surrogate_pgd_steps: int = 3,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(image_shape, target, seed)
@@ -68,6 +76,15 @@ class CleanLabel(Attack):
             raise EigenguardError(
                 f"clb pgd_steps {pgd_steps} must be >= 0 and surrogate_epochs {surrogate_epochs} must be >= 1"
             )
+        if surrogate_training not in SURROGATE_TRAINING:
+            allowed = ", ".join(SURROGATE_TRAINING)
+            raise EigenguardError(f"clb surrogate_training '{surrogate_training}' unknown; allowed: {allowed}")
+        surrogate_epsilon = epsilon if surrogate_epsilon is None else surrogate_epsilon
+        if not 0.0 <= surrogate_epsilon <= 1.0 or surrogate_pgd_steps < 1:
+            raise EigenguardError(
+                f"clb surrogate_epsilon {surrogate_epsilon} must lie in [0, 1] and surrogate_pgd_steps "
+                f"{surrogate_pgd_steps} must be >= 1"
+            )
         from eigenguard.models import MODELS
 
         if surrogate_model not in MODELS:
@@ -76,7 +93,20 @@ class CleanLabel(Attack):
         self.epsilon = float(epsilon)
         self.pgd_steps = int(pgd_steps)
         self.pgd_step_size = float(pgd_step_size if pgd_step_size is not None else 2.5 * epsilon / max(pgd_steps, 1))
-        self.surrogate = {"model": surrogate_model, "width": float(surrogate_width), "epochs": int(surrogate_epochs)}
+        self.surrogate_model = surrogate_model
+        self.surrogate_width = float(surrogate_width)
+        self.surrogate_epochs = int(surrogate_epochs)
+        self.surrogate_training = surrogate_training
+        self.surrogate_epsilon = float(surrogate_epsilon)
+        self.surrogate_pgd_steps = int(surrogate_pgd_steps)
+        self.surrogate: dict[str, object] = {  # what the cache key and metrics.json record
+            "model": surrogate_model,
+            "width": self.surrogate_width,
+            "epochs": self.surrogate_epochs,
+            "training": surrogate_training,
+        }
+        if surrogate_training == "adversarial":
+            self.surrogate |= {"epsilon": self.surrogate_epsilon, "pgd_steps": self.surrogate_pgd_steps}
         self.cache_dir = cache_root(cache_dir) / "clb"
         self.cache_hit: bool | None = None  # set by poison(): whether the perturbed images came from the cache
         self.cache_file: Path | None = None
@@ -116,12 +146,23 @@ class CleanLabel(Attack):
     def perturbed_target_images(self, train: ImageDataset) -> torch.Tensor:
         """PGD versions of every target-class image of `train`, in index order, from the cache if present."""
         self.cache_file = self.cache_dir / f"clb-{self.cache_key(train)}.safetensors"
-        if self.cache_file.exists():
-            stored = load_file(str(self.cache_file))
-            self.cache_hit = True
-            self.surrogate_report = json.loads(stored["report"].numpy().tobytes().decode())
-            return stored["images"].to(train.images.device)
-        self.cache_hit = False
+        with filling(self.cache_file):  # a second process needing the same images waits, then reads them
+            if self.cache_file.exists():
+                stored = load_file(str(self.cache_file))
+                self.cache_hit = True
+                self.surrogate_report = json.loads(stored["report"].numpy().tobytes().decode())
+                return stored["images"].to(train.images.device)
+            self.cache_hit = False
+            images = self._perturb(train)
+            report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
+            atomic_save_tensors(
+                self.cache_file,
+                {"images": images, "report": report},
+                {"parameters": json.dumps(self.parameters(), sort_keys=True)},
+            )
+        return images
+
+    def _perturb(self, train: ImageDataset) -> torch.Tensor:
         pool = torch.nonzero(train.labels == self.target).flatten()
         model, normalize = self._train_surrogate(train)
         images = pgd_linf(
@@ -134,17 +175,9 @@ class CleanLabel(Attack):
             step_size=self.pgd_step_size,
         )
         # how well the hardening worked: the surrogate's accuracy on the target images, before and after PGD
-        report = self.surrogate_report
         for key, batch in (("surrogate_acc_target_clean", train.images[pool]), ("surrogate_acc_target_pgd", images)):
             targets = ImageDataset(batch, train.labels[pool], train.classes, train.mean, train.std)
-            report[key] = round(accuracy(model, targets, normalize, 512), 4)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
-        atomic_save_tensors(
-            self.cache_file,
-            {"images": images, "report": report},
-            {"parameters": json.dumps(self.parameters(), sort_keys=True)},
-        )
+            self.surrogate_report[key] = round(accuracy(model, targets, normalize, 512), 4)
         return images
 
     def poison_images(self, train: ImageDataset, chosen: torch.Tensor) -> torch.Tensor:
@@ -162,21 +195,26 @@ class CleanLabel(Attack):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed + 7)
             model = create_model(
-                self.surrogate["model"],
+                self.surrogate_model,
                 in_channels=train.image_shape[0],
                 num_classes=train.num_classes,
-                width=self.surrogate["width"],
+                width=self.surrogate_width,
             ).to(device)
         batch = 256
-        steps = max(len(train) // batch, 1) * self.surrogate["epochs"]
+        steps = max(len(train) // batch, 1) * self.surrogate_epochs
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier("cosine", steps, 0))
         generator = torch.Generator(device=device).manual_seed(self.seed + 8)
+        loss_fn = None
+        if self.surrogate_training == "adversarial":
+            loss_fn = adversarial_training_loss(
+                model, normalize, epsilon=self.surrogate_epsilon, steps=self.surrogate_pgd_steps, generator=generator
+            )
         stats = {}
-        for _ in range(self.surrogate["epochs"]):
+        for _ in range(self.surrogate_epochs):
             stats = train_one_epoch(
-                model, optimizer, scheduler, train.images, train.labels,
-                batch_size=batch, normalize=normalize, generator=generator, crop_pad=4, flip=False,
+                model, optimizer, scheduler, train.images, train.labels, batch_size=batch,
+                normalize=normalize, generator=generator, crop_pad=4, flip=False, loss_fn=loss_fn,
             )  # fmt: skip
         self.surrogate_report = {"surrogate_train_acc": round(stats["train_acc"], 4)}
         return model, normalize

@@ -10,8 +10,9 @@ that decides the trained weights:
 - the device type (CPU and CUDA kernels differ in the last bits).
 Any change gives another key, so a stale model is never served. Every finished no-defense run stores
 itself (copied under a temporary name, then renamed into place, only if the entry is still missing), and
-a defense whose entry is missing runs that no-defense run first. Two processes racing to fill the same
-entry both train; the first rename wins and the other copy is dropped.
+a defense whose entry is missing runs that no-defense run first, holding the entry's lock (cache.filling),
+so a second defense process that needs it waits and reuses it. A plain no-defense run takes no lock (it
+trains anyway); if it races another to store the entry, the first rename wins and the other copy is dropped.
 """
 
 import hashlib
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from eigenguard.cache import cache_root
+from eigenguard.cache import cache_root, filling
 from eigenguard.config import DEFENSE_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
@@ -83,16 +84,16 @@ def load_or_train_backdoored(
     """
     from eigenguard.training.pipeline import train  # the no-defense run is an ordinary run
 
-    hit = (entry / "metrics.json").exists()
-    if not hit:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".training."))
-        try:  # an ordinary no-defense run; when it finishes it stores itself in the cache (store_plain_run)
-            train(no_defense_config(config).model_copy(update={"out": str(scratch / "run")}), progress=progress)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if not (entry / "metrics.json").exists():
-            raise EigenguardError(f"the no-defense run did not store itself at {entry}: its key differs (a bug)")
+    with filling(entry):  # another process filling the same entry: wait for it, then use its model
+        hit = (entry / "metrics.json").exists()
+        if not hit:
+            scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".training."))
+            try:  # an ordinary no-defense run; when it finishes it stores itself in the cache (store_plain_run)
+                train(no_defense_config(config).model_copy(update={"out": str(scratch / "run")}), progress=progress)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if not (entry / "metrics.json").exists():
+                raise EigenguardError(f"the no-defense run did not store itself at {entry}: its key differs (a bug)")
     state = load_file(str(entry / "model.safetensors"), device=str(device))
     model.load_state_dict(state)
     metrics = json.loads((entry / "metrics.json").read_text())

@@ -1,0 +1,87 @@
+"""Run one grid cell: an ordinary `eigenguard train` run, made all-or-nothing.
+
+The run is written to <runs>/.partial/<key>-<pid> and renamed to <runs>/<key>_<run name> only when it
+finished, so a cell's run directory is either complete or absent. Any exception is caught and returned
+as a failed result (type, message and the last lines of the traceback): one bad cell never stops a grid.
+The same function runs in a local worker process and in a Ray task.
+"""
+
+import os
+import platform
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PARTIAL = ".partial"
+
+
+def final_run_dir(runs: Path, key: str, run_name: str) -> Path:
+    return runs / f"{key}_{run_name}"
+
+
+def run_cell(
+    key: str,
+    config: dict[str, Any],
+    runs: str,
+    *,
+    store: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train cell `key` and return its result (status, metrics, run_dir, error, wall_seconds, versions).
+
+    With `store` (a results-store path) the result is also written there by this process, so a finished
+    cell is recorded even if the runner that started it is killed the next moment.
+    """
+    import torch
+
+    import eigenguard
+    from eigenguard.bench.store import ResultStore, this_owner
+    from eigenguard.config import TrainConfig
+    from eigenguard.run_directory import atomic_write_text
+
+    results = ResultStore(store) if store else None
+    if results:
+        results.set_owner(key, this_owner())
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    root = Path(runs)
+    partial = root / PARTIAL / f"{key}-{os.getpid()}"
+    result: dict[str, Any]
+    try:
+        cfg = TrainConfig(**config)
+        cfg = cfg.model_copy(update={"out": str(partial), **({"device": device} if device else {})})
+        final = final_run_dir(root, key, cfg.run_name())
+        if final.exists():  # left by a runner killed after the rename but before recording: redo it
+            shutil.rmtree(final)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        from eigenguard.training.pipeline import train
+
+        run = train(cfg, progress=False)
+        # config.yaml names the directory the run now lives in, not its temporary name
+        import yaml
+
+        atomic_write_text(
+            partial / "config.yaml", yaml.safe_dump({**cfg.model_dump(), "out": str(final)}, sort_keys=False)
+        )
+        partial.rename(final)
+        result = {"status": "done", "metrics": run.metrics, "run_dir": str(final), "error": None}
+    except Exception as e:  # isolation is the point: record it, let the grid go on
+        shutil.rmtree(partial, ignore_errors=True)
+        tail = "".join(traceback.format_exception(e)[-3:]).strip()
+        result = {"status": "failed", "metrics": None, "run_dir": None, "error": f"{type(e).__name__}: {e}\n{tail}"}
+    result["wall_seconds"] = round(time.perf_counter() - started, 3)
+    result["versions"] = {
+        "eigenguard": eigenguard.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": (result.get("metrics") or {}).get("environment", {}).get("device_name", platform.machine()),
+        "host": platform.node(),
+    }
+    if results:
+        results.finish(key, result)
+        results.close()
+    return result

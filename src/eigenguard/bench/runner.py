@@ -1,0 +1,140 @@
+"""`eigenguard bench GRID.yaml`: run every cell of a grid that is not finished yet.
+
+- Resumable: a cell recorded as done is skipped; one recorded as failed is skipped unless retry_failed.
+- Fault-tolerant: a failing cell is recorded with its error and the grid goes on.
+- Killing the runner loses only the cells in flight: every finished cell was recorded by the process that
+  ran it, before the runner heard of it. Interrupted cells are released (or, after a hard kill, found
+  stale by their dead owner pid) and run again next time; their partial run directories are removed.
+- A post-training defense cell waits for the grid's no-defense cell of the same setting, so it finds the
+  backdoored model in the cache instead of training it again (the cache itself is locked as well, for
+  runners that do not share a grid).
+"""
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from eigenguard.bench.cell import PARTIAL
+from eigenguard.bench.grid import Cell, Grid
+from eigenguard.bench.store import ResultStore, owner_alive
+
+
+@dataclass
+class GridSummary:
+    done: int = 0  # finished now or before
+    failed: int = 0
+    skipped_failed: int = 0  # failed in an earlier run and not retried
+    elsewhere: int = 0  # running in another live runner
+    ran: list[str] = field(default_factory=list)  # keys run by this invocation
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.skipped_failed == 0 and self.elsewhere == 0
+
+
+def _format_seconds(seconds: float) -> str:
+    whole = round(seconds)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def clean_partial(runs: Path) -> None:
+    """Remove run directories of cells whose process is gone (named <key>-<pid> under .partial)."""
+    import socket
+
+    for path in (runs / PARTIAL).glob("*-*"):
+        pid = path.name.rpartition("-")[2]
+        if not owner_alive(f"{socket.gethostname()}:{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_grid(
+    grid: Grid,
+    store: ResultStore,
+    executor: object,
+    runs: Path,
+    *,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    poll_seconds: float = 1.0,
+) -> GridSummary:
+    console = console or Console(stderr=True)
+    store.register_grid(grid)
+    clean_partial(runs)
+    summary = GridSummary()
+    todo: list[Cell] = []
+    for cell in grid.cells:
+        status = store.status(cell.key)
+        if status == "done":
+            summary.done += 1
+        elif status == "failed" and not retry_failed:
+            summary.skipped_failed += 1
+        else:
+            todo.append(cell)
+    total = len(grid.cells)
+    console.print(
+        f"[bold]{grid.name}[/]: {total} cells, {summary.done} already done, "
+        f"{summary.skipped_failed} failed before{' (not retried: --retry-failed)' if summary.skipped_failed else ''}, "
+        f"{len(todo)} to run with {executor.workers} worker(s) -> {store.path}"  # type: ignore[attr-defined]
+    )
+    keys_in_todo = {c.key for c in todo}
+    started_at = time.perf_counter()
+    walls: list[float] = []
+
+    def ready(cell: Cell) -> bool:
+        return cell.after is None or cell.after not in keys_in_todo
+
+    try:
+        while todo or executor.in_flight():  # type: ignore[attr-defined]
+            while executor.capacity() > 0:  # type: ignore[attr-defined]
+                cell = next((c for c in todo if ready(c)), None)
+                if cell is None:
+                    break
+                todo.remove(cell)
+                if store.claim(cell.key, cell.config.model_dump(), retry_failed=retry_failed):
+                    executor.submit(cell)  # type: ignore[attr-defined]
+                else:  # another runner finished or holds it meanwhile
+                    keys_in_todo.discard(cell.key)
+                    status = store.status(cell.key)
+                    summary.done += status == "done"
+                    summary.elsewhere += status == "running"
+                    summary.skipped_failed += status == "failed"
+            for key in executor.wait(poll_seconds):  # type: ignore[attr-defined]
+                keys_in_todo.discard(key)
+                summary.ran.append(key)
+                record = next(r for r in store.records(grid.name) if r["key"] == key)
+                walls.append(record["wall_seconds"] or 0.0)
+                if record["status"] == "done":
+                    summary.done += 1
+                    outcome = f"[green]done[/] ACC {_pct(record['acc'])} ASR {_pct(record['asr'])}"
+                else:
+                    summary.failed += 1
+                    outcome = f"[red]failed[/] {str(record['error']).splitlines()[0]}"
+                left = len(todo) + len(executor.in_flight())  # type: ignore[attr-defined]
+                eta = sum(walls) / len(walls) * left / executor.workers  # type: ignore[attr-defined]
+                labels = " ".join(f"{k}={v}" for k, v in record["labels"].items())
+                console.print(
+                    f"[{summary.done + summary.failed}/{total}] {labels}: {outcome} "
+                    f"({_format_seconds(record['wall_seconds'] or 0)}) | done {summary.done}, failed "
+                    f"{summary.failed + summary.skipped_failed}, left {left}, "
+                    f"elapsed {_format_seconds(time.perf_counter() - started_at)}, ETA {_format_seconds(eta)}",
+                    highlight=False,
+                )
+    except KeyboardInterrupt:
+        in_flight = executor.in_flight()  # type: ignore[attr-defined]
+        executor.shutdown()  # type: ignore[attr-defined]
+        for key in in_flight:
+            if store.status(key) == "running":
+                store.release(key)
+        clean_partial(runs)
+        console.print(f"interrupted: {len(in_flight)} cell(s) in flight released; finished cells are kept")
+        raise
+    return summary
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

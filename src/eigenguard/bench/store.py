@@ -1,0 +1,240 @@
+"""The results store: one SQLite database (WAL mode), one row per cell, safe with several writers.
+
+Tables:
+- cells: key (the cell's config hash), config (JSON), status (running | done | failed), the metrics under
+  both evaluation protocols (acc, asr: per-sample; acc_paper, asr_paper: the paper's batch protocol, guarded
+  models only), the whole metrics.json, wall time, run directory, error, versions (eigenguard, torch,
+  python, device), owner (host:pid of the process running it), attempts, start and finish times;
+- grids: each grid ever run (name, report layout, description, axes);
+- grid_cells: which cells belong to which grid, in grid order, with their axis labels.
+
+Concurrency: WAL lets readers work while one writer commits; every write is one short transaction, and
+`claim` takes the write lock first (BEGIN IMMEDIATE), so two runners never both start a cell. A "running"
+row whose owner process is gone (same host, pid not alive) is stale and may be claimed again.
+"""
+
+import csv
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from eigenguard.errors import EigenguardError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    acc REAL, asr REAL, acc_paper REAL, asr_paper REAL,
+    protocol TEXT,
+    metrics TEXT,
+    wall_seconds REAL,
+    run_dir TEXT,
+    error TEXT,
+    versions TEXT,
+    owner TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS grids (
+    name TEXT PRIMARY KEY, layout TEXT NOT NULL, x TEXT, description TEXT, source TEXT, axes TEXT
+);
+CREATE TABLE IF NOT EXISTS grid_cells (
+    grid TEXT NOT NULL, key TEXT NOT NULL, position INTEGER NOT NULL, labels TEXT NOT NULL,
+    PRIMARY KEY (grid, key)
+);
+"""
+CSV_COLUMNS = (
+    "grid", "key", "status", "dataset", "model", "attack", "poison_rate", "defense", "seed", "labels",
+    "acc", "asr", "acc_paper", "asr_paper", "protocol", "wall_seconds", "run_dir", "error", "versions",
+    "attempts", "started_at", "finished_at",
+)  # fmt: skip
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def this_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process named by `owner` may still be running. Another host's process: assumed alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
+            self._db.executescript(SCHEMA)  # IF NOT EXISTS: idempotent, and safe for concurrent openers
+        except sqlite3.DatabaseError as e:
+            raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds the database's write lock from its first statement."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- grids ----------------------------------------------------------------------------------------
+
+    def register_grid(self, grid: Any) -> None:
+        """Record a grid (bench.grid.Grid) and its cells' membership; idempotent."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO grids VALUES (?, ?, ?, ?, ?, ?)",
+                (grid.name, grid.layout, grid.x, grid.description, str(grid.source or ""), json.dumps(grid.axes)),
+            )
+            db.execute("DELETE FROM grid_cells WHERE grid = ?", (grid.name,))
+            db.executemany(
+                "INSERT INTO grid_cells VALUES (?, ?, ?, ?)",
+                [(grid.name, c.key, i, json.dumps(c.labels)) for i, c in enumerate(grid.cells)],
+            )
+
+    def grids(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM grids ORDER BY name")]
+
+    # -- cells ----------------------------------------------------------------------------------------
+
+    def status(self, key: str) -> str | None:
+        row = self._db.execute("SELECT status FROM cells WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row["status"]
+
+    def claim(self, key: str, config: dict[str, Any], *, retry_failed: bool = False, owner: str | None = None) -> bool:
+        """Mark the cell running for `owner` unless it is done, failed (without retry) or running elsewhere."""
+        with self._write() as db:
+            row = db.execute("SELECT status, owner, attempts FROM cells WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                if row["status"] == "done":
+                    return False
+                if row["status"] == "failed" and not retry_failed:
+                    return False
+                if row["status"] == "running" and owner_alive(row["owner"]):
+                    return False
+            attempts = 1 + (row["attempts"] if row else 0)
+            db.execute(
+                "INSERT OR REPLACE INTO cells (key, config, status, owner, attempts, started_at) "
+                "VALUES (?, ?, 'running', ?, ?, ?)",
+                (key, json.dumps(config, sort_keys=True), owner or this_owner(), attempts, now()),
+            )
+        return True
+
+    def set_owner(self, key: str, owner: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE cells SET owner = ? WHERE key = ? AND status = 'running'", (owner, key))
+
+    def finish(self, key: str, result: dict[str, Any]) -> None:
+        """Record a cell's outcome: `result` from bench.cell.run_cell (status done or failed)."""
+        metrics = result.get("metrics") or {}
+        with self._write() as db:
+            db.execute(
+                "UPDATE cells SET status = ?, acc = ?, asr = ?, acc_paper = ?, asr_paper = ?, protocol = ?, "
+                "metrics = ?, wall_seconds = ?, run_dir = ?, error = ?, versions = ?, finished_at = ? WHERE key = ?",
+                (
+                    result["status"],
+                    metrics.get("acc"),
+                    metrics.get("asr"),
+                    metrics.get("acc_paper"),
+                    metrics.get("asr_paper"),
+                    metrics.get("protocol"),
+                    json.dumps(metrics) if metrics else None,
+                    result.get("wall_seconds"),
+                    result.get("run_dir"),
+                    result.get("error"),
+                    json.dumps(result.get("versions") or {}),
+                    now(),
+                    key,
+                ),
+            )
+
+    def release(self, key: str) -> None:
+        """Forget a running cell that was never started (the runner stopped first)."""
+        with self._write() as db:
+            db.execute("DELETE FROM cells WHERE key = ? AND status = 'running'", (key,))
+
+    def records(self, grid: str | None = None) -> list[dict[str, Any]]:
+        """Cells as dicts (config and metrics parsed), with grid and labels when `grid` names one."""
+        if grid is None:
+            rows = self._db.execute("SELECT NULL AS grid, '{}' AS labels, * FROM cells ORDER BY started_at, key")
+        else:
+            rows = self._db.execute(
+                "SELECT g.grid, g.labels, c.* FROM grid_cells g JOIN cells c ON c.key = g.key "
+                "WHERE g.grid = ? ORDER BY g.position",
+                (grid,),
+            )
+        out = []
+        for r in rows:
+            d = dict(r)
+            for name in ("config", "metrics", "labels", "versions"):
+                d[name] = json.loads(d[name]) if d[name] else {}
+            out.append(d)
+        return out
+
+    def grid_size(self, grid: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM grid_cells WHERE grid = ?", (grid,)).fetchone()[0]
+
+    def export_csv(self, path: Path, grid: str | None = None) -> int:
+        """Write the cells (of one grid, or all) as CSV, one row per cell; returns the row count."""
+        rows = []
+        grids = [grid] if grid else [g["name"] for g in self.grids()]
+        for name in grids:
+            for r in self.records(name):
+                config = r["config"]
+                rows.append(
+                    {
+                        **{k: r.get(k) for k in CSV_COLUMNS},
+                        **{k: config.get(k) for k in ("dataset", "model", "attack", "poison_rate", "defense", "seed")},
+                        "labels": json.dumps(r["labels"]),
+                        "versions": json.dumps(r["versions"]),
+                    }
+                )
+        from eigenguard.run_directory import atomic_write_text
+
+        buffer = _csv_text(rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buffer)
+        return len(rows)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

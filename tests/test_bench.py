@@ -1,0 +1,289 @@
+"""The benchmark harness: grids, the results store, resume, failure isolation, concurrency, reports, Ray."""
+
+import json
+import multiprocessing
+import os
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from eigenguard.bench.executors import LocalExecutor
+from eigenguard.bench.grid import load_grid, parse_grid
+from eigenguard.bench.report import write_report
+from eigenguard.bench.runner import run_grid
+from eigenguard.bench.store import ResultStore
+from eigenguard.cli import app
+from eigenguard.errors import EigenguardError
+
+GRIDS = sorted((Path(__file__).parent.parent / "grids").glob("*.yaml"))
+
+
+def tiny_grid(root: Path, **axes: list) -> dict:
+    return {
+        "name": "tiny",
+        "description": "test grid",
+        "report": {"layout": "table3"},
+        "base": {
+            "profile": "quick",
+            "dataset": "mnist",
+            "data_root": str(root),
+            "width": 0.125,
+            "epochs": 1,
+            "batch_size": 64,
+            "train_subset": None,
+            "clean_samples": 50,
+            "device": "cpu",
+        },
+        "axes": axes or {"attack": ["badnets"], "defense": ["none", "ft"]},
+    }
+
+
+# -- grids ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.stem for p in GRIDS])
+def test_shipped_grids_expand_and_validate(path: Path) -> None:
+    grid = load_grid(path)
+    assert grid.name == path.stem and grid.cells
+    assert len({c.key for c in grid.cells}) == len(grid.cells)
+
+
+def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None:
+    raw = tiny_grid(tmp_path, attack=["badnets", "blend"], defense=["none", "ft", "eigenguard"], seed=[0, 1])
+    raw["axes"]["budget"] = [{"label": "low", "poison_rate": 0.05}, {"label": "high", "poison_rate": 0.2}]
+    grid = parse_grid(raw)
+    assert len(grid.cells) == 2 * 3 * 2 * 2
+    cell = grid.cells[-1]
+    assert cell.labels == {"attack": "blend", "defense": "eigenguard", "seed": "1", "budget": "high"}
+    assert cell.config.poison_rate == 0.2 and cell.after is None  # trains from scratch: waits for nobody
+    by_labels = {tuple(c.labels.values()): c for c in grid.cells}
+    ft = by_labels[("blend", "ft", "1", "low")]
+    plain = by_labels[("blend", "none", "1", "low")]
+    assert ft.after == plain.key  # the repair waits for the backdoored model of exactly its setting
+
+
+def test_grid_errors_name_the_bad_value(tmp_path: Path) -> None:
+    with pytest.raises(EigenguardError, match=r"cell .*'attack': 'nope'.*unknown attack"):
+        parse_grid(tiny_grid(tmp_path, attack=["badnets", "nope"]))
+    with pytest.raises(EigenguardError, match="unknown key 'axis'; allowed: name, description, report"):
+        parse_grid({**tiny_grid(tmp_path), "axis": {}})
+    with pytest.raises(EigenguardError, match="layout 'table9' unknown; allowed: table3"):
+        parse_grid({**tiny_grid(tmp_path), "report": {"layout": "table9"}})
+    with pytest.raises(EigenguardError, match="axis 'budget' is not a config field"):
+        parse_grid(tiny_grid(tmp_path, budget=[0.1]))
+    with pytest.raises(EigenguardError, match="cannot read grid file"):
+        load_grid(tmp_path / "missing.yaml")
+
+
+# -- the store -----------------------------------------------------------------------------------------
+
+
+def test_claim_rules(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "r.sqlite")
+    assert store.claim("a", {"x": 1})
+    assert not store.claim("a", {"x": 1})  # running, and its owner (this process) is alive
+    store.finish("a", {"status": "done", "metrics": {"acc": 0.9, "asr": 0.1}, "wall_seconds": 1.0})
+    assert not store.claim("a", {"x": 1})  # done: never again
+    assert store.claim("b", {"x": 2})
+    store.finish("b", {"status": "failed", "error": "boom"})
+    assert not store.claim("b", {"x": 2}) and store.claim("b", {"x": 2}, retry_failed=True)
+    dead = multiprocessing.get_context("spawn").Process(target=os.getpid)
+    dead.start()
+    dead.join()
+    assert store.claim("c", {}, owner=f"{socket.gethostname()}:{dead.pid}")
+    assert store.claim("c", {})  # its owner is gone: stale, claimed again
+    assert store.claim("d", {}, owner="another-host:1") and not store.claim("d", {})  # elsewhere: left alone
+    rows = {r["key"]: r for r in store.records()}
+    assert rows["a"]["acc"] == 0.9 and rows["b"]["attempts"] == 2 and rows["c"]["attempts"] == 2
+
+
+def _hammer(path: str, worker: int, n: int) -> None:
+    store = ResultStore(path)
+    for i in range(n):
+        key = f"{worker}-{i}"
+        assert store.claim(key, {"worker": worker})
+        store.finish(key, {"status": "done", "metrics": {"acc": i / n}, "wall_seconds": 0.0})
+    store.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_hammer, args=(str(path), w, 40)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    rows = ResultStore(path).records()
+    assert len(rows) == 160 and all(r["status"] == "done" for r in rows)
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# -- running grids ---------------------------------------------------------------------------------------
+
+
+def test_run_resume_and_failure_isolation(mnist_root: Path, tmp_path: Path) -> None:
+    raw = tiny_grid(mnist_root, attack=["badnets"], defense=["none", "ft"])
+    # a cell that fails at run time: more clean images than the defense split holds
+    raw["axes"]["pool"] = [{"label": "ok"}, {"label": "too-many", "clean_samples": 10**6}]
+    grid = parse_grid(raw)
+    store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+    summary = run_grid(grid, store, LocalExecutor(store, runs, workers=2, device="cpu"), runs)
+    records = {r["labels"]["defense"] + "/" + r["labels"]["pool"]: r for r in store.records("tiny")}
+    assert summary.failed == 1 and summary.done == 3
+    failed = records["ft/too-many"]
+    assert failed["status"] == "failed" and "clean" in failed["error"] and failed["run_dir"] is None
+    for name in ("none/ok", "ft/ok", "none/too-many"):  # the grid went on past the failure
+        r = records[name]
+        assert r["status"] == "done" and r["acc"] is not None and r["versions"]["torch"]
+        assert (Path(r["run_dir"]) / "metrics.json").exists()
+    # complete or absent: only finished run directories, nothing left half-written
+    assert not list((runs / ".partial").iterdir())
+    assert len([p for p in runs.iterdir() if p.name not in ("logs", ".partial")]) == 3
+
+    # re-running skips what is done and, by default, what failed
+    again = run_grid(grid, store, LocalExecutor(store, runs, workers=1, device="cpu"), runs)
+    assert again.ran == [] and again.done == 3 and again.skipped_failed == 1
+    retried = run_grid(grid, store, LocalExecutor(store, runs, workers=1, device="cpu"), runs, retry_failed=True)
+    assert retried.ran == [failed["key"]] and retried.failed == 1
+    assert next(r for r in store.records("tiny") if r["key"] == failed["key"])["attempts"] == 2
+
+
+def crash(*args: object, **kwargs: object) -> None:
+    os._exit(3)  # a worker that dies without a word (segfault, OOM kill)
+
+
+def test_a_dying_worker_is_recorded_as_failed(mnist_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import eigenguard.bench.executors as executors
+
+    grid = parse_grid(tiny_grid(mnist_root, attack=["badnets"], defense=["none"]))
+    store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+    monkeypatch.setattr(executors, "_child", crash)  # spawn pickles the function by reference: test_bench.crash
+    summary = run_grid(grid, store, LocalExecutor(store, runs, workers=1, device="cpu"), runs)
+    (record,) = store.records("tiny")
+    assert summary.failed == 1 and record["status"] == "failed" and "exit code 3" in record["error"]
+
+
+def test_killed_runner_leaves_finished_cells_and_reclaims_the_rest(mnist_root: Path, tmp_path: Path) -> None:
+    grid = parse_grid(tiny_grid(mnist_root, attack=["badnets"], defense=["none"]))
+    store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+    key = grid.cells[0].key
+    # what a SIGKILLed runner leaves: a running row owned by a dead process and its partial run directory
+    dead = multiprocessing.get_context("spawn").Process(target=os.getpid)
+    dead.start()
+    dead.join()
+    assert store.claim(key, {}, owner=f"{socket.gethostname()}:{dead.pid}")
+    partial = runs / ".partial" / f"{key}-{dead.pid}"
+    partial.mkdir(parents=True)
+    (partial / "log.csv").write_text("epoch\n1\n")
+    summary = run_grid(grid, store, LocalExecutor(store, runs, workers=1, device="cpu"), runs)
+    assert summary.ran == [key] and summary.done == 1 and not partial.exists()
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+
+def fixture_store(path: Path) -> ResultStore:
+    """A store filled by hand: 2 attacks x 3 defenses x 2 seeds, one failed cell, one curve grid."""
+    store = ResultStore(path)
+    grid = parse_grid(
+        {
+            "name": "t3",
+            "description": "fixture",
+            "report": {"layout": "table3"},
+            "base": {"profile": "quick"},
+            "axes": {"attack": ["badnets", "blend"], "defense": ["none", "ft", "eigenguard"], "seed": [0, 1]},
+        }
+    )
+    store.register_grid(grid)
+    for i, cell in enumerate(grid.cells):
+        store.claim(cell.key, cell.config.model_dump())
+        guarded = cell.config.defense == "eigenguard"
+        if cell.labels == {"attack": "blend", "defense": "ft", "seed": "1"}:
+            store.finish(cell.key, {"status": "failed", "error": "RuntimeError: boom"})
+            continue
+        metrics = {"acc": 0.80 + 0.02 * int(cell.labels["seed"]), "asr": 0.10 + i / 100}
+        if guarded:
+            metrics |= {"acc_paper": 0.5, "asr_paper": 0.25, "protocol": "per-sample"}
+        store.finish(cell.key, {"status": "done", "metrics": metrics, "wall_seconds": 1.0})
+    curve = parse_grid(
+        {
+            "name": "rate",
+            "report": {"layout": "curve", "x": "poison_rate"},
+            "base": {"profile": "quick", "defense": "eigenguard", "k": 10},  # not t3's cells: k differs
+            "axes": {"attack": ["badnets"], "poison_rate": [0.05, 0.1]},
+        }
+    )
+    store.register_grid(curve)
+    for cell in curve.cells:
+        store.claim(cell.key, cell.config.model_dump())
+        store.finish(cell.key, {"status": "done", "metrics": {"acc": 0.7, "asr": cell.config.poison_rate}})
+    return store
+
+
+def test_report_renders_paper_layouts(tmp_path: Path) -> None:
+    written = write_report(fixture_store(tmp_path / "r.sqlite"), tmp_path / "report")
+    names = sorted(p.name for p in written)
+    assert names == ["cells.csv", "rate-curve.png", "rate.csv", "report.html", "report.md", "t3.csv"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    # Table 3 layout: dataset x metric x attack rows, defense columns; per-sample protocol first
+    assert md.index("t3 (per-sample protocol)") < md.index("t3 (paper protocol)")
+    assert "| dataset | metric | attack | none | ft | eigenguard |" in md
+    # mean ± std over the two seeds: ACC 80% and 82%
+    assert "| fashion-mnist | ACC | badnets | 81.0 ± 1.4 | 81.0 ± 1.4 | 81.0 ± 1.4 |" in md
+    # one seed of blend/ft failed: the other one's value, and the caption counts the failure
+    assert "11 cells done, 1 failed" in md
+    # the paper protocol replaces EigenGuard's numbers only
+    assert "| fashion-mnist | ACC | badnets | 81.0 ± 1.4 | 81.0 ± 1.4 | 50.0 ± 0.0 |" in md
+    assert (tmp_path / "report" / "rate-curve.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "per-sample protocol" in page
+    cells = (tmp_path / "report" / "cells.csv").read_text().splitlines()
+    assert len(cells) == 1 + 12 + 2 and cells[0].startswith("grid,key,status")
+
+
+def test_report_cli_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    fixture_store(tmp_path / "r.sqlite")
+    result = runner.invoke(app, ["report", "--store", str(tmp_path / "r.sqlite"), "--grid", "t9"])
+    assert result.exit_code == 2 and "grid 't9' is not in" in result.output
+    assert not (tmp_path / "bench-results").exists()
+
+
+def test_bench_cli_dry_run_and_bad_input(mnist_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid(mnist_root)))
+    runner = CliRunner()
+    store = tmp_path / "r.sqlite"
+    result = runner.invoke(app, ["bench", str(path), "--store", str(store), "--dry-run"])
+    assert result.exit_code == 0 and result.output.count(" new ") == 2
+    result = runner.invoke(app, ["bench", str(path), "--store", str(store), "--executor", "slurm"])
+    assert result.exit_code == 2 and "executor 'slurm' unknown; allowed: local, ray" in result.output
+
+
+# -- Ray --------------------------------------------------------------------------------------------------
+
+
+def test_ray_executor_on_a_local_instance(mnist_root: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from eigenguard.bench.executors import RayExecutor
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        grid = parse_grid(tiny_grid(mnist_root, attack=["badnets"], defense=["none"]))
+        store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+        summary = run_grid(grid, store, RayExecutor(store, runs, workers=1), runs)
+        (record,) = store.records("tiny")
+        assert summary.done == 1 and record["status"] == "done", record["error"]
+        assert (Path(record["run_dir"]) / "metrics.json").exists()
+        assert json.loads((Path(record["run_dir"]) / "metrics.json").read_text())["acc"] == record["acc"]
+    finally:
+        ray.shutdown()
