@@ -211,5 +211,132 @@ def report(
         typer.echo(str(path))
 
 
+analyze_app = typer.Typer(
+    no_args_is_help=True, help="The spectral analysis of Section 3: effective rank, eigen-band t-SNE, Figure 1."
+)
+app.add_typer(analyze_app, name="analyze")
+ANALYSIS_OUT = Path("bench-results/analysis")
+
+
+@analyze_app.command("erank")
+def analyze_erank(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories (one column each)")],
+    at: Annotated[str | None, Opt(help="insertion point (default: the run's guard_at, stage1)")] = None,
+    samples: Annotated[int, Opt(help="test images per matrix")] = 1000,
+    device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
+) -> None:
+    """Table 2: effective rank of triggered vs clean features (Eq. 1 as printed, and Roy & Vetterli's)."""
+    from eigenguard.analysis.commands import erank_table
+
+    try:
+        text, paths = erank_table(run_dirs, out, at=at, samples=samples, device=device)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    typer.echo(text + "\n".join(str(p) for p in paths))
+
+
+@analyze_app.command("tsne")
+def analyze_tsne(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    at: Annotated[str | None, Opt(help="insertion point (default: the run's guard_at, stage1)")] = None,
+    samples: Annotated[int, Opt(help="clean test images")] = 1000,
+    triggered: Annotated[int, Opt(help="triggered test images")] = 200,
+    seed: Annotated[int, Opt(help="t-SNE seed")] = 0,
+    device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
+) -> None:
+    """Figures 2 and 4: t-SNE of the top-10, next-90 and remaining singular directions, triggered in pink."""
+    from eigenguard.analysis.commands import tsne_map
+
+    try:
+        summary, paths = tsne_map(
+            run_dir, out, at=at, samples=samples, triggered_samples=triggered, seed=seed, device=device
+        )
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    for band in summary["bands"]:
+        typer.echo(
+            f"{band['band']}: 10-NN purity triggered {band['triggered_purity']:.3f} "
+            f"(base rate {band['triggered_base_rate']:.3f}), clean {band['clean_purity']:.3f}"
+        )
+    typer.echo("\n".join(str(p) for p in paths))
+
+
+@analyze_app.command("dims")
+def analyze_dims(
+    attack: Annotated[list[str] | None, Opt(help="attack (repeatable; default badnets and blend)")] = None,
+    r: Annotated[list[int] | None, Opt("--r", help="directions removed / added (repeatable; 0 5 20 50)")] = None,
+    mode: Annotated[list[str] | None, Opt(help="reduce and/or add (default both)")] = None,
+    config: Annotated[Path | None, Opt("--config", "-c", help="YAML of base settings (default: quick)")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="base setting KEY=VALUE (repeatable)")] = None,
+    store: Annotated[Path, Opt(help="results database")] = Path("bench-results/results.sqlite"),
+    runs_dir: Annotated[Path, Opt(help="where the runs go")] = Path("bench-results/runs"),
+    workers: Annotated[int | None, Opt(help="runs at once")] = None,
+    device: Annotated[str, Opt(help="auto, cpu, cuda")] = "auto",
+    out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
+) -> None:
+    """Figure 1: train with the top r directions removed or r small ones lifted; ACC/ASR curves (PNG, CSV)."""
+    from eigenguard.analysis.dims_sweep import DEFAULT_R, dims_figure, dims_grid
+    from eigenguard.bench.executors import LocalExecutor
+    from eigenguard.bench.runner import run_grid
+    from eigenguard.bench.store import ResultStore
+    from eigenguard.config import load_yaml
+    from eigenguard.run_directory import atomic_write_bytes
+
+    try:
+        base = {"profile": "quick", "eval_every": 100, **(load_yaml(config) if config else {})}
+        base.update(_parse_options(set_, "--set", "epochs=12") or {})
+        grid = dims_grid(attack or ["badnets", "blend"], r or list(DEFAULT_R), mode or ["reduce", "add"], base)
+        results = ResultStore(store)
+        executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
+        summary = run_grid(grid, results, executor, runs_dir, console=err_console)
+        records = results.records(grid.name)
+        out.mkdir(parents=True, exist_ok=True)
+        png = out / f"{grid.name}.png"
+        atomic_write_bytes(png, dims_figure(records, f"{grid.name}: {grid.description}"))
+        csv_path = out / f"{grid.name}.csv"
+        results.export_csv(csv_path, grid.name)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"{summary.done}/{len(grid.cells)} runs done, {summary.failed} failed\n{png}\n{csv_path}")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@analyze_app.command("proposition")
+def analyze_proposition(
+    beta: Annotated[list[float] | None, Opt(help="beta values (repeatable; default 0.1 0.25 0.5 0.9)")] = None,
+    trials: Annotated[int, Opt(help="random draws per beta")] = 100_000,
+) -> None:
+    """Proposition 1 and Remark 1 (Section 3.5) checked on random draws and the worst case."""
+    from eigenguard.analysis.proposition import check_proposition, check_remark
+
+    failed = False
+    for b in beta or [0.1, 0.25, 0.5, 0.9]:
+        if not 0 < b < 1:
+            raise _fail(f"beta {b} must lie in (0, 1)")
+        row = check_proposition(b, trials)
+        failed |= bool(row["sufficiency_violations"] or row["worst_case_disagreements"])
+        typer.echo(
+            f"beta {b:g}: condition sum(alpha_1..4) > {row['threshold']:.4f} met by {row['draws_meeting_condition']}"
+            f" of {row['draws']} draws; predicted target despite it: {row['sufficiency_violations']}; "
+            f"worst case, condition != prediction: {row['worst_case_disagreements']}; natural without the "
+            f"condition: {row['natural_without_condition']}"
+        )
+    remark = check_remark()
+    wrong = [r for r in remark if r["natural"] != r["remark_predicts_natural"]]
+    failed |= bool(wrong)
+    natural = [r["beta"] for r in remark if r["natural"]]
+    typer.echo(
+        f"Remark 1 (k = 5, alpha_i = 1/5): worst case natural for beta in {natural[0]}..{natural[-1]}, "
+        f"target for beta <= 0.25; disagreements with 'beta > 0.25': {len(wrong)}"
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -241,7 +241,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _guard_point(self) -> "TrainConfig":
-        if self.defense == "eigenguard":
+        if self.defense in ("eigenguard", "dimension-edit"):  # both put a module at guard_at
             from eigenguard.models import MODELS
 
             points = MODELS.get(self.model)(in_channels=1, num_classes=2, width=0.0625).insertion_points

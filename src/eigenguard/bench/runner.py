@@ -11,9 +11,12 @@
 """
 
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -88,6 +91,7 @@ def run_grid(
     def ready(cell: Cell) -> bool:
         return cell.after is None or cell.after not in keys_in_todo
 
+    previous = _stop_on_sigterm()
     try:
         while todo or executor.in_flight():  # type: ignore[attr-defined]
             while executor.capacity() > 0:  # type: ignore[attr-defined]
@@ -133,7 +137,21 @@ def run_grid(
         clean_partial(runs)
         console.print(f"interrupted: {len(in_flight)} cell(s) in flight released; finished cells are kept")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return summary
+
+
+def _stop_on_sigterm() -> Any:
+    """`kill PID` stops the runner like Ctrl-C: in-flight cells released, finished ones kept."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _pct(value: float | None) -> str:

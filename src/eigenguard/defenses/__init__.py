@@ -2,6 +2,7 @@
 
 Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad.
+Analysis (Figure 1 of the paper, not a defense): dimension-edit.
 """
 
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.defenses.dimension_edit import DimensionEditTraining
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.fine_pruning import FinePruning
 from eigenguard.defenses.finetune import FineTuning
@@ -18,7 +20,9 @@ from eigenguard.defenses.spectral_signatures import SpectralSignatures
 from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
-for _cls in (NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD):
+for _cls in (
+    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, DimensionEditTraining
+):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
 
 

@@ -56,6 +56,10 @@ class Defense:
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         raise NotImplementedError
 
+    def rebuild(self, model: nn.Module, config: TrainConfig) -> None:
+        """Give a fresh model the structure this defense adds (a module at an insertion point), so a saved
+        state dict loads into it. Most defenses only change weights: nothing to do."""
+
     def describe(self) -> dict[str, Any]:
         options = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return {"name": self.name, "post_training": self.post_training, **options}

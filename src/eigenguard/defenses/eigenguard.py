@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.guard import EigenGuard, guard, inference_mode
@@ -48,18 +49,21 @@ class LowestLossAnchors:
 class EigenGuardDefense(Defense):
     name = "eigenguard"
 
+    def rebuild(self, model: nn.Module, config: TrainConfig) -> EigenGuard:
+        return guard(
+            model,
+            at=config.guard_at,
+            k=config.k,
+            momentum=config.momentum,
+            history_init=config.history_init,
+            grad=config.guard_grad,
+            precision=config.guard_precision,
+        )
+
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         cfg = ctx.config
         model = ctx.trainer.new_model()
-        g = guard(
-            model,
-            at=cfg.guard_at,
-            k=cfg.k,
-            momentum=cfg.momentum,
-            history_init=cfg.history_init,
-            grad=cfg.guard_grad,
-            precision=cfg.guard_precision,
-        ).to(ctx.trainer.device)
+        g = self.rebuild(model, cfg).to(ctx.trainer.device)
         hook = LowestLossAnchors([g], ctx.train_set, cfg.lowest_loss_samples, ctx.trainer, ctx.poison_indices)
         ctx.trainer.fit(model, ctx.train_set, epochs=cfg.epochs, hook=hook)
         return model, {}

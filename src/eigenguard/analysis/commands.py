@@ -1,0 +1,115 @@
+"""What `eigenguard analyze ...` does, callable from Python: each function writes its files and returns them.
+
+Outputs go to `out` (default bench-results/analysis/), named after the run directory, written atomically.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
+from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
+from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_write_bytes, atomic_write_text
+
+
+def _point(run: Any, at: str | None) -> str:
+    point = at or run.config.guard_at
+    if point not in run.model.insertion_points:
+        allowed = ", ".join(run.model.insertion_points)
+        raise EigenguardError(f"insertion point '{point}' unknown for {run.config.model}; allowed: {allowed}")
+    return point
+
+
+def erank_table(
+    run_dirs: list[Path], out: Path, *, at: str | None = None, samples: int = 1000, device: str = "cpu"
+) -> tuple[str, list[Path]]:
+    """Table 2: effective rank of triggered vs clean features, one column per run, both definitions."""
+    if samples < 2:
+        raise EigenguardError(f"samples {samples} must be >= 2")
+    columns = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device)
+        point = _point(run, at)
+        clean, triggered = clean_and_triggered(run, samples)
+        column: dict[str, Any] = {
+            "run": str(run_dir),
+            "attack": run.config.attack,
+            "defense": run.config.defense,
+            "point": point,
+        }
+        for name, data in (("backdoor", triggered), ("clean", clean)):
+            feats = features_at(run, data.images, point)
+            column[f"{name}_matrix"] = list(feats.shape)
+            for definition in DEFINITIONS:
+                column[f"{name}_{definition}"] = round(effective_rank(feats, definition), 4)
+        columns.append(column)
+    header = [f"{c['attack']} ({c['defense']})" for c in columns]
+    lines = [
+        "Effective rank of the features at "
+        + ", ".join(sorted({c["point"] for c in columns}))
+        + f": each matrix is {columns[0]['clean_matrix'][0]} test images (the same images, clean or with the "
+        f"trigger) x {columns[0]['clean_matrix'][1]} flattened features, not centred.",
+        "",
+        "| inputs | definition | " + " | ".join(header) + " |",
+        "|---|---|" + "---|" * len(header),
+    ]
+    for name, title in (("backdoor", "Backdoor"), ("clean", "Clean")):
+        for definition, meaning in DEFINITIONS.items():
+            values = " | ".join(f"{c[f'{name}_{definition}']:.2f}" for c in columns)
+            lines.append(f"| {title} | {meaning} | {values} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "erank_" + "_".join(Path(r).name for r in run_dirs)[:150]
+    paths = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], json.dumps(columns, indent=2) + "\n")
+    return text, paths
+
+
+def tsne_map(
+    run_dir: Path,
+    out: Path,
+    *,
+    at: str | None = None,
+    samples: int = 1000,
+    triggered_samples: int = 200,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], list[Path]]:
+    """Figures 2 and 4: t-SNE of the top-10 / next-90 / rest bands, triggered images in pink; plus purity."""
+    run = load_run(run_dir, device)
+    point = _point(run, at)
+    if samples < 110 or triggered_samples < 1:
+        raise EigenguardError(f"samples {samples} must be >= 110 (the bands reach 100) and triggered >= 1")
+    # clean images of every class (the first `samples` test images), triggered ones from the non-target classes
+    clean_images, clean_labels = run.test.images[:samples], run.test.labels[:samples]
+    _, trig = clean_and_triggered(run, triggered_samples)
+    feats = torch.cat([features_at(run, clean_images, point), features_at(run, trig.images, point)])
+    labels = torch.cat([clean_labels.cpu(), trig.labels.cpu()]).numpy()
+    triggered = np.r_[np.zeros(len(clean_images), bool), np.ones(len(trig), bool)]
+    groups = np.where(triggered, -1, labels)  # triggered images form their own group
+    bands = band_coordinates(feats, PAPER_BANDS)
+    summary: dict[str, Any] = {"run": str(run_dir), "point": point, "matrix": list(feats.shape), "bands": []}
+    maps, titles = [], []
+    for band in bands:
+        purity = neighbour_purity(band.coordinates, groups, triggered)
+        summary["bands"].append({"band": band.label, **purity})
+        maps.append(tsne_2d(band.coordinates, seed))
+        titles.append(f"{band.label}\n10-NN purity: triggered {purity['triggered_purity']:.2f}, "
+                      f"clean {purity['clean_purity']:.2f}")  # fmt: skip
+    title = (
+        f"{run.name}: features at {point} ({feats.shape[0]} images x {feats.shape[1]}), "
+        f"t-SNE of each band of singular directions"
+    )
+    png = tsne_figure(maps, titles, labels, triggered, list(run.test.classes), title)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"tsne_{Path(run_dir).name}_{point}"
+    paths = [out / f"{stem}.png", out / f"{stem}.json"]
+    atomic_write_bytes(paths[0], png)
+    atomic_write_text(paths[1], json.dumps(summary, indent=2) + "\n")
+    return summary, paths

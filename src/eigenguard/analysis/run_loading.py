@@ -1,0 +1,94 @@
+"""A finished run directory, loaded back: its config, its trained model, its test set and its attack.
+
+The model is rebuilt from config.yaml (architecture, width, and the structure a defense adds, such as
+EigenGuard at its insertion point) and filled from model.safetensors (no pickle). Nothing is retrained and
+the training set is not poisoned again: the analyses need only the clean test images and the trigger.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from eigenguard.attacks import Attack, create_attack
+from eigenguard.config import ATTACK_NONE, TrainConfig, format_validation_error
+from eigenguard.data import load_dataset
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.defenses import create_defense
+from eigenguard.errors import EigenguardError
+from eigenguard.models import Backbone, create_model
+from eigenguard.training.augment import Normalize
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: TrainConfig
+    model: Backbone
+    test: ImageDataset
+    attack: Attack | None
+    normalize: Normalize
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.config.run_name()
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | None = None) -> LoadedRun:
+    path = Path(run_dir)
+    for needed in ("config.yaml", "model.safetensors"):
+        if not (path / needed).is_file():
+            raise EigenguardError(f"'{path}' is not a finished run directory: {needed} is missing")
+    try:
+        values = yaml.safe_load((path / "config.yaml").read_text())
+        config = TrainConfig(**{**values, **({"data_root": data_root} if data_root else {})})
+    except ValidationError as e:
+        raise EigenguardError(f"{path}/config.yaml: {format_validation_error(e)}") from None
+    device = torch.device(device)
+    _, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
+    test = test.to(device)
+    model = create_model(
+        config.model, in_channels=test.image_shape[0], num_classes=test.num_classes, width=config.width
+    )
+    create_defense(config.defense, **config.defense_options).rebuild(model, config)
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except RuntimeError as e:
+        raise EigenguardError(
+            f"{path}/model.safetensors does not fit its config.yaml: {str(e).splitlines()[0]}"
+        ) from None
+    model = model.to(device).eval()
+    attack = None
+    if config.attack != ATTACK_NONE:
+        options = {k: v for k, v in config.attack_options.items() if k != "cache_dir"}
+        attack = create_attack(config.attack, test.image_shape, target=config.target, seed=config.seed, **options)
+    return LoadedRun(path, config, model, test, attack, Normalize(test.mean, test.std, device), device)
+
+
+def clean_and_triggered(run: LoadedRun, samples: int) -> tuple[ImageDataset, ImageDataset]:
+    """The first `samples` test images the backdoor would flip, clean and with the trigger (same images,
+    same order; labels: their true classes for both)."""
+    if run.attack is None:
+        raise EigenguardError(f"run '{run.path}' has no attack (attack: none): there is nothing to trigger")
+    wanted = run.attack.backdoor_labels(run.test.labels, run.test.num_classes)
+    keep = torch.nonzero(wanted != run.test.labels).flatten()[:samples]
+    clean = run.test.subset(keep)
+    triggered = ImageDataset(run.attack.apply(clean.images), clean.labels, clean.classes, clean.mean, clean.std)
+    return clean, triggered
+
+
+@torch.no_grad()
+def features_at(run: LoadedRun, images: torch.Tensor, point: str, batch_size: int = 256) -> torch.Tensor:
+    """Flattened activations at insertion point `point` (after any module placed there), float64, (N, D).
+
+    A guarded model runs in its default per-sample inference: each image's features do not depend on the
+    others in its batch."""
+    rows = [
+        run.model.features(run.normalize(images[i : i + batch_size]), point).flatten(1).double().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(rows)
