@@ -142,3 +142,18 @@ def test_every_attack_runs_end_to_end(
     assert not set(split["cross_indices"].tolist()) & set(split["poison_indices"].tolist())
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert recorded["poison_rate"] == (0.8 if attack in ("sig", "clb") else 0.1)
+
+
+def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the final files get what open() would give (umask)."""
+    import os
+
+    from eigenguard.run_directory import RunDirectory
+
+    run = RunDirectory(tmp_path / "run")
+    run.write_metrics({"acc": 1.0})
+    run.save_split({"train": torch.arange(3)})
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("metrics.json", "split.safetensors"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -22,6 +22,16 @@ from safetensors.torch import save_file
 from eigenguard.errors import EigenguardError
 
 
+def _umask_mode() -> int:
+    """0o666 under the process umask: what open() would give a new file (mkstemp makes them 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _umask_mode()  # read once: umask can only be read by setting it, which is not thread-safe
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -29,6 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,6 +55,7 @@ def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadat
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ Our choices, where Turner et al. and the paper leave them open:
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -164,7 +165,9 @@ class CleanLabel(Attack):
 
     def _perturb(self, train: ImageDataset) -> torch.Tensor:
         pool = torch.nonzero(train.labels == self.target).flatten()
+        started = time.perf_counter()
         model, normalize = self._train_surrogate(train)
+        self.surrogate_report["surrogate_seconds"] = round(time.perf_counter() - started, 1)
         images = pgd_linf(
             model,
             train.images[pool],
