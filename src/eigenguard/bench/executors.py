@@ -15,12 +15,34 @@ import multiprocessing
 import os
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from eigenguard.bench.cell import run_cell
 from eigenguard.bench.grid import Cell
 from eigenguard.bench.store import ResultStore
 from eigenguard.errors import EigenguardError
+
+
+class Executor(Protocol):
+    """What the runner needs from an executor."""
+
+    workers: int
+
+    def capacity(self) -> int:
+        """How many more cells can start now."""
+        ...
+
+    def submit(self, cell: Cell) -> None: ...
+
+    def wait(self, timeout: float) -> list[str]:
+        """Keys of the cells that finished within `timeout` seconds; their results are in the store."""
+        ...
+
+    def in_flight(self) -> list[str]: ...
+
+    def shutdown(self) -> None:
+        """Stop every cell in flight."""
+        ...
 
 
 def _child(key: str, config: dict[str, Any], runs: str, store: str, device: str | None, threads: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from eigenguard.bench.cell import PARTIAL
+from eigenguard.bench.executors import Executor
 from eigenguard.bench.grid import Cell, Grid
 from eigenguard.bench.store import ResultStore, owner_alive
 
@@ -58,7 +59,7 @@ def clean_partial(runs: Path) -> None:
 def run_grid(
     grid: Grid,
     store: ResultStore,
-    executor: object,
+    executor: Executor,
     runs: Path,
     *,
     retry_failed: bool = False,
@@ -82,7 +83,7 @@ def run_grid(
     console.print(
         f"[bold]{grid.name}[/]: {total} cells, {summary.done} already done, "
         f"{summary.skipped_failed} failed before{' (not retried: --retry-failed)' if summary.skipped_failed else ''}, "
-        f"{len(todo)} to run with {executor.workers} worker(s) -> {store.path}"  # type: ignore[attr-defined]
+        f"{len(todo)} to run with {executor.workers} worker(s) -> {store.path}"
     )
     keys_in_todo = {c.key for c in todo}
     started_at = time.perf_counter()
@@ -93,21 +94,21 @@ def run_grid(
 
     previous = _stop_on_sigterm()
     try:
-        while todo or executor.in_flight():  # type: ignore[attr-defined]
-            while executor.capacity() > 0:  # type: ignore[attr-defined]
+        while todo or executor.in_flight():
+            while executor.capacity() > 0:
                 cell = next((c for c in todo if ready(c)), None)
                 if cell is None:
                     break
                 todo.remove(cell)
                 if store.claim(cell.key, cell.config.model_dump(), retry_failed=retry_failed):
-                    executor.submit(cell)  # type: ignore[attr-defined]
+                    executor.submit(cell)
                 else:  # another runner finished or holds it meanwhile
                     keys_in_todo.discard(cell.key)
                     status = store.status(cell.key)
                     summary.done += status == "done"
                     summary.elsewhere += status == "running"
                     summary.skipped_failed += status == "failed"
-            for key in executor.wait(poll_seconds):  # type: ignore[attr-defined]
+            for key in executor.wait(poll_seconds):
                 keys_in_todo.discard(key)
                 summary.ran.append(key)
                 record = next(r for r in store.records(grid.name) if r["key"] == key)
@@ -118,8 +119,8 @@ def run_grid(
                 else:
                     summary.failed += 1
                     outcome = f"[red]failed[/] {str(record['error']).splitlines()[0]}"
-                left = len(todo) + len(executor.in_flight())  # type: ignore[attr-defined]
-                eta = sum(walls) / len(walls) * left / executor.workers  # type: ignore[attr-defined]
+                left = len(todo) + len(executor.in_flight())
+                eta = sum(walls) / len(walls) * left / executor.workers
                 labels = " ".join(f"{k}={v}" for k, v in record["labels"].items())
                 console.print(
                     f"[{summary.done + summary.failed}/{total}] {labels}: {outcome} "
@@ -129,8 +130,8 @@ def run_grid(
                     highlight=False,
                 )
     except KeyboardInterrupt:
-        in_flight = executor.in_flight()  # type: ignore[attr-defined]
-        executor.shutdown()  # type: ignore[attr-defined]
+        in_flight = executor.in_flight()
+        executor.shutdown()
         for key in in_flight:
             if store.status(key) == "running":
                 store.release(key)
