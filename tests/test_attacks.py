@@ -206,7 +206,7 @@ def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) ->
         ({**TINY_CLB, "pgd_steps": 3}, data),
         ({**TINY_CLB, "surrogate_epochs": 2}, data),
         ({**TINY_CLB, "surrogate_training": "standard"}, data),
-        ({**TINY_CLB, "surrogate_epsilon": 8 / 255}, data),
+        ({**TINY_CLB, "surrogate_epsilon": 4 / 255}, data),  # the default is 8/255, half of epsilon
         (TINY_CLB, dataset(200, shape=(1, 12, 12), seed=1)),
     ]:
         third = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **changed)
