@@ -213,6 +213,9 @@ def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) ->
         third.poison(other, 0.8, torch.Generator().manual_seed(0))
         assert third.cache_hit is False and third.cache_file != first.cache_file
     assert len(list((tmp_path / "clb").glob("clb-*.safetensors"))) == 7
+    # entries that differ only in the PGD share a surrogate (pgd_steps; epsilon 8/255 with the default
+    # surrogate_epsilon 4/255 and the explicit 4/255): 5 surrogate recipes for 7 entries
+    assert len(list((tmp_path / "clb").glob("surrogate-*.safetensors"))) == 5
 
 
 def test_pgd_raises_the_loss_within_the_budget() -> None:
