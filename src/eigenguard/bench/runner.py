@@ -83,7 +83,8 @@ def run_grid(
     console.print(
         f"[bold]{grid.name}[/]: {total} cells, {summary.done} already done, "
         f"{summary.skipped_failed} failed before{' (not retried: --retry-failed)' if summary.skipped_failed else ''}, "
-        f"{len(todo)} to run with {executor.workers} worker(s) -> {store.path}"
+        f"{len(todo)} to run with {executor.workers} worker(s) -> {store.path}",
+        soft_wrap=True,
     )
     keys_in_todo = {c.key for c in todo}
     started_at = time.perf_counter()
@@ -128,6 +129,7 @@ def run_grid(
                     f"{summary.failed + summary.skipped_failed}, left {left}, "
                     f"elapsed {_format_seconds(time.perf_counter() - started_at)}, ETA {_format_seconds(eta)}",
                     highlight=False,
+                    soft_wrap=True,  # one line per cell, also in a log file
                 )
     except KeyboardInterrupt:
         in_flight = executor.in_flight()
