@@ -147,7 +147,7 @@ def test_defense_options_are_checked() -> None:
         create_defense("anp", eps=0.3)
     with pytest.raises(EigenguardError, match="invalid options"):
         create_defense("ft", epochs=0)
-    assert {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad"} == set(DEFENSES.names())
+    assert {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "dimension-edit"} == set(DEFENSES.names())
 
 
 # -- the backdoored-model cache and every defense end to end ------------------------------------------
