@@ -38,7 +38,11 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
 # Every attack at its defaults (poison rate: 10% of the training set; 80% of the target class for sig, clb).
 ATTACK_NAMES = ("badnets", "badnets-all2all", "blend", "sig", "clb", "wanet", "multi-trigger")
 STANDARD = {"surrogate_training": "standard"}
-ADV16 = {"surrogate_epsilon": 16 / 255}  # surrogate adversarially trained at the attack's own epsilon
+ADV16 = {"surrogate_epsilon": 16 / 255}
+EPS32_ADV8 = {
+    "epsilon": 32 / 255,
+    "surrogate_epsilon": 8 / 255,
+}  # surrogate adversarially trained at the attack's own epsilon
 ATTACKS_TABLE = [
     *[(f"none-{a}", {"attack": a}) for a in ATTACK_NAMES],
     *[(f"guard-{a}", {**GUARD, "attack": a}) for a in ATTACK_NAMES],
@@ -46,6 +50,14 @@ ATTACKS_TABLE = [
     ("none-badnets-all2all-e24", {"attack": "badnets-all2all", "epochs": 24}),
     # CLB with a surrogate adversarially trained at 16/255, the attack's own budget (default: half of it)
     ("none-clb-adv16", {"attack": "clb", "attack_options": ADV16}),
+    # Turner et al.'s larger budget with the default surrogate (adversarially trained at 8/255, cached)
+    ("none-clb-eps32", {"attack": "clb", "attack_options": EPS32_ADV8}),
+    # ... and with every target image poisoned and no random crop (the corner trigger always whole)
+    ("none-clb-eps32-all-noaug", {"attack": "clb", "attack_options": EPS32_ADV8, "poison_rate": 1.0, "augment": False}),
+    (
+        "guard-clb-eps32-all-noaug",
+        {**GUARD, "attack": "clb", "attack_options": EPS32_ADV8, "poison_rate": 1.0, "augment": False},
+    ),
     # CLB with a standard-trained surrogate (the adversarially trained one is the default) is not learned,
     # at 16/255 (10% ASR) nor at Turner et al.'s larger 32/255, nor with twice the epochs
     *[
