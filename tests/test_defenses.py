@@ -243,3 +243,18 @@ def test_clean_samples_beyond_the_defense_split_is_an_error_only_for_defenses_th
         defended(mnist_root, tmp_path / "b", tmp_path / "c", "none", clean_samples=500, epochs=1), progress=False
     )
     assert result.metrics["clean_images"] == 60
+
+
+def test_backdoored_key_ignores_how_the_device_was_named() -> None:
+    """ "auto" and "cpu" are the same machine here: one cache entry, so grid cells (pinned to "cpu") and
+    CLI runs ("auto") share the backdoored model. The device type itself is part of the key."""
+    from eigenguard.defenses.backdoored_model import backdoored_key
+
+    data = ImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"], (0.5,), (0.5,))
+    auto = TrainConfig(profile="quick", device="auto")
+    cpu = TrainConfig(profile="quick", device="cpu", defense="ft", eval_every=5)
+    assert backdoored_key(auto, data, torch.device("cpu")) == backdoored_key(cpu, data, torch.device("cpu"))
+    assert backdoored_key(auto, data, torch.device("cpu")) != backdoored_key(auto, data, torch.device("meta"))
+    assert backdoored_key(auto, data, torch.device("cpu")) != backdoored_key(
+        TrainConfig(profile="quick", lr=0.05), data, torch.device("cpu")
+    )

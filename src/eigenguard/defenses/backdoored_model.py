@@ -45,7 +45,10 @@ DEFENSE_FIELDS = (
     "guard_precision",
     "lowest_loss_samples",
 )
-IRRELEVANT = (*DEFENSE_FIELDS, "out", "runs_dir", "eval_every", "eval_batch_size", "data_root", "download", "cache_dir")
+# `device` too: "auto" and "cpu" name the same machine; the resolved device type is hashed separately.
+IRRELEVANT = (
+    *DEFENSE_FIELDS, "out", "runs_dir", "eval_every", "eval_batch_size", "data_root", "download", "cache_dir", "device"
+)  # fmt: skip
 
 
 def no_defense_config(config: TrainConfig) -> TrainConfig:
