@@ -160,14 +160,13 @@ class CleanLabel(Attack):
             if self.cache_file.exists():
                 stored = load_file(str(self.cache_file))
                 self.cache_hit = True
-                self.surrogate_report = json.loads(stored["report"].numpy().tobytes().decode())
+                self.surrogate_report = _json_of(stored["report"])
                 return stored["images"].to(train.images.device)
             self.cache_hit = False
             images = self._perturb(train)
-            report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
             atomic_save_tensors(
                 self.cache_file,
-                {"images": images, "report": report},
+                {"images": images, "report": _tensor_of(self.surrogate_report)},
                 {"parameters": json.dumps(self.parameters(), sort_keys=True)},
             )
         return images
@@ -198,33 +197,35 @@ class CleanLabel(Attack):
     def _surrogate(self, train: ImageDataset) -> tuple[torch.nn.Module, Normalize]:
         """The trained surrogate, from <cache>/clb/surrogate-<key>.safetensors when this training set, seed and
         surrogate recipe were seen before (a sweep over the PGD settings trains it once)."""
-        from eigenguard.models import create_model
-
         parameters = {"format": CACHE_FORMAT, "seed": self.seed, "surrogate": self.surrogate}
         path = self.cache_dir / f"surrogate-{self.cache_key(train, parameters)}.safetensors"
         with filling(path):
             if path.exists():
                 stored = load_file(str(path), device=str(train.images.device))
-                report = json.loads(stored.pop("__report__").cpu().numpy().tobytes().decode())
-                model = create_model(
-                    self.surrogate_model,
-                    in_channels=train.image_shape[0],
-                    num_classes=train.num_classes,
-                    width=self.surrogate_width,
-                ).to(train.images.device)
+                report = _json_of(stored.pop("__report__"))
+                model = self._surrogate_architecture(train)
                 model.load_state_dict(stored)
                 self.surrogate_report = {**report, "surrogate_cache_hit": True}
                 return model, Normalize(train.mean, train.std, train.images.device)
             started = time.perf_counter()
             model, normalize = self._train_surrogate(train)
             self.surrogate_report["surrogate_seconds"] = round(time.perf_counter() - started, 1)
-            report = torch.frombuffer(bytearray(json.dumps(self.surrogate_report).encode()), dtype=torch.uint8)
-            atomic_save_tensors(path, {**model.state_dict(), "__report__": report}, {})
+            atomic_save_tensors(path, {**model.state_dict(), "__report__": _tensor_of(self.surrogate_report)}, {})
             self.surrogate_report["surrogate_cache_hit"] = False
         return model, normalize
 
-    def _train_surrogate(self, train: ImageDataset) -> tuple[torch.nn.Module, Normalize]:
+    def _surrogate_architecture(self, train: ImageDataset) -> torch.nn.Module:
+        """A fresh surrogate model (initialised from the global RNG) on the training set's device."""
         from eigenguard.models import create_model
+
+        return create_model(
+            self.surrogate_model,
+            in_channels=train.image_shape[0],
+            num_classes=train.num_classes,
+            width=self.surrogate_width,
+        ).to(train.images.device)
+
+    def _train_surrogate(self, train: ImageDataset) -> tuple[torch.nn.Module, Normalize]:
         from eigenguard.training.loop import train_one_epoch
         from eigenguard.training.schedule import lr_multiplier
 
@@ -232,12 +233,7 @@ class CleanLabel(Attack):
         normalize = Normalize(train.mean, train.std, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed + 7)
-            model = create_model(
-                self.surrogate_model,
-                in_channels=train.image_shape[0],
-                num_classes=train.num_classes,
-                width=self.surrogate_width,
-            ).to(device)
+            model = self._surrogate_architecture(train)
         batch = 256
         steps = max(len(train) // batch, 1) * self.surrogate_epochs
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -268,3 +264,12 @@ class CleanLabel(Attack):
             "cache_hit": self.cache_hit,
             **self.surrogate_report,
         }
+
+
+def _tensor_of(report: dict[str, object]) -> torch.Tensor:
+    """A JSON-able dict as a uint8 tensor, to store beside the tensors of a cache file."""
+    return torch.frombuffer(bytearray(json.dumps(report).encode()), dtype=torch.uint8)
+
+
+def _json_of(stored: torch.Tensor) -> dict[str, object]:
+    return json.loads(stored.cpu().numpy().tobytes().decode())

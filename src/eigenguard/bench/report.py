@@ -21,6 +21,8 @@ import base64
 import csv
 import html
 import io
+import itertools
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +101,6 @@ def pivot(
     records: list[dict[str, Any]], rows: list[str], cols: list[str], protocol: str, layout_title: str, caption: str
 ) -> Table:
     acc_key, asr_key = PROTOCOLS[protocol]
-    done = [r for r in records if r["status"] == "done"]
 
     def metric_value(r: dict[str, Any], metric: str) -> float | None:
         key = acc_key if metric == "ACC" else asr_key
@@ -111,8 +112,6 @@ def pivot(
     def axis_values(name: str) -> list[str]:
         return list(METRICS) if name == "metric" else _ordered([field_value(r, name) for r in records])
 
-    import itertools
-
     row_combos = list(itertools.product(*(axis_values(n) for n in rows)))
     col_combos = list(itertools.product(*(axis_values(n) for n in cols)))
     header = [*rows, *(" / ".join(c) for c in col_combos)]
@@ -122,10 +121,11 @@ def pivot(
         for cc in col_combos:
             wanted = dict(zip(rows + cols, rc + cc, strict=True))
             metric = wanted.pop("metric", None)
-            matching = [r for r in done if all(field_value(r, k) == v for k, v in wanted.items())]
-            values = [v for r in matching if (v := metric_value(r, metric or "ACC")) is not None]
-            failed = [r for r in records if r["status"] == "failed" and all(
-                field_value(r, k) == v for k, v in wanted.items())]  # fmt: skip
+            selected = [r for r in records if all(field_value(r, k) == v for k, v in wanted.items())]
+            values = [
+                v for r in selected if r["status"] == "done" and (v := metric_value(r, metric or "ACC")) is not None
+            ]
+            failed = any(r["status"] == "failed" for r in selected)
             cells.append(mean_std(values) if values else ("failed" if failed else "-"))
         if any(c != "-" for c in cells):
             out_rows.append([*rc, *cells])
@@ -133,8 +133,6 @@ def pivot(
 
 
 def grid_tables(store: ResultStore, grid: dict[str, Any]) -> tuple[list[Table], list[dict[str, Any]]]:
-    import json
-
     records = store.records(grid["name"])
     axes = json.loads(grid["axes"] or "{}")
     rows, cols = LAYOUT_AXES[grid["layout"]]
@@ -169,13 +167,18 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     done = [r for r in records if r["status"] == "done"]
-    series = _ordered([f"{field_value(r, 'attack')}" + _defense_suffix(records, r) for r in done])
+    several_defenses = len({r["config"].get("defense") for r in records}) > 1
+
+    def series_of(r: dict[str, Any]) -> str:
+        return field_value(r, "attack") + (f" / {r['config'].get('defense')}" if several_defenses else "")
+
+    series = _ordered([series_of(r) for r in done])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=150, constrained_layout=True)
     for ax, metric in zip(axes, ("acc", "asr"), strict=True):
         for name in series:
             points: dict[float, list[float]] = {}
             for r in done:
-                if f"{field_value(r, 'attack')}" + _defense_suffix(records, r) == name and r.get(metric) is not None:
+                if series_of(r) == name and r.get(metric) is not None:
                     points.setdefault(float(r["config"][x]), []).append(100 * r[metric])
             xs = sorted(points)
             means = [statistics.fmean(points[v]) for v in xs]
@@ -192,11 +195,6 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
-
-
-def _defense_suffix(records: list[dict[str, Any]], r: dict[str, Any]) -> str:
-    several = len({x["config"].get("defense") for x in records}) > 1
-    return f" / {r['config'].get('defense')}" if several else ""
 
 
 def _axis_label(x: str) -> str:

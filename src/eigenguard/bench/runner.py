@@ -112,7 +112,7 @@ def run_grid(
             for key in executor.wait(poll_seconds):
                 keys_in_todo.discard(key)
                 summary.ran.append(key)
-                record = next(r for r in store.records(grid.name) if r["key"] == key)
+                record = store.record(grid.name, key)
                 walls.append(record["wall_seconds"] or 0.0)
                 if record["status"] == "done":
                     summary.done += 1

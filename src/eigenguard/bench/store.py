@@ -14,6 +14,7 @@ row whose owner process is gone (same host, pid not alive) is stale and may be c
 """
 
 import csv
+import io
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_write_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS grid_cells (
     PRIMARY KEY (grid, key)
 );
 """
+GRID_CELLS = "SELECT g.grid, g.labels, c.* FROM grid_cells g JOIN cells c ON c.key = g.key WHERE g.grid = ?"
 CSV_COLUMNS = (
     "grid", "key", "status", "dataset", "model", "attack", "poison_rate", "defense", "seed", "labels",
     "acc", "asr", "acc_paper", "asr_paper", "protocol", "wall_seconds", "run_dir", "error", "versions",
@@ -191,18 +194,13 @@ class ResultStore:
         if grid is None:
             rows = self._db.execute("SELECT NULL AS grid, '{}' AS labels, * FROM cells ORDER BY started_at, key")
         else:
-            rows = self._db.execute(
-                "SELECT g.grid, g.labels, c.* FROM grid_cells g JOIN cells c ON c.key = g.key "
-                "WHERE g.grid = ? ORDER BY g.position",
-                (grid,),
-            )
-        out = []
-        for r in rows:
-            d = dict(r)
-            for name in ("config", "metrics", "labels", "versions"):
-                d[name] = json.loads(d[name]) if d[name] else {}
-            out.append(d)
-        return out
+            rows = self._db.execute(GRID_CELLS + " ORDER BY g.position", (grid,))
+        return [_parsed(r) for r in rows]
+
+    def record(self, grid: str, key: str) -> dict[str, Any]:
+        """One cell of `grid`, as `records` gives it."""
+        row = self._db.execute(GRID_CELLS + " AND g.key = ?", (grid, key)).fetchone()
+        return _parsed(row)
 
     def grid_size(self, grid: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM grid_cells WHERE grid = ?", (grid,)).fetchone()[0]
@@ -222,17 +220,21 @@ class ResultStore:
                         "versions": json.dumps(r["versions"]),
                     }
                 )
-        from eigenguard.run_directory import atomic_write_text
-
         buffer = _csv_text(rows)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, buffer)
         return len(rows)
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    import io
+def _parsed(row: sqlite3.Row) -> dict[str, Any]:
+    """A cells row as a dict, its JSON columns parsed."""
+    d = dict(row)
+    for name in ("config", "metrics", "labels", "versions"):
+        d[name] = json.loads(d[name]) if d[name] else {}
+    return d
 
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

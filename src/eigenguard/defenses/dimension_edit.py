@@ -20,11 +20,8 @@ class DimensionEditTraining(Defense):
     name = "dimension-edit"
 
     def __init__(self, mode: str = "reduce", r: int = 0) -> None:
-        self.edit = DimensionEdit(mode, r)  # validates
+        DimensionEdit(mode, r)  # validates both, with the module's own one-line errors
         self.mode, self.r = mode, int(r)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "post_training": False, "mode": self.mode, "r": self.r}
 
     def rebuild(self, model: nn.Module, config: TrainConfig) -> None:
         assert isinstance(model, Backbone)
