@@ -189,4 +189,27 @@ def test_analyze_dims_runs_the_sweep_through_the_harness(mnist_root: Path, tmp_p
     png = next((tmp_path / "a").glob("dims-*.png"))
     assert png.read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "a" / f"{png.stem}.csv").read_text().splitlines()
-    assert len(rows) == 4 and all(",done," in r for r in rows[1:])
+    assert rows[0] == "attack,mode,r,acc,asr,acc_mixed,asr_mixed,acc_edit_off,asr_edit_off,run_dir"
+    table = {tuple(r.split(",")[1:3]): r.split(",") for r in rows[1:]}
+    assert sorted(table) == [("add", "3"), ("plain", "0"), ("reduce", "3")]
+    plain = table["plain", "0"]
+    assert plain[5] == plain[7] and plain[6] == plain[8]  # r = 0: switching the edit off changes nothing
+    assert all(0 <= float(v) <= 1 for row in table.values() for v in row[3:9])
+    cache = json.loads((tmp_path / "a" / f"{png.stem}-protocols.json").read_text())
+    assert len(cache) == 3  # measured once per run, reused by the next call
+
+
+def test_mixed_batches_put_the_triggered_images_at_the_poison_rate_in_every_batch() -> None:
+    from eigenguard.analysis.dims_sweep import mixed_batches
+    from eigenguard.data.image_dataset import ImageDataset
+
+    clean = ImageDataset(torch.zeros(30, 1, 2, 2, dtype=torch.uint8), torch.arange(30) % 3, ["a", "b", "c"])
+    white = torch.full((7, 1, 2, 2), 255, dtype=torch.uint8)
+    triggered = ImageDataset(white, torch.zeros(7, dtype=torch.int64), ["a", "b", "c"])
+    mixed, trig, first_clean = mixed_batches(clean, triggered, batch_size=10, rate=0.2)
+    assert len(mixed) == 40  # ceil(7 / 2) batches of 10
+    per_batch = (mixed.images[:, 0, 0, 0] == 255).view(4, 10).sum(1)
+    assert per_batch.tolist() == [2, 2, 2, 2]  # the last batch wraps around to image 0 of the triggered set
+    assert int(trig.sum()) == 7 and int(first_clean.sum()) == 30  # each image counted once
+    assert (mixed.labels[first_clean] == clean.labels).all()
+    assert not (trig & first_clean).any()

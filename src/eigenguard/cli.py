@@ -277,7 +277,13 @@ def analyze_dims(
     out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
 ) -> None:
     """Figure 1: train with the top r directions removed or r small ones lifted; ACC/ASR curves (PNG, CSV)."""
-    from eigenguard.analysis.dims_sweep import DEFAULT_R, dims_figure, dims_grid
+    from eigenguard.analysis.dims_sweep import (
+        DEFAULT_R,
+        add_test_time_protocols,
+        dims_figure,
+        dims_grid,
+        dims_table_csv,
+    )
     from eigenguard.bench.executors import LocalExecutor
     from eigenguard.bench.runner import run_grid
     from eigenguard.bench.store import ResultStore
@@ -291,12 +297,14 @@ def analyze_dims(
         results = ResultStore(store)
         executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
         summary = run_grid(grid, results, executor, runs_dir, console=err_console)
-        records = results.records(grid.name)
         out.mkdir(parents=True, exist_ok=True)
+        records = add_test_time_protocols(
+            results.records(grid.name), out / f"{grid.name}-protocols.json", executor.devices[0]
+        )
         png = out / f"{grid.name}.png"
         atomic_write_bytes(png, dims_figure(records, f"{grid.name}: {grid.description}"))
         csv_path = out / f"{grid.name}.csv"
-        results.export_csv(csv_path, grid.name)
+        atomic_write_bytes(csv_path, dims_table_csv(records))
     except EigenguardError as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ features F (B rows, flattened) with SVD F = U diag(s) V^T, s descending:
 Both are computed from the B x B Gram matrix (as EigenGuard's fast path), and the gradient flows through F
 with the singular vectors held constant. Like the paper's experiment, the edit acts on whatever batch it
 is given, at test time too: results depend on the evaluation batch (clean batches for ACC, all-triggered
-batches for ASR, the paper protocol). This module is an analysis tool, not a defense.
+batches for ASR, the paper protocol; analysis/dims_sweep.py adds mixed batches and the edit switched off
+at test time). This module is an analysis tool, not a defense.
 """
 
 import torch
