@@ -15,6 +15,7 @@ model saw in training), and with the edit switched off at test time ("edit off",
 left in the weights). The figure draws all three.
 """
 
+import csv
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from eigenguard.analysis.run_loading import load_run
 from eigenguard.bench.grid import Grid, parse_grid
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_write_bytes
 from eigenguard.training.evaluate import accuracy, eval_logits
 
 DEFAULT_R = (0, 5, 20, 50)
@@ -117,8 +119,6 @@ def add_test_time_protocols(
 ) -> list[dict[str, Any]]:
     """Each done record with PROTOCOL_COLUMNS added, measured once per run and kept in `cache_path` (JSON,
     keyed by the cell key; the run directory itself is never written to)."""
-    from eigenguard.run_directory import atomic_write_bytes
-
     cache: dict[str, dict[str, float]] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     out, changed = [], False
     for rec in records:
@@ -144,29 +144,34 @@ def curves(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
     """(attack, mode, metric) -> [(r, value)], r = 0 (plain) in both modes' curves. Metrics: acc, asr and
     the PROTOCOL_COLUMNS present in the records."""
     out: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
-    for rec in records:
-        if rec["status"] != "done":
-            continue
-        mode, _, r = rec["labels"]["edit"].rpartition("-")
+    for rec, mode, r in _done_edits(records):
         for metric in ("acc", "asr", *PROTOCOL_COLUMNS):
             if rec.get(metric) is None:
                 continue
             for m in ("reduce", "add") if mode == "plain" else (mode,):
-                out.setdefault((rec["config"]["attack"], m, metric), []).append((int(r), rec[metric]))
+                out.setdefault((rec["config"]["attack"], m, metric), []).append((r, rec[metric]))
     return {k: sorted(v) for k, v in out.items()}
 
 
 def dims_table_csv(records: list[dict[str, Any]]) -> bytes:
     """One row per finished run: attack, mode, r and the metric under each protocol (fractions)."""
-    columns = ["attack", "mode", "r", "acc", "asr", *PROTOCOL_COLUMNS, "run_dir"]
-    lines = [",".join(columns)]
+    metrics = ["acc", "asr", *PROTOCOL_COLUMNS, "run_dir"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["attack", "mode", "r", *metrics])
+    for rec, mode, r in _done_edits(records):
+        writer.writerow([rec["config"]["attack"], mode, r, *(rec.get(c) for c in metrics)])
+    return buffer.getvalue().encode()
+
+
+def _done_edits(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int]]:
+    """(record, mode, r) of each finished run, from its `edit` label ("plain-0", "reduce-5", ...)."""
+    out = []
     for rec in records:
-        if rec["status"] != "done":
-            continue
-        mode, _, r = rec["labels"]["edit"].rpartition("-")
-        values = [rec["config"]["attack"], mode, r] + [rec.get(c) for c in columns[3:]]
-        lines.append(",".join("" if v is None else str(v) for v in values))
-    return ("\n".join(lines) + "\n").encode()
+        if rec["status"] == "done":
+            mode, _, r = rec["labels"]["edit"].rpartition("-")
+            out.append((rec, mode, int(r)))
+    return out
 
 
 def dims_figure(records: list[dict[str, Any]], title: str) -> bytes:
