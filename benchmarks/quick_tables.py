@@ -58,6 +58,10 @@ ATTACKS_TABLE = [
         "guard-clb-eps32-all-noaug",
         {**GUARD, "attack": "clb", "attack_options": EPS32_ADV8, "poison_rate": 1.0, "augment": False},
     ),
+    # ... and that working setting with one of its three changes undone, to see which of them matters
+    ("none-clb-eps32-all", {"attack": "clb", "attack_options": EPS32_ADV8, "poison_rate": 1.0}),  # crop back on
+    ("none-clb-eps32-noaug", {"attack": "clb", "attack_options": EPS32_ADV8, "augment": False}),  # 80% of class
+    ("none-clb-all-noaug", {"attack": "clb", "poison_rate": 1.0, "augment": False}),  # budget back to 16/255
     # CLB with a standard-trained surrogate (the adversarially trained one is the default) is not learned,
     # at 16/255 (10% ASR) nor at Turner et al.'s larger 32/255, nor with twice the epochs
     *[
@@ -87,6 +91,8 @@ def command(overrides: dict[str, Any]) -> str:
         if isinstance(value, dict):  # attack_options / defense_options -> repeated --attack-option k=v
             flag = key.removesuffix("s").replace("_", "-")
             parts += [f"--{flag} {k}={v}" for k, v in value.items()]
+        elif isinstance(value, bool):  # --augment / --no-augment
+            parts.append(f"--{'' if value else 'no-'}{key.replace('_', '-')}")
         else:
             parts.append(f"--{key.replace('_', '-')} {value}")
     flags = " ".join(parts)
