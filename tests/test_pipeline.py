@@ -93,7 +93,10 @@ def test_same_seed_same_result_on_cpu(mnist_root: Path, tmp_path: Path) -> None:
 def test_backdoor_is_learned_and_clean_run_has_no_asr(mnist_root: Path, tmp_path: Path) -> None:
     # No augmentation: on 540 images, random crops cut the 3x3 corner trigger off too often to learn it
     # in a few steps (the quick profile, with 20k images, learns it with augmentation on).
-    config = tiny_config(mnist_root, tmp_path / "p", epochs=10, batch_size=32, poison_rate=0.2, augment=False)
+    # lr 0.02: at the tiny config's 0.05 (batch 32, SGD momentum 0.9) this 8-channel net is bistable: seeds 0
+    # and 1 never fit the poisons (ASR 0) on an AMD EPYC host while another host's rounding learned them;
+    # at 0.02 all of seeds 0-11 reach ASR 1.0 and ACC >= 0.995.
+    config = tiny_config(mnist_root, tmp_path / "p", epochs=10, batch_size=32, lr=0.02, poison_rate=0.2, augment=False)
     attacked = train(config, progress=False)
     assert attacked.metrics["acc"] > 0.8  # brightness classes are easy
     assert attacked.metrics["asr"] > 0.8  # and so is the checkerboard
