@@ -48,6 +48,7 @@ ATTACKS_TABLE = [
     *[(f"guard-{a}", {**GUARD, "attack": a}) for a in ATTACK_NAMES],
     # all-to-all is not learned in 12 epochs (56% ASR): the same run with twice the epochs
     ("none-badnets-all2all-e24", {"attack": "badnets-all2all", "epochs": 24}),
+    ("guard-badnets-all2all-e24", {**GUARD, "attack": "badnets-all2all", "epochs": 24}),
     # CLB with a surrogate adversarially trained at 16/255, the attack's own budget (default: half of it)
     ("none-clb-adv16", {"attack": "clb", "attack_options": ADV16}),
     # Turner et al.'s larger budget with the default surrogate (adversarially trained at 8/255, cached)
@@ -81,6 +82,9 @@ DEFENSES_TABLE = [
     (f"{d}-{a}", {"attack": a, **({"defense": d} if d != "none" else {})})
     for a in ("badnets", "blend")
     for d in DEFENSE_NAMES
+] + [
+    # ABL's default isolation (20% of 12 epochs = 2) ends before BadNets is learned: isolate after 6 instead
+    ("abl-badnets-iso6", {"attack": "badnets", "defense": "abl", "defense_options": {"isolation_epochs": 6}}),
 ]
 TABLES = {"ablation": ABLATION, "attacks": ATTACKS_TABLE, "defenses": DEFENSES_TABLE}
 

@@ -53,6 +53,10 @@ def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
     assert metrics == result.metrics
     assert 0.0 <= metrics["acc"] <= 1.0 and 0.0 <= metrics["asr"] <= 1.0
     assert metrics["acc"] == float(rows[-1]["acc"])
+    # which CPU model ran it: CPU results are reproducible on one model, not across models
+    environment = metrics["environment"]
+    assert environment["device"] == "cpu" and environment["device_name"] == environment["cpu"] != ""
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # 600 train images, 10% held back -> 540 trained on, 54 poisoned
     assert metrics["train_images"] == 540 and metrics["poisoned_images"] == 54
     split = load_file(out / "split.safetensors")

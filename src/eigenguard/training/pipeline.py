@@ -158,7 +158,10 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         ),
         "environment": {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            # CPU results are bit-identical for a seed on one CPU model, not across models: record which
+            "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch chose
             "torch": torch.__version__,
             "python": platform.python_version(),
             "eigenguard": eigenguard.__version__,
@@ -181,3 +184,14 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         table.add_row(label, "-" if value is None else f"{100 * value:.2f}%")
     console.print(table)
     return RunResult(run_dir=out, metrics=metrics, model=model, history=trainer.history)
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC"), from /proc/cpuinfo on Linux, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
