@@ -121,6 +121,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         final = {k: None if last.get(k) in (None, "") else last[k] for k in ("acc", "asr", "acc_paper", "asr_paper")}
     guarded = bool(find_guards(model))
     plain = backdoored.get("metrics") or cached_plain_metrics(entry)
+    cpu = cpu_name()
     metrics: dict[str, Any] = {
         "acc": final["acc"],
         "asr": final["asr"],
@@ -158,9 +159,9 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
         ),
         "environment": {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
             # CPU results are bit-identical for a seed on one CPU model, not across models: record which
-            "cpu": cpu_name(),
+            "cpu": cpu,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch chose
             "torch": torch.__version__,
             "python": platform.python_version(),
