@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from eigenguard.data import load_dataset
+from eigenguard.data.transforms import Normalize, random_crop, random_flip
 from eigenguard.models import create_model
-from eigenguard.training.augment import Normalize, random_crop, random_flip
 
 
 class PILDataset(Dataset):

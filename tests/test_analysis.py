@@ -11,13 +11,13 @@ from test_pipeline import tiny_config
 from typer.testing import CliRunner
 
 from eigenguard import train
-from eigenguard.analysis.dimension_edit import DimensionEdit
 from eigenguard.analysis.effective_rank import effective_rank, singular_values
 from eigenguard.analysis.eigen_bands import band_coordinates, neighbour_purity
 from eigenguard.analysis.proposition import check_proposition, check_remark
 from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
+from eigenguard.guard.dimension_edit import DimensionEdit
 
 
 def matrix_with_singular_values(s: list[float], n: int = 40, d: int = 60, seed: int = 0) -> torch.Tensor:
@@ -126,13 +126,14 @@ def test_remark_one_beta_above_a_quarter() -> None:
 @pytest.fixture
 def guarded_run(mnist_root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "guarded"
-    train(tiny_config(mnist_root, out, defense="eigenguard", k=4, lowest_loss_samples=0), progress=False)
+    guard = {"name": "eigenguard", "k": 4, "lowest_loss_samples": 0}
+    train(tiny_config(mnist_root, out, defense=guard), progress=False)
     return out
 
 
 def test_load_run_rebuilds_the_guarded_model(guarded_run: Path) -> None:
     run = load_run(guarded_run)
-    assert run.config.defense == "eigenguard" and run.attack is not None
+    assert run.config.defense.name == "eigenguard" and run.attack is not None
     clean, triggered = clean_and_triggered(run, 30)
     assert len(clean) == len(triggered) == 30 and torch.equal(clean.labels, triggered.labels)
     assert not torch.equal(clean.images, triggered.images)

@@ -17,8 +17,8 @@ from eigenguard.attacks import (
 )
 from eigenguard.attacks.pgd import adversarial_training_loss, pgd_linf
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
-from eigenguard.training.augment import Normalize
 
 
 def dataset(n: int = 100, shape: tuple[int, int, int] = (3, 8, 8), seed: int = 0) -> ImageDataset:

@@ -73,7 +73,7 @@ def test_grid_errors_name_the_bad_value(tmp_path: Path) -> None:
         parse_grid({**tiny_grid(tmp_path), "axis": {}})
     with pytest.raises(EigenguardError, match="layout 'table9' unknown; allowed: table3"):
         parse_grid({**tiny_grid(tmp_path), "report": {"layout": "table9"}})
-    with pytest.raises(EigenguardError, match="axis 'budget' is not a config field"):
+    with pytest.raises(EigenguardError, match="axis 'budget' is not a setting"):
         parse_grid(tiny_grid(tmp_path, budget=[0.1]))
     with pytest.raises(EigenguardError, match="cannot read grid file"):
         load_grid(tmp_path / "missing.yaml")
@@ -204,7 +204,7 @@ def fixture_store(path: Path) -> ResultStore:
     store.register_grid(grid)
     for i, cell in enumerate(grid.cells):
         store.claim(cell.key, cell.config.model_dump())
-        guarded = cell.config.defense == "eigenguard"
+        guarded = cell.config.defense.name == "eigenguard"
         if cell.labels == {"attack": "blend", "defense": "ft", "seed": "1"}:
             store.finish(cell.key, {"status": "failed", "error": "RuntimeError: boom"})
             continue
@@ -216,7 +216,7 @@ def fixture_store(path: Path) -> ResultStore:
         {
             "name": "rate",
             "report": {"layout": "curve", "x": "poison_rate"},
-            "base": {"profile": "quick", "defense": "eigenguard", "k": 10},  # not t3's cells: k differs
+            "base": {"profile": "quick", "defense": {"name": "eigenguard", "k": 10}},  # not t3's cells: k differs
             "axes": {"attack": ["badnets"], "poison_rate": [0.05, 0.1]},
         }
     )

@@ -14,8 +14,8 @@ BASE = [
     "0.125",
     "--epochs",
     "1",
-    "--batch-size",
-    "64",
+    "--set",
+    "batch_size=64",
     "--device",
     "cpu",
     "--profile",
@@ -49,9 +49,12 @@ def test_train_via_yaml_with_flag_override(mnist_root: Path, tmp_path: Path) -> 
         (["--attack", "trojan"], "invalid attack = 'trojan'"),
         (["--poison-rate", "1.5"], "invalid poison_rate = 1.5"),
         (["--epochs", "-1"], "invalid epochs = -1"),
-        (["--attack-option", "alpha"], "expected KEY=VALUE"),
-        (["--attack", "sig", "--attack-option", "sigma=3"], "unknown option 'sigma' for attack 'sig'; allowed: delta"),
-        (["--defense", "ft", "--defense-option", "epoch=3"], "unknown option 'epoch' for defense 'ft'"),
+        (["--set", "alpha"], "expected KEY=VALUE"),
+        (["--attack", "sig", "--set", "attack.sigma=3"], "unknown option 'sigma' for attack 'sig'; allowed: delta"),
+        (["--defense", "ft", "--set", "defense.epoch=3"], "unknown option 'epoch' for defense 'ft'"),
+        (["--defense", "eigenguard", "--set", "defense.at=stage9"], "at 'stage9' is not an insertion point"),
+        (["--set", "lr=[1"], "the value is not valid YAML"),
+        (["--set", "epoch=3"], "unknown option 'epoch'"),
         (["--defense", "ft"], "clean_samples 500 is more than the 60 images of the defense split"),
     ],
 )
@@ -87,3 +90,46 @@ def test_list(tmp_path: Path) -> None:
     proc = run_cli("list", cwd=tmp_path)
     assert proc.returncode == 0
     assert "fashion-mnist" in proc.stdout and "resnet18" in proc.stdout and "badnets" in proc.stdout
+    assert "eigenguard: at=stage1, k=20, momentum=0.7" in proc.stdout  # the guard's options are its own
+    assert "dimension-edit" in proc.stdout
+
+
+def test_help_fits_a_screen_and_config_lists_every_setting(tmp_path: Path) -> None:
+    from eigenguard.config import TrainConfig
+
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) <= 45 and "--set" in proc.stdout
+    proc = run_cli("config", "--profile", "quick", cwd=tmp_path)
+    assert proc.returncode == 0
+    for field in TrainConfig.model_fields:
+        assert f"\n  {field} = " in proc.stdout
+    assert "  width = 0.25: channel-width multiplier" in proc.stdout
+
+
+def test_set_reaches_component_options_and_profile_matches_python(mnist_root: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from eigenguard import TrainConfig, resolve
+
+    args = ["--defense", "eigenguard", "--set", "defense.k=3", "--set", "defense.lowest_loss_samples=0"]
+    proc = run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(tmp_path / "g"), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    recorded = yaml.safe_load((tmp_path / "g" / "config.yaml").read_text())
+    assert recorded["defense"]["k"] == 3 and recorded["defense"]["lowest_loss_samples"] == 0
+    assert recorded["width"] == 0.125 and recorded["warmup_epochs"] == 0.5  # flag, and the quick profile
+    python = TrainConfig(
+        profile="quick", dataset="mnist", width=0.125, epochs=1, batch_size=64, device="cpu",
+        data_root=str(mnist_root), out=str(tmp_path / "g"), defense={"name": "eigenguard", "k": 3,
+        "lowest_loss_samples": 0},
+    )  # fmt: skip
+    assert resolve(python) == TrainConfig(**recorded)
+
+
+def test_old_run_config_still_loads(mnist_root: Path, tmp_path: Path) -> None:
+    """A config.yaml of eigenguard 0.1 (flat guard fields, *_options) is read as today's layout."""
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("attack: blend\nattack_options: {alpha: 0.3}\ndefense: none\ndefense_options: {}\nk: 20\n")
+    proc = run_cli("train", "--config", str(cfg), *BASE, "--data-root", str(mnist_root), "--out",
+                   str(tmp_path / "r"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["attack"]["alpha"] == 0.3

@@ -1,31 +1,82 @@
+"""The config object: profiles mean the same in Python, YAML and the CLI; components own their options;
+old layouts convert; what decides a result is defined once."""
+
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from eigenguard.config import PROFILES, TrainConfig, load_yaml, resolve_config
+from eigenguard.config import (
+    PROFILES,
+    Component,
+    TrainConfig,
+    load_yaml,
+    make_config,
+    merge_settings,
+    no_defense,
+    plain_weights_values,
+    result_values,
+)
 from eigenguard.errors import EigenguardError
+from eigenguard.pipeline import resolve
+
+
+def resolved(values: dict, settings: dict | None = None) -> TrainConfig:
+    return resolve(make_config(merge_settings(values, settings or {})))
+
+
+def test_profile_applies_in_python_as_on_the_cli(tmp_path: Path) -> None:
+    python = TrainConfig(profile="quick")
+    assert python.width == 0.25 and python.epochs == 12 and python.dataset == "fashion-mnist"
+    path = tmp_path / "quick.yaml"
+    path.write_text("profile: quick\n")
+    assert make_config(load_yaml(path)) == python
+    # the CLI builds its config from the same function `eigenguard train` uses
+    code = "from eigenguard.config import make_config, merge_settings; import json; " + (
+        "print(make_config(merge_settings({}, {'profile': 'quick'})).model_dump_json())"
+    )
+    cli = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert TrainConfig.model_validate_json(cli) == python
+    assert TrainConfig().width == 1.0 and TrainConfig().epochs == 100  # the default profile is the paper's
+
+
+def test_explicit_values_win_over_the_profile() -> None:
+    cfg = TrainConfig(profile="quick", width=0.5, epochs=100)  # 100 is also the paper default: still wins
+    assert cfg.width == 0.5 and cfg.epochs == 100 and cfg.train_subset == PROFILES["quick"]["train_subset"]
+    assert TrainConfig(profile="quick", train_subset=None).train_subset is None
 
 
 def test_precedence_profile_file_flags() -> None:
-    cfg = resolve_config({"profile": "quick", "epochs": 7, "lr": 0.05}, {"epochs": 3, "seed": None})
+    cfg = make_config(merge_settings({"profile": "quick", "epochs": 7, "lr": 0.05}, {"epochs": 3}))
     assert cfg.profile == "quick"
     assert cfg.width == PROFILES["quick"]["width"]  # from the profile
     assert cfg.lr == 0.05  # from the file
     assert cfg.epochs == 3  # flag beats file
-    assert cfg.seed == 0  # None flag means "not given"
 
 
-def test_default_profile_is_paper() -> None:
-    cfg = resolve_config({}, {})
-    assert cfg.profile == "paper" and cfg.epochs == 100 and cfg.batch_size == 256 and cfg.lr == 0.1
+def test_components_own_their_options() -> None:
+    cfg = resolved({"defense": {"name": "eigenguard", "k": 40}})
+    assert cfg.defense.name == "eigenguard" and cfg.defense.options["k"] == 40
+    assert cfg.defense.options["lowest_loss_samples"] == 100  # completed with the defense's defaults
+    # one setting, two spellings: one config
+    assert resolved({"defense": "ft"}) == resolved({"defense": {"name": "ft", "epochs": 10}})
+    assert resolved({"defense": "eigenguard"}, {"defense.k": 40}) == cfg
+    # a flag naming the same component keeps the file's options; another component replaces them
+    base = {"attack": {"name": "blend", "alpha": 0.3}}
+    assert merge_settings(base, {"attack": "blend"})["attack"] == {"name": "blend", "alpha": 0.3}
+    assert merge_settings(base, {"attack": "badnets"})["attack"] == {"name": "badnets"}
+    assert resolved({"attack": "clb"}).poison_rate == 0.8
 
 
 @pytest.mark.parametrize(
-    ("overrides", "pattern"),
+    ("settings", "pattern"),
     [
         ({"dataset": "imagenet"}, "invalid dataset = 'imagenet': unknown dataset; allowed: .*cifar10"),
         ({"model": "resnet9"}, "invalid model = 'resnet9': unknown model; allowed: .*resnet18"),
         ({"attack": "trojan"}, "invalid attack = 'trojan': unknown attack; allowed: none, badnets"),
+        ({"defense": "magic"}, "invalid defense = 'magic': unknown defense; allowed: abl"),
         ({"poison_rate": 1.5}, r"invalid poison_rate = 1.5: must be in \[0, 1\]"),
         ({"poison_rate": -0.1}, r"invalid poison_rate = -0.1: must be in \[0, 1\]"),
         ({"epochs": -3}, "invalid epochs = -3: must be >= 1"),
@@ -34,11 +85,17 @@ def test_default_profile_is_paper() -> None:
         ({"width": 0}, "invalid width = 0: must be > 0"),
         ({"schedule": "linear"}, "invalid schedule = 'linear'"),
         ({"epoch": 3}, "unknown option 'epoch'; allowed: profile, dataset"),
+        ({"defense": "ft", "defense.epoch": 3}, "unknown option 'epoch' for defense 'ft'; allowed: epochs"),
+        ({"attack": "sig", "attack.sigma": 3}, "unknown option 'sigma' for attack 'sig'; allowed: delta"),
+        ({"defense": "eigenguard", "defense.at": "stage9"}, "at 'stage9' is not an insertion point of resnet18"),
+        ({"defense": "eigenguard", "defense.k": 0}, "k must be an integer >= 1"),
+        ({"defense": {"k": 3}}, "defense needs a name"),
+        ({"seed.x": 1}, "only attack and defense have options"),
     ],
 )
-def test_bad_values_give_one_line_errors(overrides: dict, pattern: str) -> None:
+def test_bad_values_give_one_line_errors(settings: dict, pattern: str) -> None:
     with pytest.raises(EigenguardError, match=pattern) as info:
-        resolve_config({}, overrides)
+        resolved({}, settings)
     assert "\n" not in str(info.value)
 
 
@@ -58,22 +115,62 @@ def test_yaml_loading(tmp_path: Path) -> None:
         load_yaml(tmp_path / "missing.yaml")
 
 
+def test_old_flat_layout_still_loads() -> None:
+    """A config.yaml of eigenguard 0.1 (attack_options, defense_options, the guard's fields at top level)."""
+    old = {
+        "profile": "quick", "attack": "clb", "attack_options": {"epsilon": 0.1, "cache_dir": "/x"},
+        "defense": "eigenguard", "defense_options": {}, "guard_at": "stage2", "k": 40, "momentum": 0.5,
+        "history_init": "zeros", "guard_grad": "full", "guard_precision": "float64", "lowest_loss_samples": 7,
+    }  # fmt: skip
+    cfg = make_config(old)
+    assert cfg.attack == Component(name="clb", epsilon=0.1)
+    assert cfg.defense.options == {
+        "at": "stage2", "k": 40, "momentum": 0.5, "history_init": "zeros", "grad": "full", "precision": "float64",
+        "lowest_loss_samples": 7,
+    }  # fmt: skip
+    # another defense never read the guard fields: they are dropped, its own options kept
+    ft = make_config({"defense": "ft", "defense_options": {"epochs": 3}, "k": 20, "guard_at": "stage1"})
+    assert ft.defense == Component(name="ft", epochs=3)
+    with pytest.raises(EigenguardError, match="invalid defense_options = 3"):
+        make_config({"defense_options": 3})
+
+
 def test_clean_run_records_zero_poison_rate() -> None:
     assert TrainConfig(attack="none", poison_rate=0.1).poison_rate == 0.0
+    assert TrainConfig(attack={"name": "none", "alpha": 1}).attack == Component(name="none")
 
 
 @pytest.mark.parametrize(("attack", "rate"), [("badnets", 0.1), ("wanet", 0.1), ("sig", 0.8), ("clb", 0.8)])
 def test_poison_rate_defaults_to_the_attacks_paper_value(attack: str, rate: float) -> None:
-    assert resolve_config({}, {"attack": attack}).poison_rate == rate
-    assert resolve_config({}, {"attack": attack, "poison_rate": 0.05}).poison_rate == 0.05
+    assert resolved({"attack": attack}).poison_rate == rate
+    assert resolved({"attack": attack, "poison_rate": 0.05}).poison_rate == 0.05
+
+
+def test_what_decides_a_result_is_defined_once() -> None:
+    a = resolved({"profile": "quick", "defense": "ft"})
+    assert result_values(a) == result_values(a.model_copy(update={"out": "x", "device": "cpu", "cache_dir": "c"}))
+    assert result_values(a) != result_values(a.model_copy(update={"eval_batch_size": 64}))  # ABL, SS read it
+    # the no-defense model of a setting: its defense, the defender's budget and evaluation do not matter
+    b = resolved({"profile": "quick", "defense": "eigenguard", "clean_samples": 10, "eval_every": 5})
+    assert plain_weights_values(a) == plain_weights_values(b)
+    assert plain_weights_values(a) != plain_weights_values(a.model_copy(update={"lr": 0.05}))
+    assert no_defense(b).defense == Component(name="none") and no_defense(b).eval_every == 5
+
+
+def test_config_round_trips_through_yaml() -> None:
+    cfg = resolved({"profile": "quick", "attack": "clb", "defense": "nad"})
+    again = make_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(), sort_keys=False)))
+    assert again == cfg and resolve(again) == cfg
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=str)
 def test_shipped_example_configs_resolve(path: Path) -> None:
     from eigenguard.attacks import create_attack
-    from eigenguard.defenses import create_defense
+    from eigenguard.pipeline.components import build_defense
 
-    config = resolve_config(load_yaml(path), {})
-    create_defense(config.defense, **config.defense_options)  # every option is known and valid
-    if config.attack != "none":
-        create_attack(config.attack, (1, 28, 28), **config.attack_options)
+    values = yaml.safe_load(path.read_text())
+    assert not {"attack_options", "defense_options", "k", "guard_at"} & set(values)  # today's layout
+    config = resolved(load_yaml(path))
+    build_defense(config)  # every option is known and valid
+    if config.attack.name != "none":
+        create_attack(config.attack.name, (1, 28, 28), **config.attack.options)

@@ -391,7 +391,7 @@ def test_cifar_corrupt_files_name_the_file(tmp_path: Path) -> None:
         load_dataset("cifar10", tmp_path)
     assert not (tmp_path / "pwned").exists()
     batch3.unlink()
-    with pytest.raises(EigenguardError, match=r"it exists but lacks data_batch_3\); pass --download"):
+    with pytest.raises(EigenguardError, match=r"it exists but lacks data_batch_3\); pass --set download=true"):
         load_dataset("cifar10", tmp_path)
 
 
@@ -451,7 +451,7 @@ def test_missing_dataset_is_one_line_error(
     assert "\n" not in message
     assert message.startswith(f"dataset '{name}' not found: looked for")
     assert looked_for in message and str(root) in message
-    assert "--download" in message and "--data-root" in message and "EIGENGUARD_DATA" in message
+    assert "--set download=true" in message and "--data-root" in message and "EIGENGUARD_DATA" in message
 
 
 def test_missing_dataset_names_default_root(isolated_data_root: Path) -> None:
@@ -465,7 +465,7 @@ def test_imagefolder_needs_a_root(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(EigenguardError, match="dataset 'imagefolder' not found") as info:
         load_dataset("imagefolder", tmp_path)
-    assert "--data-root" in str(info.value) and "--download" not in str(info.value)
+    assert "--data-root" in str(info.value) and "download=true" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------- GTSRB

@@ -11,6 +11,7 @@ from torch import nn
 
 from eigenguard import TrainConfig, train
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
 from eigenguard.defenses import DEFENSES, DefenseContext, create_defense
 from eigenguard.defenses.abl import ABL, lga_loss
 from eigenguard.defenses.anp import ANP, batchnorms
@@ -19,7 +20,6 @@ from eigenguard.defenses.nad import attention_map
 from eigenguard.defenses.spectral_signatures import SpectralSignatures, spectral_scores
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
-from eigenguard.training.augment import Normalize
 from eigenguard.training.trainer import Trainer
 
 
@@ -153,11 +153,13 @@ def test_defense_options_are_checked() -> None:
 # -- the backdoored-model cache and every defense end to end ------------------------------------------
 
 
-def defended(root: Path, out: Path, cache: Path, defense: str, **overrides: object) -> TrainConfig:
+def defended(
+    root: Path, out: Path, cache: Path, defense: str, options: dict | None = None, **overrides: object
+) -> TrainConfig:
     values: dict = {
-        "profile": "quick", "dataset": "mnist", "data_root": str(root), "model": "resnet18", "width": 0.125,
+        "dataset": "mnist", "data_root": str(root), "model": "resnet18", "width": 0.125,
         "epochs": 2, "batch_size": 64, "lr": 0.05, "attack": "badnets", "train_subset": None, "device": "cpu",
-        "clean_samples": 50, "cache_dir": str(cache), "out": str(out), "defense": defense,
+        "clean_samples": 50, "cache_dir": str(cache), "out": str(out), "defense": {"name": defense, **(options or {})},
     }  # fmt: skip
     values.update(overrides)
     return TrainConfig(**values)
@@ -170,12 +172,12 @@ def entries_in(cache: Path) -> list[Path]:
 
 def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    first = train(defended(mnist_root, tmp_path / "ft", cache, "ft", defense_options={"epochs": 1}), progress=False)
+    first = train(defended(mnist_root, tmp_path / "ft", cache, "ft", options={"epochs": 1}), progress=False)
     assert first.metrics["backdoored_cache_hit"] is False
     entries = entries_in(cache)
     assert len(entries) == 1 and (entries[0] / "metrics.json").exists()
     # another post-training defense, another defense option: the same backdoored model, not retrained
-    second = train(defended(mnist_root, tmp_path / "nad", cache, "nad", defense_options={"epochs": 1}), progress=False)
+    second = train(defended(mnist_root, tmp_path / "nad", cache, "nad", options={"epochs": 1}), progress=False)
     assert second.metrics["backdoored_cache_hit"] is True
     assert second.metrics["backdoored_acc"] == first.metrics["backdoored_acc"]
     assert len(entries_in(cache)) == 1
@@ -188,10 +190,10 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
     other = tmp_path / "cache2"
     train(defended(mnist_root, tmp_path / "plain2", other, "none"), progress=False)
     assert len(entries_in(other)) == 1
-    after = train(defended(mnist_root, tmp_path / "ft3", other, "ft", defense_options={"epochs": 1}), progress=False)
+    after = train(defended(mnist_root, tmp_path / "ft3", other, "ft", options={"epochs": 1}), progress=False)
     assert after.metrics["backdoored_cache_hit"] is True
     # a setting that changes the weights gives a new entry
-    train(defended(mnist_root, tmp_path / "ft2", cache, "ft", lr=0.02, defense_options={"epochs": 1}), progress=False)
+    train(defended(mnist_root, tmp_path / "ft2", cache, "ft", lr=0.02, options={"epochs": 1}), progress=False)
     assert len(entries_in(cache)) == 2
 
 
@@ -208,11 +210,11 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = train(defended(mnist_root, out, tmp_path / "cache", defense, defense_options=options), progress=False)
+    result = train(defended(mnist_root, out, tmp_path / "cache", defense, options), progress=False)
     m = result.metrics
     assert 0 <= m["acc"] <= 1 and 0 <= m["asr"] <= 1
     assert m["defense"]["name"] == defense and m["defense_seconds"] > 0 and m["clean_images"] == 50
-    assert (m["defense_cost_vs_plain"] is not None) == DEFENSES.get(defense).post_training or defense == "ss"
+    assert (m["defense_cost_vs_plain"] is not None) == DEFENSES.get(defense).needs_backdoored
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0].startswith("phase,")
     if defense == "abl":
@@ -248,13 +250,14 @@ def test_clean_samples_beyond_the_defense_split_is_an_error_only_for_defenses_th
 def test_backdoored_key_ignores_how_the_device_was_named() -> None:
     """ "auto" and "cpu" are the same machine here: one cache entry, so grid cells (pinned to "cpu") and
     CLI runs ("auto") share the backdoored model. The device type itself is part of the key."""
-    from eigenguard.defenses.backdoored_model import backdoored_key
+    from eigenguard.pipeline.backdoored import backdoored_entry
 
     data = ImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"], (0.5,), (0.5,))
+    other = ImageDataset(torch.ones(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"], (0.5,), (0.5,))
     auto = TrainConfig(profile="quick", device="auto")
     cpu = TrainConfig(profile="quick", device="cpu", defense="ft", eval_every=5)
-    assert backdoored_key(auto, data, torch.device("cpu")) == backdoored_key(cpu, data, torch.device("cpu"))
-    assert backdoored_key(auto, data, torch.device("cpu")) != backdoored_key(auto, data, torch.device("meta"))
-    assert backdoored_key(auto, data, torch.device("cpu")) != backdoored_key(
-        TrainConfig(profile="quick", lr=0.05), data, torch.device("cpu")
-    )
+    key = backdoored_entry(auto, data, torch.device("cpu"))
+    assert key == backdoored_entry(cpu, data, torch.device("cpu"))
+    assert key != backdoored_entry(auto, data, torch.device("meta"))
+    assert key != backdoored_entry(auto, other, torch.device("cpu"))
+    assert key != backdoored_entry(TrainConfig(profile="quick", lr=0.05), data, torch.device("cpu"))

@@ -234,9 +234,7 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
         batch_size=64,
         train_subset=None,
         device="cpu",
-        defense="eigenguard",
-        k=5,
-        lowest_loss_samples=16,
+        defense={"name": "eigenguard", "k": 5, "lowest_loss_samples": 16},
         out=str(tmp_path / "g"),
     )
     result = train(config, progress=False)
@@ -253,7 +251,9 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
 
 
 def test_guard_config_errors() -> None:
-    with pytest.raises(Exception, match="guard_at 'stage9' is not an insertion point of resnet18"):
-        TrainConfig(defense="eigenguard", guard_at="stage9")
-    with pytest.raises(Exception, match="unknown defense"):
-        TrainConfig(defense="strip")
+    from eigenguard.pipeline import resolve
+
+    with pytest.raises(EigenguardError, match="at 'stage9' is not an insertion point of resnet18"):
+        resolve(TrainConfig(defense={"name": "eigenguard", "at": "stage9"}))
+    with pytest.raises(EigenguardError, match="unknown defense"):
+        resolve(TrainConfig(defense="strip"))

@@ -15,8 +15,7 @@ from eigenguard.errors import EigenguardError
 
 
 def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
-    values: dict = {
-        "profile": "quick",
+    values: dict = {  # the paper profile (the default) with everything that matters given
         "dataset": "mnist",
         "data_root": str(root),
         "model": "resnet18",
@@ -138,9 +137,8 @@ def test_every_attack_runs_end_to_end(
     attack: str, options: dict, poisoned: int, asr_images: int, mnist_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    if attack == "clb":
-        options = {**options, "cache_dir": str(tmp_path / "cache")}
-    config = tiny_config(mnist_root, out, attack=attack, attack_options=options, poison_rate=None, epochs=1)
+    cache = {"cache_dir": str(tmp_path / "cache")} if attack == "clb" else {}
+    config = tiny_config(mnist_root, out, attack={"name": attack, **options}, poison_rate=None, epochs=1, **cache)
     metrics = train(config, progress=False).metrics
     assert metrics["poisoned_images"] == poisoned and metrics["asr_images"] == asr_images
     assert metrics["attack"]["name"] == attack and 0.0 <= metrics["asr"] <= 1.0

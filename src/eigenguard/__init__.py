@@ -2,7 +2,7 @@
 
 Three entry points cover most uses:
     from eigenguard import TrainConfig, train
-    result = train(TrainConfig(dataset="fashion-mnist", profile="quick"))
+    result = train(TrainConfig(profile="quick", attack="blend", defense={"name": "eigenguard", "k": 20}))
     result.metrics["acc"], result.metrics["asr"]
 and, for your own models, the defense in three lines:
     from eigenguard.guard import guard
@@ -11,16 +11,15 @@ and, for your own models, the defense in three lines:
 plus `load_dataset`, `create_model`, `create_attack`, `create_defense` for your own loops.
 """
 
-__version__ = "0.1.0"
-
 from eigenguard.attacks import ATTACKS, Attack, create_attack
-from eigenguard.config import PROFILES, TrainConfig, resolve_config
+from eigenguard.config import PROFILES, Component, TrainConfig
 from eigenguard.data import DATASETS, ImageDataset, load_dataset
 from eigenguard.defenses import DEFENSES, Defense, create_defense
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard
 from eigenguard.models import MODELS, Backbone, create_model
-from eigenguard.training.pipeline import RunResult, train
+from eigenguard.pipeline import RunResult, resolve, train
+from eigenguard.version import __version__
 
 __all__ = [
     "ATTACKS",
@@ -30,6 +29,7 @@ __all__ = [
     "PROFILES",
     "Attack",
     "Backbone",
+    "Component",
     "Defense",
     "EigenGuard",
     "EigenguardError",
@@ -41,6 +41,6 @@ __all__ = [
     "create_defense",
     "create_model",
     "load_dataset",
-    "resolve_config",
+    "resolve",
     "train",
 ]

@@ -23,79 +23,55 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _parse_options(items: list[str] | None, flag: str, example: str) -> dict[str, Any] | None:
-    if not items:
-        return None
-    options: dict[str, Any] = {}
-    for item in items:
+def _parse_settings(items: list[str] | None, flag: str = "--set", example: str = "defense.k=40") -> dict[str, Any]:
+    """KEY=VALUE items as settings; values are read as YAML (numbers, booleans, lists, null)."""
+    settings: dict[str, Any] = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise EigenguardError(f"invalid {flag} '{item}': expected KEY=VALUE, e.g. {example}")
-        options[key.replace("-", "_")] = yaml.safe_load(value)
-    return options
+        try:
+            settings[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise EigenguardError(f"invalid {flag} '{item}': the value is not valid YAML") from None
+    return settings
 
 
 Opt = typer.Option
-QUIET_KEYS = (("acc", "ACC"), ("asr", "ASR"), ("acc_paper", "ACC(paper)"), ("asr_paper", "ASR(paper)"))
 
 
-@app.command()
+@app.command(context_settings={"help_option_names": ["--help", "-h"]})
 def train(
-    config: Annotated[Path | None, Opt("--config", "-c", help="YAML file of options; flags override it")] = None,
-    profile: Annotated[str | None, Opt(help="named defaults: paper (GPU, the paper's settings) or quick (CPU)")] = None,
-    dataset: Annotated[str | None, Opt(help="cifar10, cifar100, gtsrb, mnist, fashion-mnist, imagefolder")] = None,
-    data_root: Annotated[str | None, Opt(help="dataset directory (default: $EIGENGUARD_DATA)")] = None,
-    download: Annotated[bool | None, Opt("--download/--no-download", help="fetch a missing dataset")] = None,
-    image_size: Annotated[int | None, Opt(help="resize side for imagefolder")] = None,
-    train_subset: Annotated[int | None, Opt(help="train on only this many images")] = None,
-    defense_fraction: Annotated[float | None, Opt(help="share held back for defenses (0.1)")] = None,
-    model: Annotated[str | None, Opt(help="resnet18, resnet34, vgg16, mobilenetv2")] = None,
+    config: Annotated[Path | None, Opt("--config", "-c", help="YAML file of settings")] = None,
+    profile: Annotated[str | None, Opt(help="defaults: paper (GPU) or quick (CPU, ~5 min)")] = None,
+    dataset: Annotated[str | None, Opt(help="e.g. fashion-mnist, cifar10")] = None,
+    data_root: Annotated[str | None, Opt(help="dataset directory")] = None,
+    model: Annotated[str | None, Opt(help="e.g. resnet18")] = None,
     width: Annotated[float | None, Opt(help="channel-width multiplier")] = None,
-    attack: Annotated[str | None, Opt(help="see `eigenguard list`, or none")] = None,
-    poison_rate: Annotated[float | None, Opt(help="poisoned share; of target class for sig, clb")] = None,
-    target: Annotated[int | None, Opt(help="target class")] = None,
-    attack_option: Annotated[list[str] | None, Opt(help="extra attack argument KEY=VALUE (repeatable)")] = None,
-    defense: Annotated[str | None, Opt(help="none, eigenguard, ft, anp, abl, ss, fp, nad")] = None,
-    defense_option: Annotated[list[str] | None, Opt(help="extra defense argument KEY=VALUE (repeatable)")] = None,
-    clean_samples: Annotated[int | None, Opt(help="the defender's clean images (500)")] = None,
-    guard_at: Annotated[str | None, Opt(help="EigenGuard insertion point (stage1)")] = None,
-    k: Annotated[int | None, Opt("--k", help="EigenGuard: top directions flattened (20)")] = None,
-    momentum: Annotated[float | None, Opt(help="EigenGuard: history momentum (0.7)")] = None,
-    history_init: Annotated[str | None, Opt(help="EigenGuard: first or zeros")] = None,
-    guard_grad: Annotated[str | None, Opt(help="EigenGuard backward: constant or full")] = None,
-    guard_precision: Annotated[str | None, Opt(help="EigenGuard eigh dtype: float32 or float64")] = None,
-    lowest_loss_samples: Annotated[int | None, Opt(help="EigenGuard: lowest-loss samples joined (100)")] = None,
+    attack: Annotated[str | None, Opt(help="attack name, or none")] = None,
+    poison_rate: Annotated[float | None, Opt(help="poisoned fraction")] = None,
+    defense: Annotated[str | None, Opt(help="defense name (default none)")] = None,
     epochs: Annotated[int | None, Opt(help="training epochs")] = None,
-    batch_size: Annotated[int | None, Opt(help="batch size")] = None,
-    lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
-    sgd_momentum: Annotated[float | None, Opt(help="SGD momentum")] = None,
-    weight_decay: Annotated[float | None, Opt(help="weight decay")] = None,
-    schedule: Annotated[str | None, Opt(help="cosine, multistep or constant")] = None,
-    warmup_epochs: Annotated[float | None, Opt(help="linear warm-up, epochs")] = None,
-    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="random crop + flip")] = None,
-    flip: Annotated[bool | None, Opt("--flip/--no-flip", help="override the dataset's flip default")] = None,
     seed: Annotated[int | None, Opt(help="master seed")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N")] = None,
-    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model")] = None,
-    eval_batch_size: Annotated[int | None, Opt(help="evaluation batch size")] = None,
-    eval_every: Annotated[int | None, Opt(help="evaluate every N epochs (last always)")] = None,
-    out: Annotated[str | None, Opt(help="run directory to create (must not exist)")] = None,
-    runs_dir: Annotated[str | None, Opt(help="parent of auto-named run directories")] = None,
-    cache_dir: Annotated[str | None, Opt(help="reused artifacts (default $EIGENGUARD_CACHE)")] = None,
+    out: Annotated[str | None, Opt(help="run directory to create")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="any setting KEY=VALUE (repeatable)")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
-    """Train one model on a (possibly poisoned) dataset; write a run directory with metrics and weights."""
-    # Every flag is a config field of the same name; first thing, before any other local exists.
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet", "attack_option", "defense_option")}
-    from eigenguard.config import load_yaml, resolve_config
-    from eigenguard.training.pipeline import train as run_training
+    """Train one model on a (possibly poisoned) dataset; write a run directory with metrics and weights.
+
+    Precedence: profile < --config file < flags < --set. All settings: `eigenguard config`.
+
+    Attack and defense options (`eigenguard list`): --defense eigenguard --set defense.k=40
+    """
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "set_") and v is not None}
+    from eigenguard.config import load_yaml, make_config, merge_settings
+    from eigenguard.pipeline import train as run_training
 
     try:
-        overrides["attack_options"] = _parse_options(attack_option, "--attack-option", "alpha=0.1")
-        overrides["defense_options"] = _parse_options(defense_option, "--defense-option", "epochs=20")
-        file_values = load_yaml(config) if config else {}
-        resolved = resolve_config(file_values, overrides)
-        result = run_training(resolved, progress=not quiet)
+        values = merge_settings(load_yaml(config) if config else {}, flags)
+        values = merge_settings(values, _parse_settings(set_))
+        result = run_training(make_config(values), progress=not quiet)
     except EigenguardError as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
@@ -109,36 +85,55 @@ def train(
         )
 
 
+@app.command("config")
+def show_config(
+    profile: Annotated[str | None, Opt(help="show this profile's values as the defaults")] = None,
+) -> None:
+    """Every setting: its default (in the profile, if given) and what it means."""
+    from eigenguard.config import DEFAULT_PROFILE, PROFILES, TrainConfig
+
+    name = profile or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise _fail(f"invalid profile = {name!r}: unknown profile; allowed: {', '.join(PROFILES)}")
+    defaults = TrainConfig(profile=name).model_dump()
+    typer.echo(f"settings (defaults of profile '{name}'; set with --set KEY=VALUE or in a --config YAML file):")
+    for field, info in TrainConfig.model_fields.items():
+        value = defaults[field]
+        shown = value["name"] if isinstance(value, dict) else value
+        typer.echo(f"  {field} = {shown!r}: {info.description}")
+    typer.echo("component options (attack.KEY, defense.KEY): eigenguard list")
+
+
 @app.command("list")
 def list_components() -> None:
-    """List the registered datasets, models, attacks and profiles."""
-    from eigenguard.attacks import ATTACKS
+    """The registered datasets, models, attacks and defenses, with every component's options."""
+    from eigenguard.attacks import ATTACKS, attack_options
     from eigenguard.config import PROFILES
     from eigenguard.data import DATASETS
+    from eigenguard.defenses import DEFENSES, defense_options
     from eigenguard.models import MODELS
 
     for kind, names in (
         ("datasets", DATASETS.names()),
         ("models", MODELS.names()),
         ("attacks", ["none", *ATTACKS.names()]),
+        ("defenses", DEFENSES.names()),
         ("profiles", list(PROFILES)),
     ):
         typer.echo(f"{kind}: {', '.join(names)}")
-    from eigenguard.attacks import attack_options
-    from eigenguard.defenses import DEFENSES, defense_options
-
-    typer.echo(f"defenses: {', '.join(DEFENSES.names())}")
-    typer.echo("attack options (--attack-option KEY=VALUE) and default poison rates:")
+    typer.echo("attack options (attack: {name: NAME, KEY: VALUE}; --set attack.KEY=VALUE) and default poison rates:")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         options = ", ".join(f"{k}={v}" for k, v in attack_options(name).items()) or "-"
         rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
         typer.echo(f"  {name}: {options}; rate {rate}")
-    typer.echo("defense options (--defense-option KEY=VALUE; EigenGuard's are flags: --k, --momentum, ...):")
+    typer.echo("defense options (defense: {name: NAME, KEY: VALUE}; --set defense.KEY=VALUE):")
     for name in DEFENSES.names():
+        cls = DEFENSES.get(name)
         options = ", ".join(f"{k}={v}" for k, v in defense_options(name).items()) or "-"
-        post = " (repairs the cached backdoored model)" if DEFENSES.get(name).post_training else ""
-        typer.echo(f"  {name}: {options}{post}")
+        needs = [n for n, flag in (("clean images", cls.needs_clean_pool), ("the backdoored model",
+                 cls.needs_backdoored)) if flag]  # fmt: skip
+        typer.echo(f"  {name}: {options}" + (f" (needs {' and '.join(needs)})" if needs else ""))
 
 
 @app.command()
@@ -221,7 +216,7 @@ ANALYSIS_OUT = Path("bench-results/analysis")
 @analyze_app.command("erank")
 def analyze_erank(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories (one column each)")],
-    at: Annotated[str | None, Opt(help="insertion point (default: the run's guard_at, stage1)")] = None,
+    at: Annotated[str | None, Opt(help="insertion point (default: the run's defense.at, else stage1)")] = None,
     samples: Annotated[int, Opt(help="test images per matrix")] = 1000,
     device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
     out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
@@ -239,7 +234,7 @@ def analyze_erank(
 @analyze_app.command("tsne")
 def analyze_tsne(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    at: Annotated[str | None, Opt(help="insertion point (default: the run's guard_at, stage1)")] = None,
+    at: Annotated[str | None, Opt(help="insertion point (default: the run's defense.at, else stage1)")] = None,
     samples: Annotated[int, Opt(help="clean test images")] = 1000,
     triggered: Annotated[int, Opt(help="triggered test images")] = 200,
     seed: Annotated[int, Opt(help="t-SNE seed")] = 0,
@@ -287,12 +282,12 @@ def analyze_dims(
     from eigenguard.bench.executors import LocalExecutor
     from eigenguard.bench.runner import run_grid
     from eigenguard.bench.store import ResultStore
-    from eigenguard.config import load_yaml
+    from eigenguard.config import load_yaml, merge_settings
     from eigenguard.run_directory import atomic_write_bytes
 
     try:
         base = {"profile": "quick", "eval_every": 100, **(load_yaml(config) if config else {})}
-        base.update(_parse_options(set_, "--set", "epochs=12") or {})
+        base = merge_settings(base, _parse_settings(set_, "--set", "epochs=12"))
         grid = dims_grid(attack or ["badnets", "blend"], r or list(DEFAULT_R), mode or ["reduce", "add"], base)
         results = ResultStore(store)
         executor = LocalExecutor(results, runs_dir, workers=workers, device=device)

@@ -1,7 +1,19 @@
-"""Run configuration: one validated object, built from a profile, a YAML file and CLI flags.
+"""The run configuration: one validated object that means the same in Python, in a YAML file and on the CLI.
 
-Precedence, lowest to highest: the profile's values < the YAML file < flags given on the command line.
-Every field has a one-line meaning below; `eigenguard train --help` shows the same.
+This module is the bottom of the package: it imports nothing of eigenguard but its error type, so every
+other module may use it. It knows the *shape* of a configuration, not which datasets, models, attacks or
+defenses exist: names and component options are checked against the registries by
+`eigenguard.pipeline.components.resolve`, which `train`, `eigenguard bench` and the CLI call first.
+
+    TrainConfig(profile="quick", attack="blend", defense={"name": "eigenguard", "k": 40})
+
+- A profile (`paper`, `quick`) is a set of defaults applied when the object is built, in Python exactly as
+  in YAML or with `--profile`: every value given explicitly wins over the profile's.
+- The attack and the defense are components: a name plus that component's own options,
+  `{name: eigenguard, k: 40}` (a bare name means the component's defaults). `eigenguard list` prints every
+  component's options; on the command line `--set defense.k=40` sets one.
+- Which fields decide a result is defined once, below (`result_values`, `plain_weights_values`): the grid's
+  cell keys, the backdoored-model cache and run names all use it.
 """
 
 from pathlib import Path
@@ -14,7 +26,7 @@ from eigenguard.errors import EigenguardError
 
 # The profiles. `paper` is Section 4.1 of the paper (ResNet-18, SGD lr 0.1, momentum 0.9, batch 256,
 # 100 epochs, 10% poison, 90/10 train/defense split); the paper names no schedule or weight decay, we use
-# cosine decay and 5e-4 (the usual CIFAR values). `quick` is sized to finish in about ten minutes on two
+# cosine decay and 5e-4 (the usual CIFAR values). `quick` is sized to finish in about five minutes on two
 # CPU cores and still plant a working backdoor: a quarter-width ResNet-18, 20k training images, 12 epochs
 # (at 4 epochs BadNets had reached only 8% ASR, at 10 epochs 97%: random crops often cut the 3x3 corner
 # trigger off, so the backdoor is learned after the clean task).
@@ -46,9 +58,82 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_batch_size": 256,  # CPU: large eval batches are slower (1024: 5.2 s vs 256: 3.2 s on 10k images)
     },
 }
+DEFAULT_PROFILE = "paper"
 
 ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
+
+
+class Component(BaseModel):
+    """An attack or a defense: its registered name and its own options (`{name: ft, epochs: 5}`).
+
+    A bare string is shorthand for the name with every option at its default. Options are checked, and
+    completed with their defaults, against the component's constructor by `pipeline.components.resolve`.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict):
+            return {str(k).replace("-", "_"): v for k, v in value.items()}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+# What an old (flat) config said, and where it lives now: the guard's fields became EigenGuard's options.
+LEGACY_GUARD_FIELDS = {
+    "guard_at": "at",
+    "k": "k",
+    "momentum": "momentum",
+    "history_init": "history_init",
+    "guard_grad": "grad",
+    "guard_precision": "precision",
+    "lowest_loss_samples": "lowest_loss_samples",
+}
+LEGACY_FIELDS = ("attack_options", "defense_options", *LEGACY_GUARD_FIELDS)
+# which defenses took which of the old guard fields
+LEGACY_GUARD_USERS = {"eigenguard": tuple(LEGACY_GUARD_FIELDS), "dimension-edit": ("guard_at",)}
+
+
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A config written before components owned their options (eigenguard 0.1: `attack_options`,
+    `defense_options`, `k`, `guard_at`, ...) in today's layout. Old run directories' config.yaml files load
+    through this; the old guard fields of a run whose defense did not use them are dropped (they were
+    recorded at their defaults and never read)."""
+    if not any(key in values for key in LEGACY_FIELDS):
+        return values
+    values = dict(values)
+    attack_options = values.pop("attack_options", None) or {}
+    defense_options = values.pop("defense_options", None) or {}
+    guard_values = {key: values.pop(key) for key in LEGACY_GUARD_FIELDS if key in values}
+    for field, given in (("attack", attack_options), ("defense", defense_options)):
+        if not isinstance(given, dict):
+            raise ValueError(f"invalid {field}_options = {given!r}: must be a mapping of option: value")
+    defense_options = dict(defense_options)
+    attack = values.get("attack", "badnets")
+    if isinstance(attack, str) and attack.lower() != ATTACK_NONE:
+        values["attack"] = {"name": attack, **{k: v for k, v in attack_options.items() if k != "cache_dir"}}
+    defense = values.get("defense", DEFENSE_NONE)
+    if isinstance(defense, str):
+        for key in LEGACY_GUARD_USERS.get(defense.lower(), ()):
+            if key in guard_values:
+                defense_options.setdefault(LEGACY_GUARD_FIELDS[key], guard_values[key])
+        values["defense"] = {"name": defense, **defense_options}
+    return values
 
 
 class TrainConfig(BaseModel):
@@ -56,41 +141,33 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    profile: str = Field("paper", description="named defaults: " + ", ".join(PROFILES))
+    profile: str = Field(DEFAULT_PROFILE, description="named defaults, applied first: " + ", ".join(PROFILES))
     # data
-    dataset: str = Field("cifar10", description="dataset name")
+    dataset: str = Field("cifar10", description="dataset name (eigenguard list)")
     data_root: str | None = Field(None, description="where datasets live (default: $EIGENGUARD_DATA)")
     download: bool = Field(False, description="fetch a missing dataset with torchvision")
-    image_size: int = Field(32, description="side length images are resized to (imagefolder only)")
+    image_size: int = Field(32, description="side length images are resized to (imagefolder, gtsrb)")
     train_subset: int | None = Field(None, description="use only this many training images (None: all)")
     defense_fraction: float = Field(0.1, description="share of the training set held back for defenses")
     # model
-    model: str = Field("resnet18", description="model name")
+    model: str = Field("resnet18", description="model name (eigenguard list)")
     width: float = Field(1.0, description="channel-width multiplier")
     # attack
-    attack: str = Field("badnets", description="attack name, or 'none' for a clean run")
+    attack: Component = Field(
+        Component(name="badnets"), description="the attack and its options, e.g. {name: blend, alpha: 0.2}; none"
+    )
     poison_rate: float | None = Field(
         None,
         description="poisoned fraction, in [0, 1]: of the training set (dirty-label attacks) or of the target "
         "class (clean-label: sig, clb); None: the attack's paper value (10%; 80% for sig and clb)",
     )
     target: int = Field(0, description="all-to-one target class")
-    attack_options: dict[str, Any] = Field(default_factory=dict, description="extra attack arguments")
     # defense
-    defense: str = Field(DEFENSE_NONE, description="defense: none, eigenguard, ft, anp, abl, ss, fp, nad")
-    defense_options: dict[str, Any] = Field(default_factory=dict, description="extra defense arguments")
+    defense: Component = Field(
+        Component(name=DEFENSE_NONE), description="the defense and its options, e.g. {name: eigenguard, k: 20}"
+    )
     clean_samples: int = Field(
         500, description="the defender's clean images, drawn from the defense split (paper: 500)"
-    )
-    # EigenGuard (used when defense = eigenguard; see guard/module.py for what each choice means)
-    guard_at: str = Field("stage1", description="insertion point of the guard")
-    k: int = Field(20, description="EigenGuard: number of top singular directions flattened to one scale")
-    momentum: float = Field(0.7, description="EigenGuard: momentum of the history buffer His")
-    history_init: Literal["first", "zeros"] = Field("first", description="EigenGuard: His before step one")
-    guard_grad: Literal["constant", "full"] = Field("constant", description="EigenGuard: backward mode")
-    guard_precision: Literal["float32", "float64"] = Field("float32", description="EigenGuard: eigh dtype")
-    lowest_loss_samples: int = Field(
-        100, description="EigenGuard: lowest-loss training samples added to the decomposition (paper: 100)"
     )
     # optimisation
     epochs: int = Field(100, description="training epochs")
@@ -114,6 +191,16 @@ class TrainConfig(BaseModel):
         None, description="reusable artifacts (backdoored models, CLB images); default $EIGENGUARD_CACHE"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any) -> Any:
+        """The profile's values first, then everything given explicitly (Python, YAML and CLI alike)."""
+        if not isinstance(values, dict):
+            return values
+        values = upgrade_legacy({str(k).replace("-", "_"): v for k, v in values.items()})
+        profile = values.get("profile", DEFAULT_PROFILE)
+        return {**PROFILES.get(profile, {}), **values}  # an unknown profile is reported by _profile
+
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
@@ -121,45 +208,14 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown profile; allowed: {', '.join(PROFILES)}")
         return v
 
-    @field_validator("dataset")
+    @field_validator("dataset", "model")
     @classmethod
-    def _dataset(cls, v: str) -> str:
-        from eigenguard.data import DATASETS
-
-        if v.lower() not in DATASETS:
-            raise ValueError(f"unknown dataset; allowed: {', '.join(DATASETS.names())}")
+    def _lower(cls, v: str) -> str:
         return v.lower()
 
-    @field_validator("model")
+    @field_validator("clean_samples")
     @classmethod
-    def _model(cls, v: str) -> str:
-        from eigenguard.models import MODELS
-
-        if v.lower() not in MODELS:
-            raise ValueError(f"unknown model; allowed: {', '.join(MODELS.names())}")
-        return v.lower()
-
-    @field_validator("attack")
-    @classmethod
-    def _attack(cls, v: str) -> str:
-        from eigenguard.attacks import ATTACKS
-
-        if v.lower() != ATTACK_NONE and v.lower() not in ATTACKS:
-            raise ValueError(f"unknown attack; allowed: {', '.join([ATTACK_NONE, *ATTACKS.names()])}")
-        return v.lower()
-
-    @field_validator("defense")
-    @classmethod
-    def _defense(cls, v: str) -> str:
-        from eigenguard.defenses import DEFENSES
-
-        if v.lower() not in DEFENSES:
-            raise ValueError(f"unknown defense; allowed: {', '.join(DEFENSES.names())}")
-        return v.lower()
-
-    @field_validator("lowest_loss_samples", "clean_samples")
-    @classmethod
-    def _lowest_loss(cls, v: int) -> int:
+    def _clean_samples(cls, v: int) -> int:
         if v < 0:
             raise ValueError("must be >= 0")
         return v
@@ -178,7 +234,7 @@ class TrainConfig(BaseModel):
             raise ValueError("must be in [0, 1)")
         return v
 
-    @field_validator("epochs", "batch_size", "eval_batch_size", "image_size", "eval_every", "k")
+    @field_validator("epochs", "batch_size", "eval_batch_size", "image_size", "eval_every")
     @classmethod
     def _positive_int(cls, v: int) -> int:
         if v < 1:
@@ -199,7 +255,7 @@ class TrainConfig(BaseModel):
             raise ValueError("must be > 0")
         return v
 
-    @field_validator("sgd_momentum", "momentum")
+    @field_validator("sgd_momentum")
     @classmethod
     def _momentum(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:
@@ -229,43 +285,76 @@ class TrainConfig(BaseModel):
         raise ValueError("allowed: auto, cpu, cuda, cuda:N")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
-        if self.attack == ATTACK_NONE:
+    def _clean_run(self) -> "TrainConfig":
+        if self.attack.name == ATTACK_NONE:
             # A clean run: nothing to poison. Keep the record honest rather than silently ignoring it.
+            if self.attack.options:
+                object.__setattr__(self, "attack", Component(name=ATTACK_NONE))
             object.__setattr__(self, "poison_rate", 0.0)
-        elif self.poison_rate is None:
-            from eigenguard.attacks import ATTACKS
-
-            object.__setattr__(self, "poison_rate", ATTACKS.get(self.attack).default_rate)
-        return self
-
-    @model_validator(mode="after")
-    def _guard_point(self) -> "TrainConfig":
-        if self.defense in ("eigenguard", "dimension-edit"):  # both put a module at guard_at
-            from eigenguard.models import MODELS
-
-            points = MODELS.get(self.model)(in_channels=1, num_classes=2, width=0.0625).insertion_points
-            if self.guard_at not in points:
-                raise ValueError(
-                    f"guard_at '{self.guard_at}' is not an insertion point of {self.model}; "
-                    f"allowed: {', '.join(points)}"
-                )
         return self
 
     def run_name(self) -> str:
-        attack = self.attack if self.attack == ATTACK_NONE else f"{self.attack}{self.poison_rate:g}"
-        return f"{self.dataset}_{self.model}_{attack}_{self.defense}_s{self.seed}"
+        """A readable name: dataset, model, attack and rate, defense, seed (not unique: see result_values)."""
+        attack = self.attack.name
+        if attack != ATTACK_NONE and self.poison_rate is not None:
+            attack = f"{attack}{self.poison_rate:g}"
+        return f"{self.dataset}_{self.model}_{attack}_{self.defense.name}_s{self.seed}"
+
+
+# -- what decides a result: defined here, once -------------------------------------------------------
+# Where files go, where data is read from and which machine runs: these cannot change a run's result.
+# (The device *type* can, in the last bits: caches that hold weights add it to their key themselves.)
+PLACEMENT_FIELDS = ("out", "runs_dir", "cache_dir", "data_root", "download", "device")
+# What a run measures and logs without touching the weights it trains, for a run without a defense
+# (a defense may read these: ABL ranks losses and Spectral Signatures reads features in eval batches).
+MEASUREMENT_FIELDS = ("eval_every", "eval_batch_size")
+
+
+def result_values(config: TrainConfig) -> dict[str, Any]:
+    """Every value that can change what `train(config)` produces: the identity of a grid cell."""
+    return {k: v for k, v in config.model_dump().items() if k not in PLACEMENT_FIELDS}
+
+
+def no_defense(config: TrainConfig) -> TrainConfig:
+    """The same run without a defense: the backdoored model a post-training defense starts from."""
+    values = config.model_dump()
+    values.update(defense={"name": DEFENSE_NONE}, clean_samples=TrainConfig.model_fields["clean_samples"].default)
+    values["out"] = None
+    return TrainConfig(**values)
+
+
+def plain_weights_values(config: TrainConfig) -> dict[str, Any]:
+    """Every value that can change the weights of the no-defense run of `config` (the backdoored-model
+    cache's identity, besides the training set's fingerprint and the device type)."""
+    values = result_values(no_defense(config))
+    return {k: v for k, v in values.items() if k not in MEASUREMENT_FIELDS}
+
+
+# -- reading and merging ----------------------------------------------------------------------------
 
 
 def format_validation_error(error: ValidationError) -> str:
     """The first problem of a pydantic error as one line: the field, the bad value, what is allowed."""
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(TrainConfig.model_fields)
         return f"unknown option '{field}'; allowed: {allowed}"
+    if first["type"] == "missing" and loc and loc[-1] == "name":
+        return f"{'.'.join(loc[:-1])} needs a name, e.g. {{name: badnets}}"
     msg = str(first["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check of the whole config (the old layout's conversion): its message says it all
+        return msg
     return f"invalid {field} = {first.get('input')!r}: {msg}"
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from plain values; any problem is one EigenguardError naming the field."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        raise EigenguardError(format_validation_error(e)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -283,18 +372,60 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise EigenguardError(f"config file '{p}' must hold a mapping of option: value, got {type(values).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    return upgrade_legacy({str(k).replace("-", "_"): v for k, v in values.items()})
 
 
-def resolve_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Merge profile < file < overrides into a validated TrainConfig (EigenguardError on bad input)."""
-    file_values = dict(file_values or {})
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    profile = overrides.get("profile", file_values.get("profile", "paper"))
-    if profile not in PROFILES:
-        raise EigenguardError(f"invalid profile = {profile!r}: unknown profile; allowed: {', '.join(PROFILES)}")
-    merged = {**PROFILES[profile], **file_values, **overrides, "profile": profile}
-    try:
-        return TrainConfig(**merged)
-    except ValidationError as e:
-        raise EigenguardError(format_validation_error(e)) from None
+COMPONENT_FIELDS = ("attack", "defense")
+
+
+def component_dict(value: Any) -> dict[str, Any]:
+    """A component as a plain mapping: a bare name becomes {name: ...}."""
+    if isinstance(value, Component):
+        return value.model_dump()
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    raise EigenguardError(f"invalid component {value!r}: expected a name or a mapping with a name")
+
+
+def merge_settings(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` laid over `base`, both plain config values. Keys may be dotted (`defense.k`).
+
+    A component given by name replaces the base's component when the name differs (another attack's
+    options would not fit) and keeps the base's options when it is the same component.
+    """
+    merged = {str(k).replace("-", "_"): v for k, v in base.items()}
+    for key, value in settings.items():
+        key = str(key).replace("-", "_")
+        head, dot, option = key.partition(".")
+        if dot:
+            if head not in COMPONENT_FIELDS:
+                raise EigenguardError(
+                    f"invalid setting '{key}': only {' and '.join(COMPONENT_FIELDS)} have options (e.g. defense.k)"
+                )
+            if head not in merged:
+                raise EigenguardError(f"invalid setting '{key}': name the {head} first (e.g. --{head} NAME)")
+            merged[head] = {**component_dict(merged[head]), option: value}
+        elif key in COMPONENT_FIELDS and key in merged:
+            old, new = component_dict(merged[key]), component_dict(value)
+            merged[key] = {**old, **new} if old.get("name") == new.get("name") else new
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_value(config: TrainConfig | dict[str, Any], path: str) -> Any:
+    """The value of a field or a component option (`defense.k`); a component field gives its name."""
+    values = config.model_dump() if isinstance(config, TrainConfig) else config
+    head, dot, option = path.partition(".")
+    value = values.get(head)
+    if dot:
+        return value.get(option) if isinstance(value, dict) else None
+    return value.get("name") if isinstance(value, dict) and "name" in value else value
+
+
+def is_setting(path: str) -> bool:
+    """Whether `path` names a config field or a component option (`defense.k`)."""
+    head, dot, option = path.partition(".")
+    return head in TrainConfig.model_fields and (not dot or (head in COMPONENT_FIELDS and bool(option)))

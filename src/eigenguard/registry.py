@@ -48,6 +48,17 @@ class Registry(Generic[T]):
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return {k: p.default for k, p in params.items() if k not in skip and p.kind in kinds}
 
+    def complete(self, name: str, options: dict[str, Any], positional: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Entry `name`'s options with every one it takes: `options` over its defaults (tuples as lists, so
+        the result is plain YAML and JSON). An option it does not take is one EigenguardError."""
+        allowed = self.options(name, positional)
+        for key in options:
+            if key not in allowed:
+                raise EigenguardError(
+                    f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
+                )
+        return {k: _plain(v) for k, v in {**allowed, **options}.items()}
+
     def create(
         self,
         name: str,
@@ -70,3 +81,7 @@ class Registry(Generic[T]):
             return self.get(name)(*args, **(fixed or {}), **options)  # type: ignore[operator]
         except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
             raise EigenguardError(f"invalid options {options} for {self.kind} '{name}': {e}") from None
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value

@@ -18,7 +18,7 @@ from eigenguard.run_directory import atomic_write_bytes, atomic_write_text
 
 
 def _point(run: Any, at: str | None) -> str:
-    point = at or run.config.guard_at
+    point = at or run.config.defense.options.get("at", "stage1")  # where the run's guard (if any) sits
     if point not in run.model.insertion_points:
         allowed = ", ".join(run.model.insertion_points)
         raise EigenguardError(f"insertion point '{point}' unknown for {run.config.model}; allowed: {allowed}")
@@ -38,8 +38,8 @@ def erank_table(
         clean, triggered = clean_and_triggered(run, samples)
         column: dict[str, Any] = {
             "run": str(run_dir),
-            "attack": run.config.attack,
-            "defense": run.config.defense,
+            "attack": run.config.attack.name,
+            "defense": run.config.defense.name,
             "point": point,
         }
         for name, data in (("backdoor", triggered), ("clean", clean)):

@@ -1,11 +1,11 @@
 """Figure 1: ACC and ASR when training with the top r directions removed, or r small ones lifted.
 
 The sweep is a benchmark grid (bench/): one cell per attack x (mode, r), each an ordinary training run with
-`--defense dimension-edit --defense-option mode=... --defense-option r=...`, so it is resumable, runs on
+`defense: {name: dimension-edit, mode: ..., r: ...}`, so it is resumable, runs on
 the local or Ray executor, and its cells sit in the results store with every other run. r = 0 is plain
 training, shared by both curves. The figure has four panels like the paper's: ASR when reducing, ASR when
 adding, ACC when reducing, ACC when adding, one line per attack. ACC and ASR here are measured batch-wise
-(the edit acts on each evaluation batch, as in the paper's experiment): see analysis/dimension_edit.py.
+(the edit acts on each evaluation batch, as in the paper's experiment): see guard/dimension_edit.py.
 
 That protocol mixes two effects. A test batch made only of triggered images shares one strong direction,
 the trigger, and "reduce" removes exactly that direction from the batch at test time, whatever training
@@ -16,7 +16,6 @@ left in the weights). The figure draws all three.
 """
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -25,11 +24,13 @@ from typing import Any
 
 import torch
 
-from eigenguard.analysis.dimension_edit import DimensionEdit
 from eigenguard.analysis.run_loading import load_run
 from eigenguard.bench.grid import Grid, parse_grid
+from eigenguard.cache import digest
+from eigenguard.config import config_value
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.guard.dimension_edit import DimensionEdit
 from eigenguard.run_directory import atomic_write_bytes
 from eigenguard.training.evaluate import accuracy, eval_logits
 
@@ -41,12 +42,9 @@ def dims_grid(attacks: list[str], rs: list[int], modes: list[str], base: dict[st
         raise EigenguardError("dims needs at least one attack, one r and one mode")
     if any(r < 0 for r in rs):
         raise EigenguardError(f"r values {rs} must be >= 0")
-    edits = [{"label": "plain-0", "defense_options": {"mode": "reduce", "r": 0}}] if 0 in rs else []
-    edits += [
-        {"label": f"{mode}-{r}", "defense_options": {"mode": mode, "r": r}} for mode in modes for r in rs if r > 0
-    ]
-    settings = json.dumps({"attacks": attacks, "rs": rs, "modes": modes, "base": base}, sort_keys=True)
-    name = "dims-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+    edits = [{"label": "plain-0", "defense.mode": "reduce", "defense.r": 0}] if 0 in rs else []
+    edits += [{"label": f"{mode}-{r}", "defense.mode": mode, "defense.r": r} for mode in modes for r in rs if r > 0]
+    name = "dims-" + digest({"attacks": attacks, "rs": rs, "modes": modes, "base": base}, length=8)
     return parse_grid(
         {
             "name": name,
@@ -149,7 +147,7 @@ def curves(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
             if rec.get(metric) is None:
                 continue
             for m in ("reduce", "add") if mode == "plain" else (mode,):
-                out.setdefault((rec["config"]["attack"], m, metric), []).append((r, rec[metric]))
+                out.setdefault((config_value(rec["config"], "attack"), m, metric), []).append((r, rec[metric]))
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -160,7 +158,7 @@ def dims_table_csv(records: list[dict[str, Any]]) -> bytes:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["attack", "mode", "r", *metrics])
     for rec, mode, r in _done_edits(records):
-        writer.writerow([rec["config"]["attack"], mode, r, *(rec.get(c) for c in metrics)])
+        writer.writerow([config_value(rec["config"], "attack"), mode, r, *(rec.get(c) for c in metrics)])
     return buffer.getvalue().encode()
 
 

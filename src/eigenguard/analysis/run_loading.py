@@ -1,7 +1,8 @@
 """A finished run directory, loaded back: its config, its trained model, its test set and its attack.
 
 The model is rebuilt from config.yaml (architecture, width, and the structure a defense adds, such as
-EigenGuard at its insertion point) and filled from model.safetensors (no pickle). Nothing is retrained and
+EigenGuard at its insertion point) and filled from model.safetensors (no pickle). A config.yaml of
+eigenguard 0.1 (flat `attack_options`, `k`, `guard_at`, ...) loads too (config.upgrade_legacy). Nothing is retrained and
 the training set is not poisoned again: the analyses need only the clean test images and the trigger.
 """
 
@@ -17,10 +18,11 @@ from eigenguard.attacks import Attack, create_attack
 from eigenguard.config import ATTACK_NONE, TrainConfig, format_validation_error
 from eigenguard.data import load_dataset
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.defenses import create_defense
+from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
 from eigenguard.models import Backbone, create_model
-from eigenguard.training.augment import Normalize
+from eigenguard.pipeline.components import build_defense
+from eigenguard.training.features import features
 
 
 @dataclass
@@ -54,7 +56,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
     model = create_model(
         config.model, in_channels=test.image_shape[0], num_classes=test.num_classes, width=config.width
     )
-    create_defense(config.defense, **config.defense_options).rebuild(model, config)
+    build_defense(config).rebuild(model)
     try:
         model.load_state_dict(load_file(str(path / "model.safetensors")))
     except RuntimeError as e:
@@ -63,9 +65,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
         ) from None
     model = model.to(device).eval()
     attack = None
-    if config.attack != ATTACK_NONE:
-        options = {k: v for k, v in config.attack_options.items() if k != "cache_dir"}
-        attack = create_attack(config.attack, test.image_shape, target=config.target, seed=config.seed, **options)
+    if config.attack.name != ATTACK_NONE:
+        options = config.attack.options
+        attack = create_attack(config.attack.name, test.image_shape, target=config.target, seed=config.seed, **options)
     return LoadedRun(path, config, model, test, attack, Normalize(test.mean, test.std, device), device)
 
 
@@ -87,8 +89,4 @@ def features_at(run: LoadedRun, images: torch.Tensor, point: str, batch_size: in
 
     A guarded model runs in its default per-sample inference: each image's features do not depend on the
     others in its batch."""
-    rows = [
-        run.model.features(run.normalize(images[i : i + batch_size]), point).flatten(1).double().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(rows)
+    return features(run.model, images, point, run.normalize, batch_size=batch_size).double().cpu()

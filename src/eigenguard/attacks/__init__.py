@@ -14,19 +14,29 @@ for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigg
     ATTACKS.register(_cls.name)(_cls)
 
 
-ATTACK_ARGS = ("image_shape", "target", "seed")
+# What every attack is given by the run, not by its options: the images' shape, the target class, the
+# run's seed, and where reusable artifacts go (CLB caches its perturbed images there).
+ATTACK_ARGS = ("image_shape", "target", "seed", "cache_dir")
 
 
 def attack_options(name: str) -> dict[str, object]:
-    """The extra options an attack accepts (beyond image_shape, target, seed), with their defaults."""
+    """The options an attack owns (`attack: {name: ..., KEY: VALUE}`), with their defaults."""
     return ATTACKS.options(name, ATTACK_ARGS)
 
 
 def create_attack(
-    name: str, image_shape: tuple[int, int, int], *, target: int = 0, seed: int = 0, **options: object
+    name: str,
+    image_shape: tuple[int, int, int],
+    *,
+    target: int = 0,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    **options: object,
 ) -> Attack:
     """Build a registered attack for images of `image_shape` (C, H, W); unknown options are an error."""
-    fixed = {"target": target, "seed": seed}
+    fixed: dict[str, object] = {"target": target, "seed": seed}
+    if "cache_dir" in ATTACKS.options(name):
+        fixed["cache_dir"] = cache_dir
     return ATTACKS.create(name, image_shape, positional=ATTACK_ARGS, fixed=fixed, **options)
 
 

@@ -11,7 +11,8 @@ target class. At test time the four-corner trigger alone (no perturbation) is st
 Our choices, where Turner et al. and the paper leave them open:
 - The surrogate is a model of our own zoo, trained by the attacker on the clean training set it was
   handed (`poison`'s input): by default a quarter-width ResNet-18, 6 epochs of SGD (lr 0.1, momentum 0.9,
-  wd 5e-4, cosine, batch 256, random crop, no flip). `surrogate_training` picks how:
+  wd 5e-4, cosine, batch 256, random crop, no flip: `surrogate_recipe`, trained by training/fit.py).
+  `surrogate_training` picks how:
   "adversarial" (default, as Turner et al.): Madry et al.'s PGD adversarial training at
   `surrogate_epsilon` with `surrogate_pgd_steps` (default 3) steps and a random start, which costs about
   steps + 2 forward passes per batch. A robust model's adversarial directions carry class semantics, so its
@@ -30,26 +31,26 @@ Our choices, where Turner et al. and the paper leave them open:
   (safetensors) under a key hashing the training images and labels, the target, every PGD and surrogate
   parameter, the seed and the device type (CPU and CUDA kernels differ in the last bits). Any change of
   these gives a new key, hence a new file; a hit skips the surrogate and PGD entirely.
-  Cache directory: clb/ under the `cache_dir` option, else $EIGENGUARD_CACHE, else ~/.cache/eigenguard.
+  Cache directory: clb/ under the run's cache directory (cache.py), else $EIGENGUARD_CACHE, else
+  ~/.cache/eigenguard.
 """
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from eigenguard.attacks.badnets import CHECKERBOARD, corner_patch
 from eigenguard.attacks.base import Attack
 from eigenguard.attacks.pgd import adversarial_training_loss, pgd_linf
-from eigenguard.cache import cache_root, filling
+from eigenguard.cache import cache_root, cached_tensors, digest, fingerprint
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
-from eigenguard.run_directory import atomic_save_tensors
-from eigenguard.training.augment import Normalize
+from eigenguard.models import MODELS, create_model
 from eigenguard.training.evaluate import accuracy
+from eigenguard.training.fit import Recipe, fit
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
 SURROGATE_TRAINING = ("adversarial", "standard")
@@ -92,8 +93,6 @@ class CleanLabel(Attack):
                 f"clb surrogate_epsilon {surrogate_epsilon} must lie in [0, 1] and surrogate_pgd_steps "
                 f"{surrogate_pgd_steps} must be >= 1"
             )
-        from eigenguard.models import MODELS
-
         if surrogate_model not in MODELS:
             allowed = ", ".join(MODELS.names())
             raise EigenguardError(f"clb surrogate_model '{surrogate_model}' unknown; allowed: {allowed}")
@@ -145,31 +144,22 @@ class CleanLabel(Attack):
     def cache_key(self, train: ImageDataset, parameters: dict[str, object] | None = None) -> str:
         """A hash of `parameters` (default: everything that decides the perturbed images), the device type
         and the training set."""
-        h = hashlib.sha256()
         values = {**(parameters or self.parameters()), "device": train.images.device.type}
-        h.update(json.dumps(values, sort_keys=True).encode())
-        h.update(str(tuple(train.images.shape)).encode())
-        h.update(train.images.cpu().contiguous().numpy().tobytes())
-        h.update(train.labels.cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:32]
+        return digest(values, fingerprint(train), length=32)
 
     def perturbed_target_images(self, train: ImageDataset) -> torch.Tensor:
         """PGD versions of every target-class image of `train`, in index order, from the cache if present."""
         self.cache_file = self.cache_dir / f"clb-{self.cache_key(train)}.safetensors"
-        with filling(self.cache_file):  # a second process needing the same images waits, then reads them
-            if self.cache_file.exists():
-                stored = load_file(str(self.cache_file))
-                self.cache_hit = True
-                self.surrogate_report = _json_of(stored["report"])
-                return stored["images"].to(train.images.device)
-            self.cache_hit = False
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             images = self._perturb(train)
-            atomic_save_tensors(
-                self.cache_file,
-                {"images": images, "report": _tensor_of(self.surrogate_report)},
-                {"parameters": json.dumps(self.parameters(), sort_keys=True)},
-            )
-        return images
+            metadata = {"parameters": json.dumps(self.parameters(), sort_keys=True)}
+            return {"images": images, "report": _tensor_of(self.surrogate_report)}, metadata
+
+        stored, self.cache_hit = cached_tensors(self.cache_file, compute)
+        if self.cache_hit:
+            self.surrogate_report = _json_of(stored["report"])
+        return stored["images"].to(train.images.device)
 
     def _perturb(self, train: ImageDataset) -> torch.Tensor:
         pool = torch.nonzero(train.labels == self.target).flatten()
@@ -199,25 +189,27 @@ class CleanLabel(Attack):
         surrogate recipe were seen before (a sweep over the PGD settings trains it once)."""
         parameters = {"format": CACHE_FORMAT, "seed": self.seed, "surrogate": self.surrogate}
         path = self.cache_dir / f"surrogate-{self.cache_key(train, parameters)}.safetensors"
-        with filling(path):
-            if path.exists():
-                stored = load_file(str(path), device=str(train.images.device))
-                report = _json_of(stored.pop("__report__"))
-                model = self._surrogate_architecture(train)
-                model.load_state_dict(stored)
-                self.surrogate_report = {**report, "surrogate_cache_hit": True}
-                return model, Normalize(train.mean, train.std, train.images.device)
+        normalize = Normalize(train.mean, train.std, train.images.device)
+        trained: list[torch.nn.Module] = []
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             started = time.perf_counter()
-            model, normalize = self._train_surrogate(train)
+            trained.append(self._train_surrogate(train, normalize))
             self.surrogate_report["surrogate_seconds"] = round(time.perf_counter() - started, 1)
-            atomic_save_tensors(path, {**model.state_dict(), "__report__": _tensor_of(self.surrogate_report)}, {})
+            return {**trained[0].state_dict(), "__report__": _tensor_of(self.surrogate_report)}, {}
+
+        stored, hit = cached_tensors(path, compute, device=train.images.device)
+        if not hit:
             self.surrogate_report["surrogate_cache_hit"] = False
+            return trained[0], normalize
+        report = _json_of(stored.pop("__report__"))
+        model = self._surrogate_architecture(train)
+        model.load_state_dict(stored)
+        self.surrogate_report = {**report, "surrogate_cache_hit": True}
         return model, normalize
 
     def _surrogate_architecture(self, train: ImageDataset) -> torch.nn.Module:
         """A fresh surrogate model (initialised from the global RNG) on the training set's device."""
-        from eigenguard.models import create_model
-
         return create_model(
             self.surrogate_model,
             in_channels=train.image_shape[0],
@@ -225,33 +217,25 @@ class CleanLabel(Attack):
             width=self.surrogate_width,
         ).to(train.images.device)
 
-    def _train_surrogate(self, train: ImageDataset) -> tuple[torch.nn.Module, Normalize]:
-        from eigenguard.training.loop import train_one_epoch
-        from eigenguard.training.schedule import lr_multiplier
-
+    def _train_surrogate(self, train: ImageDataset, normalize: Normalize) -> torch.nn.Module:
         device = train.images.device
-        normalize = Normalize(train.mean, train.std, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed + 7)
             model = self._surrogate_architecture(train)
-        batch = 256
-        steps = max(len(train) // batch, 1) * self.surrogate_epochs
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier("cosine", steps, 0))
         generator = torch.Generator(device=device).manual_seed(self.seed + 8)
         loss_fn = None
         if self.surrogate_training == "adversarial":
             loss_fn = adversarial_training_loss(
                 model, normalize, epsilon=self.surrogate_epsilon, steps=self.surrogate_pgd_steps, generator=generator
             )
-        stats = {}
-        for _ in range(self.surrogate_epochs):
-            stats = train_one_epoch(
-                model, optimizer, scheduler, train.images, train.labels, batch_size=batch,
-                normalize=normalize, generator=generator, crop_pad=4, flip=False, loss_fn=loss_fn,
-            )  # fmt: skip
+        stats = fit(model, train.images, train.labels, self.surrogate_recipe(), normalize=normalize,
+                    generator=generator, loss_fn=loss_fn)  # fmt: skip
         self.surrogate_report = {"surrogate_train_acc": round(stats["train_acc"], 4)}
-        return model, normalize
+        return model
+
+    def surrogate_recipe(self) -> Recipe:
+        """The attacker's recipe: SGD lr 0.1, momentum 0.9, wd 5e-4, cosine, batch 256, crop, no flip."""
+        return Recipe(epochs=self.surrogate_epochs, batch_size=256, flip=False)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eigenguard.training.augment import Normalize
+from eigenguard.data.transforms import Normalize
 
 
 def pgd_linf(

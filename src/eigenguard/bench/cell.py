@@ -37,10 +37,10 @@ def run_cell(
     """
     import torch
 
-    import eigenguard
     from eigenguard.bench.store import ResultStore, this_owner
     from eigenguard.config import TrainConfig
     from eigenguard.run_directory import atomic_write_text
+    from eigenguard.version import __version__
 
     results = ResultStore(store) if store else None
     if results:
@@ -58,7 +58,7 @@ def run_cell(
         if final.exists():  # left by a runner killed after the rename but before recording: redo it
             shutil.rmtree(final)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        from eigenguard.training.pipeline import train
+        from eigenguard.pipeline.run import train
 
         run = train(cfg, progress=False)
         # config.yaml names the directory the run now lives in, not its temporary name
@@ -75,7 +75,7 @@ def run_cell(
         result = {"status": "failed", "metrics": None, "run_dir": None, "error": f"{type(e).__name__}: {e}\n{tail}"}
     result["wall_seconds"] = round(time.perf_counter() - started, 3)
     result["versions"] = {
-        "eigenguard": eigenguard.__version__,
+        "eigenguard": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": (result.get("metrics") or {}).get("environment", {}).get("device_name", platform.machine()),

@@ -2,22 +2,23 @@
 
     name: table3-quick                  # names the grid in the results store and the report
     description: Table 3 on Fashion-MNIST, CPU
-    report: {layout: table3}            # table3 | table4 | table5 | curve (+ x: FIELD) | flat
-    base: {profile: quick, eval_every: 12}      # config fields every cell shares
+    report: {layout: table3}            # table3 | table4 | table5 | curve (+ x: SETTING) | flat
+    base: {profile: quick, eval_every: 12}      # settings every cell shares (as in a config file)
     axes:                               # the cartesian product of these, in this order
-      attack: [badnets, blend, clb, sig]        # an axis named after a config field: its values
-      defense: [none, ft, anp, abl, eigenguard]
+      attack: [badnets, blend, clb, sig]        # an axis named after a setting: its values
+      defense: [none, ft, {name: eigenguard, lowest_loss_samples: 25}]  # a component with options
+      defense.k: [10, 20]               # a component's option (the component is named in base)
       seed: [0, 1, 2]
-      budget:                           # any other name: a list of named field overrides
-        - {label: eps16, attack_options: {epsilon: 0.0627}}
-        - {label: eps32, attack_options: {epsilon: 0.1255}}
+      budget:                           # any other name: a list of named setting overrides
+        - {label: eps16, attack.epsilon: 0.0627}
+        - {label: eps32, attack.epsilon: 0.1255}
 
-A cell is identified by its key, a hash of its resolved configuration (minus the fields that only say
-where files go or which device runs it), so the same cell in two grids is run once and shared. Every
-cell's configuration is resolved and validated when the grid is loaded: a typo fails before anything runs.
+A component value given as a mapping is labelled by its name in the report (or by its `label` key).
+A cell is identified by its key, a digest of the values that decide its result (`config.result_values`),
+so the same cell in two grids is run once and shared. Every cell's configuration is resolved and
+validated when the grid is loaded (`pipeline.components.resolve`): a typo fails before anything runs.
 """
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -26,17 +27,26 @@ from typing import Any
 
 import yaml
 
-from eigenguard.config import DEFENSE_NONE, TrainConfig, resolve_config
+from eigenguard.cache import digest
+from eigenguard.config import (
+    COMPONENT_FIELDS,
+    DEFENSE_NONE,
+    TrainConfig,
+    is_setting,
+    make_config,
+    merge_settings,
+    plain_weights_values,
+    result_values,
+)
+from eigenguard.defenses import DEFENSES
 from eigenguard.errors import EigenguardError
+from eigenguard.pipeline.components import resolve
 
 LAYOUTS = ("table3", "table4", "table5", "curve", "flat")
-# Fields that cannot change a cell's result, only where it is written or which machine runs it.
-NOT_IN_KEY = ("out", "runs_dir", "cache_dir", "data_root", "download", "device")
 
 
 def cell_key(config: TrainConfig) -> str:
-    values = {k: v for k, v in config.model_dump().items() if k not in NOT_IN_KEY}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(result_values(config), length=16)
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,8 @@ def parse_grid(raw: dict[str, Any], source: Path | None = None) -> Grid:
     if layout not in LAYOUTS:
         raise EigenguardError(f"{where}: report layout '{layout}' unknown; allowed: {', '.join(LAYOUTS)}")
     x = report.get("x")
-    if layout == "curve" and x not in TrainConfig.model_fields:
-        raise EigenguardError(f"{where}: the curve layout needs report.x, a config field; got {x!r}")
+    if layout == "curve" and not (isinstance(x, str) and is_setting(x)):
+        raise EigenguardError(f"{where}: the curve layout needs report.x, a setting (k: defense.k); got {x!r}")
     base = raw.get("base") or {}
     axes = raw.get("axes") or {}
     if not isinstance(base, dict) or not isinstance(axes, dict):
@@ -101,9 +111,9 @@ def parse_grid(raw: dict[str, Any], source: Path | None = None) -> Grid:
     for axis, values in axes.items():
         if not isinstance(values, list) or not values:
             raise EigenguardError(f"{where}: axis '{axis}' must be a non-empty list, got {values!r}")
-        if axis not in TrainConfig.model_fields and not all(isinstance(v, dict) for v in values):
+        if not is_setting(axis) and not all(isinstance(v, dict) for v in values):
             raise EigenguardError(
-                f"{where}: axis '{axis}' is not a config field, so its values must be mappings of field overrides"
+                f"{where}: axis '{axis}' is not a setting, so its values must be mappings of setting overrides"
             )
     grid = Grid(name, str(raw.get("description", "")), layout, x, dict(base), {k: list(v) for k, v in axes.items()})
     grid.source = source
@@ -119,32 +129,34 @@ def expand(grid: Grid) -> list[Cell]:
         overrides: dict[str, Any] = {}
         labels: dict[str, str] = {}
         for axis, value in zip(names, combo, strict=True):
-            if axis in TrainConfig.model_fields:
+            if is_setting(axis):
+                if axis in COMPONENT_FIELDS and isinstance(value, dict):
+                    value = dict(value)
+                    labels[axis] = str(value.pop("label", value.get("name")))
+                else:
+                    labels[axis] = _label(value)
                 overrides[axis] = value
-                labels[axis] = _label(value)
             else:
                 value = dict(value)
                 labels[axis] = str(value.pop("label", _label(value)))
                 overrides.update(value)
         try:
-            config = resolve_config(grid.base, overrides)
+            config = resolve(make_config(merge_settings(grid.base, overrides)))
         except EigenguardError as e:
             raise EigenguardError(f"grid '{grid.name}', cell {labels}: {e}") from None
         key = cell_key(config)
         cells.setdefault(key, Cell(key, config, labels))
-    # a post-training defense repairs the no-defense model of its setting: if the grid has that no-defense
-    # cell, run it first, so the repair finds the model in the cache instead of training it a second time
-    from eigenguard.defenses import DEFENSES
-    from eigenguard.defenses.backdoored_model import IRRELEVANT
 
-    def recipe(config: TrainConfig) -> str:  # what decides the backdoored model (backdoored_model.py)
-        return json.dumps({k: v for k, v in config.model_dump().items() if k not in IRRELEVANT}, sort_keys=True)
+    # a defense that needs the backdoored model of its setting: if the grid has that no-defense cell, run it
+    # first, so the defense finds the model in the cache instead of training it a second time
+    def plain(config: TrainConfig) -> str:
+        return json.dumps(plain_weights_values(config), sort_keys=True)
 
-    plain = {recipe(c.config): c.key for c in cells.values() if c.config.defense == DEFENSE_NONE}
+    plain_cells = {plain(c.config): c.key for c in cells.values() if c.config.defense.name == DEFENSE_NONE}
     ordered = []
     for c in cells.values():
         after = None
-        if c.config.defense != DEFENSE_NONE and DEFENSES.get(c.config.defense).post_training:
-            after = plain.get(recipe(c.config))
+        if DEFENSES.get(c.config.defense.name).needs_backdoored:
+            after = plain_cells.get(plain(c.config))
         ordered.append(Cell(c.key, c.config, c.labels, after))
     return ordered

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from eigenguard.bench.store import ResultStore
+from eigenguard.config import COMPONENT_FIELDS, config_value, is_setting
 from eigenguard.run_directory import atomic_write_bytes, atomic_write_text
 
 METRICS = {"ASR": "asr", "ACC": "acc"}
@@ -45,7 +46,7 @@ PROTOCOL_CAPTIONS = {
 LAYOUT_AXES: dict[str, tuple[list[str], list[str]]] = {
     "table3": (["dataset", "metric", "attack"], ["defense"]),
     "table4": (["metric", "attack"], ["model"]),
-    "table5": (["guard_at"], ["attack", "metric"]),
+    "table5": (["defense.at"], ["attack", "metric"]),
     "curve": ([], ["attack", "metric"]),  # rows: the grid's x
     "flat": ([], ["metric"]),
 }
@@ -72,10 +73,11 @@ class Table:
 
 
 def field_value(record: dict[str, Any], name: str) -> str:
-    """A cell's value on an axis: its variant label, else its config field."""
-    if name in record["labels"] and name not in record["config"]:
+    """A cell's value on an axis: its label (variant axes, components given with options), else its
+    setting (`defense.k`: a component's option; `defense`: the component's name)."""
+    if name in record["labels"] and (not is_setting(name) or name in COMPONENT_FIELDS):
         return record["labels"][name]
-    value = record["config"].get(name)
+    value = config_value(record["config"], name)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -167,10 +169,10 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     done = [r for r in records if r["status"] == "done"]
-    several_defenses = len({r["config"].get("defense") for r in records}) > 1
+    several_defenses = len({field_value(r, "defense") for r in records}) > 1
 
     def series_of(r: dict[str, Any]) -> str:
-        return field_value(r, "attack") + (f" / {r['config'].get('defense')}" if several_defenses else "")
+        return field_value(r, "attack") + (f" / {field_value(r, 'defense')}" if several_defenses else "")
 
     series = _ordered([series_of(r) for r in done])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=150, constrained_layout=True)
@@ -179,7 +181,7 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
             points: dict[float, list[float]] = {}
             for r in done:
                 if series_of(r) == name and r.get(metric) is not None:
-                    points.setdefault(float(r["config"][x]), []).append(100 * r[metric])
+                    points.setdefault(float(config_value(r["config"], x)), []).append(100 * r[metric])
             xs = sorted(points)
             means = [statistics.fmean(points[v]) for v in xs]
             stds = [statistics.stdev(points[v]) if len(points[v]) > 1 else 0.0 for v in xs]
@@ -198,7 +200,7 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
 
 
 def _axis_label(x: str) -> str:
-    return {"poison_rate": "poison rate (fraction)", "k": "k (top directions flattened)"}.get(x, x)
+    return {"poison_rate": "poison rate (fraction)", "defense.k": "k (top directions flattened)"}.get(x, x)
 
 
 def write_report(store: ResultStore, out: Path, grids: list[str] | None = None) -> list[Path]:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eigenguard.config import config_value
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_write_text
 
@@ -215,7 +216,7 @@ class ResultStore:
                 rows.append(
                     {
                         **{k: r.get(k) for k in CSV_COLUMNS},
-                        **{k: config.get(k) for k in ("dataset", "model", "attack", "poison_rate", "defense", "seed")},
+                        **{k: config_value(config, k) for k in CONFIG_COLUMNS},
                         "labels": json.dumps(r["labels"]),
                         "versions": json.dumps(r["versions"]),
                     }
@@ -224,6 +225,9 @@ class ResultStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, buffer)
         return len(rows)
+
+
+CONFIG_COLUMNS = ("dataset", "model", "attack", "poison_rate", "defense", "seed")
 
 
 def _parsed(row: sqlite3.Row) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def dataset_not_found(name: str, looked_for: str, downloadable: bool = True) -> 
     """The single error for an absent dataset: what was searched where, and how to provide it."""
     how = "point --data-root (or EIGENGUARD_DATA) at a directory that holds it"
     if downloadable:
-        how = f"pass --download to fetch it with torchvision, or {how}"
+        how = f"pass --set download=true to fetch it with torchvision, or {how}"
     return EigenguardError(one_line(f"dataset '{name}' not found: looked for {looked_for}; {how}"))
 
 

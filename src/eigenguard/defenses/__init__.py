@@ -1,7 +1,8 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
 Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
-Post-training, repairing the cached backdoored model: ft, anp, fp, nad.
+Post-training, repairing the cached backdoored model: ft, anp, fp, nad. Each declares what it needs
+(`needs_clean_pool`, `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
 Analysis (Figure 1 of the paper, not a defense): dimension-edit.
 """
 
@@ -27,7 +28,8 @@ for _cls in (
 
 
 def defense_options(name: str) -> dict[str, Any]:
-    """The options a defense accepts (`--defense-option KEY=VALUE`), with their defaults."""
+    """The options a defense accepts (`defense: {name: ..., KEY: VALUE}`, `--set defense.KEY=VALUE`), with
+    their defaults."""
     return DEFENSES.options(name)
 
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from eigenguard.data.transforms import random_crop, random_flip
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.training.augment import random_crop, random_flip
-from eigenguard.training.trainer import CROP_PAD
+from eigenguard.training.fit import CROP_PAD
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -39,7 +39,9 @@ def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 class ANP(Defense):
     name = "anp"
-    post_training = True
+    needs_clean_pool = True
+    needs_backdoored = True
+    final_evaluation = True
 
     def __init__(
         self,

@@ -1,11 +1,11 @@
 """The common interface of every defense: what it consumes, what it returns.
 
 A defense receives a `DefenseContext`: the poisoned training set exactly as the victim got it, the
-defender's clean images (drawn from the held-back 10% split, `--clean-samples`, 500 as in the paper), the
-run's `Trainer` (fresh models, the config's training recipe, evaluation, the log) and, for defenses that
-repair a trained model, the backdoored no-defense model of the same configuration (trained once, cached,
-reused). It returns the model to evaluate and a report (numbers that say how it went, e.g. how many of the
-samples it removed were really poisoned).
+defender's clean images (drawn from the held-back 10% split, `clean_samples`, 500 as in the paper), the
+run's `Trainer` (fresh models, the config's training recipe, evaluation, the log) and a provider of the
+backdoored no-defense model of the same configuration (the pipeline trains it once, caches and reuses it).
+It returns the model to evaluate and a report (numbers that say how it went, e.g. how many of the samples
+it removed were really poisoned).
 
 `poison_indices` is the ground truth. Defenses may use it for their report only, never for a decision.
 """
@@ -19,6 +19,7 @@ from torch import nn
 
 from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.errors import EigenguardError
 from eigenguard.training.trainer import Trainer
 
 
@@ -29,7 +30,7 @@ class DefenseContext:
     train_set: ImageDataset
     clean_pool: ImageDataset
     poison_indices: torch.Tensor  # ground truth, into train_set: reports only
-    backdoored: Callable[[], nn.Module]  # the no-defense model of this config, from the cache or trained now
+    backdoored: Callable[[], nn.Module]  # the no-defense model of this config (needs_backdoored), cached
 
     def precision_recall(self, flagged: torch.Tensor) -> dict[str, float | int]:
         """How well a set of flagged training indices matches the poisoned ones (for reports)."""
@@ -45,21 +46,41 @@ class DefenseContext:
 
 
 class Defense:
-    """Base class. Subclasses set `name`, say whether they start from the backdoored model, and implement `run`.
+    """Base class. Subclasses set `name`, declare what they need, and implement `run`.
 
-    Options are keyword arguments of `__init__` with documented defaults (`--defense-option KEY=VALUE`).
+    Options are the keyword arguments of `__init__`, with documented defaults: in a config
+    `defense: {name: ft, epochs: 5}`, on the command line `--set defense.epochs=5`.
+
+    What a defense needs, declared so the pipeline provides it and the harness orders grid cells by it:
+    - `needs_clean_pool`: the defender's clean images (`clean_samples` of them, or the run is refused);
+    - `needs_backdoored`: the no-defense model of the same setting (FT, ANP, FP and NAD repair it, Spectral
+      Signatures reads its features); a grid runs that no-defense cell first, so the cache serves it;
+    - `final_evaluation`: the pipeline evaluates the returned model once more, because the defense changed
+      it after (or without) the evaluation at the end of its last fit (pruning, masks) or repaired it.
     """
 
     name: str = "defense"
-    post_training: bool = False  # True: repairs the backdoored model (FT, ANP, FP, NAD)
+    needs_clean_pool: bool = False
+    needs_backdoored: bool = False
+    final_evaluation: bool = False
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         raise NotImplementedError
 
-    def rebuild(self, model: nn.Module, config: TrainConfig) -> None:
+    def check(self, insertion_points: tuple[str, ...], model_name: str) -> None:
+        """Refuse, before anything runs, a setting this model cannot take (an insertion point it lacks)."""
+
+    def rebuild(self, model: nn.Module) -> None:
         """Give a fresh model the structure this defense adds (a module at an insertion point), so a saved
         state dict loads into it. Most defenses only change weights: nothing to do."""
 
     def describe(self) -> dict[str, Any]:
         options = {k: v for k, v in vars(self).items() if not k.startswith("_")}
-        return {"name": self.name, "post_training": self.post_training, **options}
+        return {"name": self.name, **options}
+
+
+def check_insertion_point(at: str, insertion_points: tuple[str, ...], model_name: str) -> None:
+    if at not in insertion_points:
+        raise EigenguardError(
+            f"at '{at}' is not an insertion point of {model_name}; allowed: {', '.join(insertion_points)}"
+        )

@@ -24,6 +24,7 @@ from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
 from eigenguard.models import Backbone
 from eigenguard.training.evaluate import accuracy, eval_logits
+from eigenguard.training.features import FeatureTap
 
 
 def classifier(model: Backbone) -> nn.Linear:
@@ -33,17 +34,16 @@ def classifier(model: Backbone) -> nn.Linear:
 def mean_channel_activation(model: Backbone, images: ImageDataset, ctx: DefenseContext) -> torch.Tensor:
     """Mean over images and positions of each channel of the classifier's input (last stage, pooled)."""
     seen: list[torch.Tensor] = []
-    handle = classifier(model).register_forward_pre_hook(lambda _m, args: seen.append(args[0].float().sum(0)))
-    try:
-        eval_logits(model, images, ctx.trainer.normalize, 256, ctx.trainer.amp)  # the hook collects the inputs
-    finally:
-        handle.remove()
+    with FeatureTap({"classifier": classifier(model)}, inputs=True, keep=lambda _n, x: seen.append(x.float().sum(0))):
+        eval_logits(model, images, ctx.trainer.normalize, 256, ctx.trainer.amp)  # the tap collects the inputs
     return torch.stack(seen).sum(0) / len(images)
 
 
 class FinePruning(Defense):
     name = "fp"
-    post_training = True
+    needs_clean_pool = True
+    needs_backdoored = True
+    final_evaluation = True
 
     def __init__(
         self, max_acc_drop: float = 0.1, step: float = 0.01, epochs: int = 10, lr: float = 0.01, batch_size: int = 64

@@ -32,7 +32,9 @@ def fine_tune(
 
 class FineTuning(Defense):
     name = "ft"
-    post_training = True
+    needs_clean_pool = True
+    needs_backdoored = True
+    final_evaluation = True
 
     def __init__(self, epochs: int = 10, lr: float = 0.01, batch_size: int = 64) -> None:
         if epochs < 1 or not lr > 0 or batch_size < 1:

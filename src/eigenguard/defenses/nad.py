@@ -19,7 +19,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
-from eigenguard.models import Backbone
+from eigenguard.training.features import FeatureTap
 
 
 def attention_map(features: torch.Tensor, power: float) -> torch.Tensor:
@@ -27,24 +27,11 @@ def attention_map(features: torch.Tensor, power: float) -> torch.Tensor:
     return F.normalize(features.float().abs().pow(power).mean(dim=1).flatten(1), dim=1)
 
 
-class FeatureTap:
-    """Keeps the latest output of a Backbone's insertion points while attached."""
-
-    def __init__(self, model: Backbone, points: list[str]) -> None:
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [
-            model.points[p].register_forward_hook(lambda _m, _i, out, p=p: self.outputs.__setitem__(p, out))
-            for p in points
-        ]
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 class NAD(Defense):
     name = "nad"
-    post_training = True
+    needs_clean_pool = True
+    needs_backdoored = True
+    final_evaluation = True
 
     def __init__(
         self,
@@ -73,7 +60,8 @@ class NAD(Defense):
         for p in teacher.parameters():
             p.requires_grad_(False)
         points = list(student.insertion_points[-len(self.betas) :])
-        s_tap, t_tap = FeatureTap(student, points), FeatureTap(teacher, points)
+        s_tap = FeatureTap({p: student.points[p] for p in points})
+        t_tap = FeatureTap({p: teacher.points[p] for p in points})
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

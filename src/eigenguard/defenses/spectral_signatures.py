@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.models import Backbone
+from eigenguard.training.features import features
 
 
 def spectral_scores(features: torch.Tensor) -> torch.Tensor:
@@ -31,21 +31,9 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
     return (centred @ vh[0]) ** 2
 
 
-@torch.no_grad()
-def last_stage_features(model: Backbone, images: torch.Tensor, ctx: DefenseContext, batch_size: int) -> torch.Tensor:
-    t = ctx.trainer
-    point = model.insertion_points[-1]
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = t.normalize(images[start : start + batch_size])
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=t.amp):
-            chunks.append(model.features(x, point).float().flatten(1))
-    return torch.cat(chunks)
-
-
 class SpectralSignatures(Defense):
     name = "ss"
+    needs_backdoored = True  # its features; the model it returns is trained from scratch
 
     def __init__(self, epsilon: float = 0.1, removal_factor: float = 1.5) -> None:
         if not 0 < epsilon < 1 or not removal_factor > 0:
@@ -67,11 +55,14 @@ class SpectralSignatures(Defense):
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         t = ctx.trainer
         backdoored = ctx.backdoored()
-        features = last_stage_features(backdoored, ctx.train_set.images, ctx, t.config.eval_batch_size)
-        removed = self.flag(features, ctx.train_set.labels)
+        point = backdoored.insertion_points[-1]
+        rows = features(
+            backdoored, ctx.train_set.images, point, t.normalize, batch_size=t.config.eval_batch_size, amp=t.amp
+        )
+        removed = self.flag(rows, ctx.train_set.labels)
         keep = torch.ones(len(ctx.train_set), dtype=torch.bool, device=removed.device)
         keep[removed] = False
-        del backdoored, features
+        del backdoored, rows
         model = t.new_model()
         t.fit(model, ctx.train_set.subset(torch.nonzero(keep).flatten()), epochs=ctx.config.epochs, phase="retrain")
         return model, {"removal": ctx.precision_recall(removed)}

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
 from eigenguard.guard.module import EigenGuard, inference_mode
-from eigenguard.training.augment import Normalize
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Speed habits, one line each:
 - the data never leaves the device: a batch is an index into one uint8 tensor, no DataLoader, no workers;
-- augmentation is two batched tensor ops (augment.py), normalisation one fused multiply-add;
+- augmentation is two batched tensor ops (data/transforms.py), normalisation one fused multiply-add;
 - on CUDA the forward runs under bf16 autocast with channels_last weights (set by the caller);
 - the loss is summed on the device and read back (a GPU sync) only every `log_every` steps.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eigenguard.training.augment import Normalize, random_crop, random_flip
+from eigenguard.data.transforms import Normalize, random_crop, random_flip
 
 StepCallback = Callable[[int, float], None]  # (steps done this epoch, mean loss so far)
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels, inputs) -> loss

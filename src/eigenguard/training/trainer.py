@@ -1,8 +1,8 @@
 """The run's trainer: how this run trains and evaluates a model, shared by every defense.
 
-`fit` is the recipe of the config (SGD with momentum, its schedule and warm-up, device-side crop and flip)
-with the knobs defenses need: another lr, schedule or epoch count (fine-tuning), another loss (ABL,
-NAD), extra rows per batch and a hook around each epoch (EigenGuard's lowest-loss samples). Every epoch
+`recipe` is the config's training recipe (training/fit.py) with the knobs defenses turn: another lr,
+schedule or epoch count (fine-tuning), no augmentation (ABL's unlearning). `fit` trains with it and adds
+another loss (ABL, NAD) and a hook around each epoch (EigenGuard's lowest-loss samples). Every epoch
 is one row of the run's log.csv, tagged with its phase; ACC and ASR are measured every `eval_every`
 epochs and at the end of every fit.
 """
@@ -18,14 +18,12 @@ from torch import nn
 
 from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
-from eigenguard.training.augment import Normalize
 from eigenguard.training.evaluate import evaluate_protocols
-from eigenguard.training.loop import LossFn, train_one_epoch
-from eigenguard.training.schedule import lr_multiplier
-
-CROP_PAD = 4
+from eigenguard.training.fit import CROP_PAD, Recipe, fit
+from eigenguard.training.loop import LossFn
 
 
 class EpochHook(Protocol):
@@ -115,6 +113,32 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
 
+    def recipe(
+        self,
+        epochs: int,
+        *,
+        lr: float | None = None,
+        schedule: str | None = None,
+        warmup_epochs: float | None = None,
+        weight_decay: float | None = None,
+        batch_size: int | None = None,
+        augment: bool | None = None,
+    ) -> Recipe:
+        """The config's recipe for `epochs`, with the knobs a defense turns (unset: the config's value)."""
+        cfg = self.config
+        augment = cfg.augment if augment is None else augment
+        return Recipe(
+            epochs=epochs,
+            batch_size=batch_size or cfg.batch_size,
+            lr=cfg.lr if lr is None else lr,
+            momentum=cfg.sgd_momentum,
+            weight_decay=cfg.weight_decay if weight_decay is None else weight_decay,
+            schedule=schedule or cfg.schedule,
+            warmup_epochs=cfg.warmup_epochs if warmup_epochs is None else warmup_epochs,
+            crop_pad=CROP_PAD if augment else 0,
+            flip=self.flip and augment,
+        )
+
     def fit(
         self,
         model: nn.Module,
@@ -122,31 +146,15 @@ class Trainer:
         *,
         epochs: int,
         phase: str = "train",
-        lr: float | None = None,
-        schedule: str | None = None,
-        warmup_epochs: float | None = None,
-        weight_decay: float | None = None,
-        batch_size: int | None = None,
-        augment: bool | None = None,
         loss_fn: LossFn | None = None,
         hook: EpochHook | None = None,
+        **knobs: Any,
     ) -> list[dict[str, Any]]:
-        """Train `model` on `data` for `epochs`; unset knobs take the config's values. Returns this fit's rows."""
-        cfg = self.config
-        batch_size = batch_size or cfg.batch_size
-        augment = cfg.augment if augment is None else augment
-        steps_per_epoch = max(len(data) // batch_size, 1)
-        total_steps = steps_per_epoch * epochs
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr if lr is None else lr,
-            momentum=cfg.sgd_momentum,
-            weight_decay=cfg.weight_decay if weight_decay is None else weight_decay,
-        )
-        warmup = cfg.warmup_epochs if warmup_epochs is None else warmup_epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_multiplier(schedule or cfg.schedule, total_steps, round(warmup * steps_per_epoch))
-        )
+        """Train `model` on `data` with `self.recipe(epochs, **knobs)`, evaluating and logging every epoch.
+
+        Returns this fit's log rows."""
+        recipe = self.recipe(epochs, **knobs)
+        steps_per_epoch = recipe.steps_per_epoch(len(data))
         forward = self.forward_of(model)
         rows: list[dict[str, Any]] = []
         columns = (
@@ -157,38 +165,26 @@ class Trainer:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=self.console, disable=not self.progress) as bar:
-            task = bar.add_task(phase, total=total_steps, epoch=f"1/{epochs}", loss=float("nan"))
-            for epoch in range(1, epochs + 1):
-                done_before = (epoch - 1) * steps_per_epoch
+            task = bar.add_task(phase, total=steps_per_epoch * epochs, epoch=f"1/{epochs}", loss=float("nan"))
+            started: dict[str, Any] = {}
 
-                def on_step(step: int, loss: float, done_before: int = done_before, epoch: int = epoch) -> None:
-                    bar.update(task, completed=done_before + step, loss=loss, epoch=f"{epoch}/{epochs}")
+            def on_step(epoch: int, step: int, loss: float) -> None:
+                done = (epoch - 1) * steps_per_epoch + step
+                bar.update(task, completed=done, loss=loss, epoch=f"{epoch}/{epochs}")
 
-                t0 = time.perf_counter()
-                extra, fields = hook.before_epoch(epoch, forward) if hook else (None, {})
-                stats = train_one_epoch(
-                    forward,
-                    optimizer,
-                    scheduler,
-                    data.images,
-                    data.labels,
-                    batch_size=batch_size,
-                    normalize=self.normalize,
-                    generator=self.generator,
-                    crop_pad=CROP_PAD if augment else 0,
-                    flip=self.flip and augment,
-                    amp=self.amp,
-                    on_step=on_step,
-                    extra_inputs=extra,
-                    loss_fn=loss_fn,
-                )
+            def on_epoch_start(epoch: int) -> torch.Tensor | None:
+                started["t0"] = time.perf_counter()
+                extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
+                return extra
+
+            def on_epoch_end(epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer) -> None:
                 if hook:
                     hook.after_epoch(epoch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                seconds = time.perf_counter() - t0
+                seconds = time.perf_counter() - started["t0"]
                 self.train_seconds += seconds
-                self.images_trained += min(steps_per_epoch * batch_size, len(data))
+                self.images_trained += min(steps_per_epoch * recipe.batch_size, len(data))
                 row: dict[str, Any] = {
                     "phase": phase,
                     "epoch": epoch,
@@ -197,10 +193,10 @@ class Trainer:
                     "train_acc": round(stats["train_acc"], 6),
                 }
                 evaluated: dict[str, Any] = {}
-                if epoch % cfg.eval_every == 0 or epoch == epochs:
+                if epoch % self.config.eval_every == 0 or epoch == epochs:
                     evaluated = self.evaluate(model)
                 row.update({k: "" if v is None else round(v, 6) for k, v in evaluated.items()})
-                row.update(fields)
+                row.update(started["fields"])
                 row["epoch_seconds"] = round(seconds, 3)
                 rows.append(row)
                 self.log(row)
@@ -208,4 +204,18 @@ class Trainer:
                     f"{phase} {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
                     f"{format_eval(evaluated)}  ({seconds:.1f}s)"
                 )
+
+            fit(
+                forward,
+                data.images,
+                data.labels,
+                recipe,
+                normalize=self.normalize,
+                generator=self.generator,
+                amp=self.amp,
+                loss_fn=loss_fn,
+                on_epoch_start=on_epoch_start,
+                on_epoch_end=on_epoch_end,
+                on_step=on_step,
+            )
         return rows

@@ -1,7 +1,7 @@
 import torch
 
 from eigenguard.data.split import defense_split
-from eigenguard.training.augment import Normalize, random_crop, random_flip
+from eigenguard.data.transforms import Normalize, random_crop, random_flip
 from eigenguard.training.schedule import lr_multiplier
 
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eigenguard.attacks import Attack, attack_options, create_attack
+from eigenguard.attacks import Attack, create_attack
 from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import load_dataset
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.split import DefenseSplit, defense_split
+from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
-from eigenguard.training.augment import Normalize
 
 # Flipping a digit or a traffic sign changes its meaning; these datasets train without it.
 NO_FLIP_DATASETS = frozenset({"mnist", "gtsrb"})
@@ -68,14 +68,18 @@ def prepare_data(config: TrainConfig, device: torch.device, needs_clean_pool: bo
     test = test.to(device)
     flip = config.flip if config.flip is not None else config.dataset not in NO_FLIP_DATASETS
     normalize = Normalize(train_set.mean, train_set.std, device)
-    if config.attack == ATTACK_NONE:
+    if config.attack.name == ATTACK_NONE:
         return PreparedData(train_set, test, None, clean_pool, split, clean_indices, None, normalize, flip)
 
-    options = dict(config.attack_options)
-    if config.cache_dir and "cache_dir" in attack_options(config.attack):
-        options.setdefault("cache_dir", config.cache_dir)
-    attack = create_attack(config.attack, train_set.image_shape, target=config.target, seed=config.seed, **options)
-    assert config.poison_rate is not None  # resolved by TrainConfig
+    attack = create_attack(
+        config.attack.name,
+        train_set.image_shape,
+        target=config.target,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+        **config.attack.options,
+    )
+    assert config.poison_rate is not None  # filled in by components.resolve
     poisoned = attack.poison(train_set, config.poison_rate, torch.Generator().manual_seed(config.seed + 1))
     return PreparedData(
         poisoned.dataset,

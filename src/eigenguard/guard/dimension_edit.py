@@ -13,7 +13,8 @@ Both are computed from the B x B Gram matrix (as EigenGuard's fast path), and th
 with the singular vectors held constant. Like the paper's experiment, the edit acts on whatever batch it
 is given, at test time too: results depend on the evaluation batch (clean batches for ACC, all-triggered
 batches for ASR, the paper protocol; analysis/dims_sweep.py adds mixed batches and the edit switched off
-at test time). This module is an analysis tool, not a defense.
+at test time). An analysis tool, not a defense: it sits beside the guard because it is a layer built
+from the same decomposition, inserted by `--defense dimension-edit`.
 """
 
 import torch

@@ -16,21 +16,22 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import eigenguard
 from eigenguard.config import DEFENSE_NONE, TrainConfig
-from eigenguard.defenses import DefenseContext, create_defense
-from eigenguard.defenses.backdoored_model import (
+from eigenguard.defenses import DefenseContext
+from eigenguard.errors import EigenguardError
+from eigenguard.guard import find_guards
+from eigenguard.models import Backbone
+from eigenguard.pipeline.backdoored import (
     backdoored_entry,
     cached_plain_metrics,
     load_or_train_backdoored,
     store_plain_run,
 )
-from eigenguard.errors import EigenguardError
-from eigenguard.guard import find_guards
-from eigenguard.models import Backbone
+from eigenguard.pipeline.components import build_defense, resolve
+from eigenguard.pipeline.prepare import prepare_data
 from eigenguard.run_directory import RunDirectory, check_new_run_dir
-from eigenguard.training.prepare import prepare_data
 from eigenguard.training.trainer import Trainer
+from eigenguard.version import __version__
 
 
 @dataclass
@@ -76,11 +77,12 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     started = time.perf_counter()
 
     # -- 1. check and load everything before writing anything --------------------------------------
+    config = resolve(config)  # names checked, every attack and defense option explicit
     device = resolve_device(config.device)
     out = _run_path(config)
     check_new_run_dir(out)
-    defense = create_defense(config.defense, **config.defense_options)
-    data = prepare_data(config, device, needs_clean_pool=defense.post_training)
+    defense = build_defense(config)
+    data = prepare_data(config, device, needs_clean_pool=defense.needs_clean_pool)
 
     # -- 2. the run directory: config and split first, so a crashed run still says what it was -----
     run = RunDirectory(out)
@@ -103,7 +105,11 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
 
     def backdoored_model() -> torch.nn.Module:
         t0 = time.perf_counter()
-        model, metrics, hit = load_or_train_backdoored(config, entry, device, trainer.new_model(), progress=progress)
+
+        def train_plain(plain: TrainConfig) -> RunResult:
+            return train(plain, progress=progress, console=console)
+
+        model, metrics, hit = load_or_train_backdoored(config, entry, device, trainer.new_model(), train_plain)
         backdoored.update(metrics=metrics, cache_hit=hit, seconds=time.perf_counter() - t0)
         return model
 
@@ -114,7 +120,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
 
     # -- 4. final numbers: the last fit's evaluation, or a fresh one after a post-training repair ----
     last = trainer.history[-1] if trainer.history else {}
-    if defense.post_training or last.get("acc") in (None, ""):
+    if defense.final_evaluation or last.get("acc") in (None, ""):
         final = trainer.evaluate(model)
         trainer.log({"phase": "final", **{k: "" if v is None else round(v, 6) for k, v in final.items()}})
     else:
@@ -165,7 +171,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch chose
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "eigenguard": eigenguard.__version__,
+            "eigenguard": __version__,
             "threads": torch.get_num_threads(),
             "flip": data.flip,
             "amp_bf16": trainer.amp,
@@ -173,7 +179,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     }
     run.save_model(model.state_dict(), config.model_dump())
     run.write_metrics(metrics)
-    if config.defense == DEFENSE_NONE:
+    if config.defense.name == DEFENSE_NONE:
         # the backdoored model of this setting: post-training defenses of the same config will reuse it
         store_plain_run(entry, out)
 

@@ -1,0 +1,56 @@
+"""Check a config against what exists: dataset, model, attack and defense names, and the components'
+options, completed with their defaults, before anything runs.
+
+`resolve(config)` is the first thing `train` does, and what `eigenguard bench` applies to every grid cell
+when a grid is loaded, so a typo fails before any training. The config it returns is explicit: every
+attack and defense option at its value (`{name: ft}` becomes `{name: ft, epochs: 10, lr: 0.01, ...}`) and
+the poison rate filled in from the attack's paper value, so two spellings of one setting are one cell, one
+cache entry and one config.yaml.
+"""
+
+from typing import Any
+
+from eigenguard.attacks import ATTACK_ARGS, ATTACKS
+from eigenguard.config import ATTACK_NONE, Component, TrainConfig, make_config
+from eigenguard.data import DATASETS
+from eigenguard.defenses import DEFENSES, Defense
+from eigenguard.errors import EigenguardError
+from eigenguard.models import MODELS, create_model
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """`config` with its names checked and its components' options complete (EigenguardError otherwise)."""
+    for field, registry in (("dataset", DATASETS), ("model", MODELS)):
+        value = getattr(config, field)
+        if value not in registry:
+            raise EigenguardError(f"invalid {field} = {value!r}: unknown {field}; allowed: {', '.join(registry)}")
+    updates: dict[str, Any] = {}
+    attack = config.attack
+    if attack.name != ATTACK_NONE:
+        if attack.name not in ATTACKS:
+            allowed = ", ".join([ATTACK_NONE, *ATTACKS.names()])
+            raise EigenguardError(f"invalid attack = {attack.name!r}: unknown attack; allowed: {allowed}")
+        options = ATTACKS.complete(attack.name, attack.options, ATTACK_ARGS)
+        updates["attack"] = Component(name=attack.name, **options)
+        if config.poison_rate is None:
+            updates["poison_rate"] = ATTACKS.get(attack.name).default_rate
+    defense = config.defense
+    if defense.name not in DEFENSES:
+        raise EigenguardError(
+            f"invalid defense = {defense.name!r}: unknown defense; allowed: {', '.join(DEFENSES.names())}"
+        )
+    updates["defense"] = Component(name=defense.name, **DEFENSES.complete(defense.name, defense.options))
+    resolved = make_config({**config.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
+    instance = build_defense(resolved)  # the defense's own checks of its values
+    points = create_model(resolved.model, in_channels=1, num_classes=2, width=0.0625).insertion_points
+    instance.check(points, resolved.model)
+    return resolved
+
+
+def build_defense(config: TrainConfig) -> Defense:
+    """The config's defense, built from its options."""
+    return DEFENSES.create(config.defense.name, **config.defense.options)
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, Component) else value

@@ -1,0 +1,100 @@
+"""A training recipe and `fit`, the one function that trains a model with it.
+
+Every model eigenguard trains goes through `fit`: the victim's model (through the run's `Trainer`, which
+adds evaluation and the log), a defense's retraining or fine-tuning, and CLB's surrogate. A recipe is SGD
+with momentum and weight decay, a per-step lr schedule with linear warm-up, and device-side augmentation
+(random crop with padding, optional flip); `loop.train_one_epoch` is one pass of it.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eigenguard.data.transforms import Normalize
+from eigenguard.training.loop import LossFn, StepCallback, train_one_epoch
+from eigenguard.training.schedule import lr_multiplier
+
+CROP_PAD = 4  # random-crop padding of every recipe that augments (the usual CIFAR value)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: optimiser, schedule, batches and augmentation. Defaults are the usual CIFAR values."""
+
+    epochs: int
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | multistep | constant (schedule.py)
+    warmup_epochs: float = 0.0
+    crop_pad: int = CROP_PAD  # 0: no crop
+    flip: bool = True
+
+    def steps_per_epoch(self, samples: int) -> int:
+        return max(samples // self.batch_size, 1)
+
+
+EpochStart = Callable[[int], torch.Tensor | None]  # epoch (1-based) -> extra normalised rows for every batch
+EpochEnd = Callable[[int, dict[str, float], torch.optim.Optimizer], None]  # epoch, its stats, the optimizer
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    *,
+    normalize: Normalize,
+    generator: torch.Generator,
+    amp: bool = False,
+    loss_fn: LossFn | None = None,
+    on_epoch_start: EpochStart | None = None,
+    on_epoch_end: EpochEnd | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train `model` in place on uint8 `images` (on the training device) with `recipe`; returns the last
+    epoch's stats (train_loss, train_acc on the augmented batches).
+
+    `generator` (on the data's device) draws batch order and augmentation. `on_epoch_start` may hand extra
+    rows to append to every batch of that epoch (EigenGuard's anchors); `on_step(epoch, step, loss)`
+    reports progress.
+    """
+    steps_per_epoch = recipe.steps_per_epoch(len(images))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lr_multiplier(recipe.schedule, steps_per_epoch * recipe.epochs, round(recipe.warmup_epochs * steps_per_epoch)),
+    )
+    stats: dict[str, float] = {}
+    for epoch in range(1, recipe.epochs + 1):
+        extra = on_epoch_start(epoch) if on_epoch_start else None
+        step_callback: StepCallback | None = None
+        if on_step is not None:
+
+            def step_callback(step: int, loss: float, epoch: int = epoch) -> None:
+                on_step(epoch, step, loss)
+
+        stats = train_one_epoch(
+            model,
+            optimizer,
+            scheduler,
+            images,
+            labels,
+            batch_size=recipe.batch_size,
+            normalize=normalize,
+            generator=generator,
+            crop_pad=recipe.crop_pad,
+            flip=recipe.flip,
+            amp=amp,
+            on_step=step_callback,
+            extra_inputs=extra,
+            loss_fn=loss_fn,
+        )
+        if on_epoch_end:
+            on_epoch_end(epoch, stats, optimizer)
+    return stats
