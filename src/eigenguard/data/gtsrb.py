@@ -11,19 +11,17 @@ The ~50k PPMs of varying size are decoded once, resized to `image_size` squared,
 
 import csv
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from eigenguard.data.decode import decode_images
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.sources import dataset_not_found, fetch_with_torchvision, one_line, resolve_root
 from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -142,25 +140,20 @@ def _read_cache(path: Path, size: int) -> tuple[ImageDataset, ImageDataset] | No
 
 
 def _write_cache(path: Path, size: int, train: ImageDataset, test: ImageDataset) -> None:
-    """Write atomically (temp file + os.replace); a failure only costs the cache, never the load."""
+    """Write atomically (run_directory's atomic write); a failure only costs the cache, never the load.
+
+    Unlike cache.py's entries this one lives beside the data and is keyed by the sources' age, not by a
+    digest: it holds the decoded images themselves, valid while no source file is newer."""
     tensors = {
         "train_images": train.images,
         "train_labels": train.labels,
         "test_images": test.images,
         "test_labels": test.labels,
     }
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, "image_size": str(size)})
-        os.replace(tmp, path)
-        tmp = None
+        atomic_save_tensors(path, tensors, {"format": CACHE_FORMAT, "image_size": str(size)})
     except Exception as exc:
         logger.warning("could not write the GTSRB cache %s: %s", path, one_line(exc))
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _download(root: Path) -> None:
