@@ -66,6 +66,39 @@ def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None
     assert ft.after == plain.key  # the repair waits for the backdoored model of exactly its setting
 
 
+def test_component_axes_options_and_report_labels(tmp_path: Path) -> None:
+    """A component with options on an axis is labelled by its name; an option axis (`defense.k`) is a
+    setting: its values are the cells' options, and the report reads them back, also as a curve's x."""
+    raw = tiny_grid(tmp_path, attack=["badnets"], defense=["none", {"name": "eigenguard", "lowest_loss_samples": 3}])
+    raw["axes"]["variant"] = [{"label": "k4", "defense.k": 4}, {"label": "paper"}]
+    with pytest.raises(EigenguardError, match="unknown option 'k' for defense 'none'"):
+        parse_grid(raw)  # the none defense takes no k: the typo-proofing applies to option axes too
+    raw["axes"]["defense"] = [{"name": "eigenguard", "lowest_loss_samples": 3}]
+    grid = parse_grid(raw)
+    assert [c.labels["defense"] for c in grid.cells] == ["eigenguard", "eigenguard"]
+    assert [c.config.defense.options["k"] for c in grid.cells] == [4, 20]
+    assert all(c.config.defense.options["lowest_loss_samples"] == 3 for c in grid.cells)
+    curve = parse_grid(
+        {
+            "name": "k-curve",
+            "report": {"layout": "curve", "x": "defense.k"},
+            "base": {"profile": "quick", "defense": "eigenguard"},
+            "axes": {"attack": ["badnets", "blend"], "defense.k": [5, 10]},
+        }
+    )
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.register_grid(curve)
+    for cell in curve.cells:
+        store.claim(cell.key, cell.config.model_dump())
+        k = cell.config.defense.options["k"]
+        store.finish(cell.key, {"status": "done", "metrics": {"acc": k / 100, "asr": 0.5, "protocol": "per-sample"}})
+    write_report(store, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| defense.k | badnets / ASR | badnets / ACC | blend / ASR | blend / ACC |" in md
+    assert "| 10 | 50.0 | 10.0 | 50.0 | 10.0 |" in md
+    assert (tmp_path / "report" / "k-curve-curve.png").stat().st_size > 0
+
+
 def test_grid_errors_name_the_bad_value(tmp_path: Path) -> None:
     with pytest.raises(EigenguardError, match=r"cell .*'attack': 'nope'.*unknown attack"):
         parse_grid(tiny_grid(tmp_path, attack=["badnets", "nope"]))
