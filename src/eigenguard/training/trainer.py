@@ -146,14 +146,26 @@ class Trainer:
         *,
         epochs: int,
         phase: str = "train",
+        lr: float | None = None,
+        schedule: str | None = None,
+        warmup_epochs: float | None = None,
+        weight_decay: float | None = None,
+        batch_size: int | None = None,
+        augment: bool | None = None,
         loss_fn: LossFn | None = None,
         hook: EpochHook | None = None,
-        **knobs: Any,
     ) -> list[dict[str, Any]]:
-        """Train `model` on `data` with `self.recipe(epochs, **knobs)`, evaluating and logging every epoch.
-
-        Returns this fit's log rows."""
-        recipe = self.recipe(epochs, **knobs)
+        """Train `model` on `data` with `self.recipe(...)` (unset knobs: the config's values), evaluating and
+        logging every epoch. Returns this fit's log rows."""
+        recipe = self.recipe(
+            epochs,
+            lr=lr,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            augment=augment,
+        )
         steps_per_epoch = recipe.steps_per_epoch(len(data))
         forward = self.forward_of(model)
         rows: list[dict[str, Any]] = []
