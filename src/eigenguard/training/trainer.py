@@ -9,7 +9,7 @@ epochs and at the end of every fit.
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import torch
 from rich.console import Console
@@ -24,6 +24,17 @@ from eigenguard.models import Backbone, create_model
 from eigenguard.training.evaluate import evaluate_protocols
 from eigenguard.training.fit import CROP_PAD, Recipe, fit
 from eigenguard.training.loop import LossFn
+
+
+class RecipeKnobs(TypedDict, total=False):
+    """What a defense may change of the config's recipe for one fit (None or absent: the config's value)."""
+
+    lr: float | None
+    schedule: str | None
+    warmup_epochs: float | None
+    weight_decay: float | None
+    batch_size: int | None
+    augment: bool | None
 
 
 class EpochHook(Protocol):
@@ -113,28 +124,20 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
 
-    def recipe(
-        self,
-        epochs: int,
-        *,
-        lr: float | None = None,
-        schedule: str | None = None,
-        warmup_epochs: float | None = None,
-        weight_decay: float | None = None,
-        batch_size: int | None = None,
-        augment: bool | None = None,
-    ) -> Recipe:
+    def recipe(self, epochs: int, **knobs: Unpack[RecipeKnobs]) -> Recipe:
         """The config's recipe for `epochs`, with the knobs a defense turns (unset: the config's value)."""
         cfg = self.config
+        augment = knobs.get("augment")
         augment = cfg.augment if augment is None else augment
+        lr, warmup, decay = knobs.get("lr"), knobs.get("warmup_epochs"), knobs.get("weight_decay")
         return Recipe(
             epochs=epochs,
-            batch_size=batch_size or cfg.batch_size,
+            batch_size=knobs.get("batch_size") or cfg.batch_size,
             lr=cfg.lr if lr is None else lr,
             momentum=cfg.sgd_momentum,
-            weight_decay=cfg.weight_decay if weight_decay is None else weight_decay,
-            schedule=schedule or cfg.schedule,
-            warmup_epochs=cfg.warmup_epochs if warmup_epochs is None else warmup_epochs,
+            weight_decay=cfg.weight_decay if decay is None else decay,
+            schedule=knobs.get("schedule") or cfg.schedule,
+            warmup_epochs=cfg.warmup_epochs if warmup is None else warmup,
             crop_pad=CROP_PAD if augment else 0,
             flip=self.flip and augment,
         )
@@ -146,26 +149,14 @@ class Trainer:
         *,
         epochs: int,
         phase: str = "train",
-        lr: float | None = None,
-        schedule: str | None = None,
-        warmup_epochs: float | None = None,
-        weight_decay: float | None = None,
-        batch_size: int | None = None,
-        augment: bool | None = None,
         loss_fn: LossFn | None = None,
         hook: EpochHook | None = None,
+        **knobs: Unpack[RecipeKnobs],
     ) -> list[dict[str, Any]]:
-        """Train `model` on `data` with `self.recipe(...)` (unset knobs: the config's values), evaluating and
-        logging every epoch. Returns this fit's log rows."""
-        recipe = self.recipe(
-            epochs,
-            lr=lr,
-            schedule=schedule,
-            warmup_epochs=warmup_epochs,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            augment=augment,
-        )
+        """Train `model` on `data` with `self.recipe(epochs, **knobs)`, evaluating and logging every epoch.
+
+        Returns this fit's log rows."""
+        recipe = self.recipe(epochs, **knobs)
         steps_per_epoch = recipe.steps_per_epoch(len(data))
         forward = self.forward_of(model)
         rows: list[dict[str, Any]] = []
