@@ -126,7 +126,7 @@ def test_remark_one_beta_above_a_quarter() -> None:
 @pytest.fixture
 def guarded_run(mnist_root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "guarded"
-    guard = {"name": "eigenguard", "k": 4, "lowest_loss_samples": 0}
+    guard = {"name": "eigenguard", "k": 4, "anchors": "none"}
     train(tiny_config(mnist_root, out, defense=guard), progress=False)
     return out
 

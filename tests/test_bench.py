@@ -69,15 +69,15 @@ def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None
 def test_component_axes_options_and_report_labels(tmp_path: Path) -> None:
     """A component with options on an axis is labelled by its name; an option axis (`defense.k`) is a
     setting: its values are the cells' options, and the report reads them back, also as a curve's x."""
-    raw = tiny_grid(tmp_path, attack=["badnets"], defense=["none", {"name": "eigenguard", "lowest_loss_samples": 3}])
+    raw = tiny_grid(tmp_path, attack=["badnets"], defense=["none", {"name": "eigenguard", "anchor_count": 3}])
     raw["axes"]["variant"] = [{"label": "k4", "defense.k": 4}, {"label": "paper"}]
     with pytest.raises(EigenguardError, match="unknown option 'k' for defense 'none'"):
         parse_grid(raw)  # the none defense takes no k: the typo-proofing applies to option axes too
-    raw["axes"]["defense"] = [{"name": "eigenguard", "lowest_loss_samples": 3}]
+    raw["axes"]["defense"] = [{"name": "eigenguard", "anchor_count": 3}]
     grid = parse_grid(raw)
     assert [c.labels["defense"] for c in grid.cells] == ["eigenguard", "eigenguard"]
     assert [c.config.defense.options["k"] for c in grid.cells] == [4, 20]
-    assert all(c.config.defense.options["lowest_loss_samples"] == 3 for c in grid.cells)
+    assert all(c.config.defense.options["anchor_count"] == 3 for c in grid.cells)
     curve = parse_grid(
         {
             "name": "k-curve",

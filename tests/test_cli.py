@@ -111,16 +111,16 @@ def test_set_reaches_component_options_and_profile_matches_python(mnist_root: Pa
 
     from eigenguard import TrainConfig, resolve
 
-    args = ["--defense", "eigenguard", "--set", "defense.k=3", "--set", "defense.lowest_loss_samples=0"]
+    args = ["--defense", "eigenguard", "--set", "defense.k=3", "--set", "defense.anchors=none"]
     proc = run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(tmp_path / "g"), *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     recorded = yaml.safe_load((tmp_path / "g" / "config.yaml").read_text())
-    assert recorded["defense"]["k"] == 3 and recorded["defense"]["lowest_loss_samples"] == 0
+    assert recorded["defense"]["k"] == 3 and recorded["defense"]["anchors"] == "none"
     assert recorded["width"] == 0.125 and recorded["warmup_epochs"] == 0.5  # flag, and the quick profile
     python = TrainConfig(
         profile="quick", dataset="mnist", width=0.125, epochs=1, batch_size=64, device="cpu",
         data_root=str(mnist_root), out=str(tmp_path / "g"), defense={"name": "eigenguard", "k": 3,
-        "lowest_loss_samples": 0},
+        "anchors": "none"},
     )  # fmt: skip
     assert resolve(python) == TrainConfig(**recorded)
 

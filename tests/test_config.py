@@ -59,7 +59,7 @@ def test_precedence_profile_file_flags() -> None:
 def test_components_own_their_options() -> None:
     cfg = resolved({"defense": {"name": "eigenguard", "k": 40}})
     assert cfg.defense.name == "eigenguard" and cfg.defense.options["k"] == 40
-    assert cfg.defense.options["lowest_loss_samples"] == 100  # completed with the defense's defaults
+    assert cfg.defense.options["anchor_count"] == 100  # completed with the defense's defaults
     # one setting, two spellings: one config
     assert resolved({"defense": "ft"}) == resolved({"defense": {"name": "ft", "epochs": 10}})
     assert resolved({"defense": "eigenguard"}, {"defense.k": 40}) == cfg
@@ -126,13 +126,24 @@ def test_old_flat_layout_still_loads() -> None:
     assert cfg.attack == Component(name="clb", epsilon=0.1)
     assert cfg.defense.options == {
         "at": "stage2", "k": 40, "momentum": 0.5, "history_init": "zeros", "grad": "full", "precision": "float64",
-        "lowest_loss_samples": 7,
+        "anchor_count": 7,
     }  # fmt: skip
     # another defense never read the guard fields: they are dropped, its own options kept
     ft = make_config({"defense": "ft", "defense_options": {"epochs": 3}, "k": 20, "guard_at": "stage1"})
     assert ft.defense == Component(name="ft", epochs=3)
     with pytest.raises(EigenguardError, match="invalid defense_options = 3"):
         make_config({"defense_options": 3})
+
+
+def test_lowest_loss_samples_of_0_2_reads_as_anchors() -> None:
+    """eigenguard 0.2 spelled the anchor count `lowest_loss_samples`; 0 meant none."""
+    assert make_config({"defense": {"name": "eigenguard", "lowest_loss_samples": 7}}).defense == Component(
+        name="eigenguard", anchor_count=7
+    )
+    assert resolved({"defense": "eigenguard"}, {"defense.lowest_loss_samples": 0}).defense.options["anchors"] == "none"
+    assert resolved({"defense": {"name": "eigenguard", "lowest_loss_samples": 0}}) == resolved(
+        {"defense": {"name": "eigenguard", "anchors": "none"}}
+    )
 
 
 def test_clean_run_records_zero_poison_rate() -> None:

@@ -8,9 +8,11 @@ import torchvision
 from torch import nn
 
 from eigenguard import TrainConfig, create_model, train
+from eigenguard.defenses.eigenguard import EigenGuardDefense, pick_by_loss
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard, filter_each_against, filter_rows_gram, filter_rows_svd, find_guards, guard
 from eigenguard.guard.safe_eigh import safe_eigh
+from eigenguard.guard.spectral_filter import SPECTRA, filter_jointly
 from eigenguard.models import MODELS
 
 D64 = torch.float64
@@ -33,12 +35,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", list(inputs()))
 @pytest.mark.parametrize("k", [1, 5, 20, 100])
-def test_gram_path_matches_literal_svd(name: str, k: int) -> None:
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_gram_path_matches_literal_svd(name: str, k: int, spectrum: str) -> None:
     feat = inputs()[name]
     for rows in (1, 12):
-        ref = filter_rows_svd(feat, rows, k)
+        ref = filter_rows_svd(feat, rows, k, spectrum=spectrum)
         for grad in ("constant", "full"):
-            fast = filter_rows_gram(feat, rows, k, grad=grad)
+            fast = filter_rows_gram(feat, rows, k, grad=grad, spectrum=spectrum)
             assert torch.isfinite(fast).all()
             assert rel_err(fast, ref) < 1e-4 or ref.abs().max() == fast.abs().max() == 0
 
@@ -54,6 +57,40 @@ def test_filter_definition_on_a_known_spectrum() -> None:
     s_out = torch.linalg.svdvals(out)
     expected = torch.tensor([5.0, 5, 5] + [0.005] * 5, dtype=D64)
     assert torch.allclose(s_out, expected, rtol=1e-8)
+
+
+def test_spectrum_variants_separate_the_two_halves() -> None:
+    # the same known spectrum: "equalize" caps the top k at sigma_k and keeps the tail, "shrink" keeps the top
+    # k and shrinks the tail; floor=1 with "shrink" and k = n leave the features as they are.
+    g = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=D64))
+    v, _ = torch.linalg.qr(torch.randn(30, 8, generator=g, dtype=D64))
+    s = torch.tensor([9.0, 7, 5, 4, 3, 2, 1, 0.5], dtype=D64)
+    feat = u @ torch.diag(s) @ v.T
+    equalized = torch.linalg.svdvals(filter_rows_gram(feat, 8, k=3, spectrum="equalize"))
+    assert torch.allclose(equalized, torch.tensor([5.0, 5, 5, 4, 3, 2, 1, 0.5], dtype=D64), rtol=1e-8)
+    shrunk = torch.linalg.svdvals(filter_rows_gram(feat, 8, k=3, floor=0.01, spectrum="shrink"))
+    assert torch.allclose(shrunk, torch.tensor([9.0, 7, 5] + [0.05] * 5, dtype=D64), rtol=1e-8)
+    assert torch.allclose(filter_rows_gram(feat, 8, k=8, spectrum="shrink"), feat, atol=1e-10)
+    assert torch.allclose(filter_rows_gram(feat, 8, k=3, floor=0.1, spectrum="equalize"),
+                          filter_rows_gram(feat, 8, k=3, floor=0.9, spectrum="equalize"))  # fmt: skip
+    with pytest.raises(ValueError, match="unknown spectrum"):
+        filter_rows_gram(feat, 8, k=3, spectrum="flat")
+
+
+@pytest.mark.parametrize("grad", ["constant", "full"])
+def test_joint_filter_with_a_context_equals_the_concatenated_one(grad: str) -> None:
+    # the guard's split product (context rows without gradient) is the same function and the same gradient
+    g = torch.Generator().manual_seed(6)
+    context = torch.randn(14, 40, generator=g, dtype=D64)
+    x = torch.randn(6, 40, generator=g, dtype=D64, requires_grad=True)
+    w = torch.randn(6, 40, generator=g, dtype=D64)
+    joint = filter_jointly(context, x, 4, grad=grad)
+    whole = filter_rows_gram(torch.cat([context, x]), 6, 4, grad=grad)
+    assert rel_err(joint, whole) < 1e-12
+    (g_joint,) = torch.autograd.grad((joint * w).sum(), x)
+    (g_whole,) = torch.autograd.grad((whole * w).sum(), x)
+    assert rel_err(g_joint, g_whole) < 1e-10
 
 
 def test_rank_below_k_uses_sigma_r_and_zero_maps_to_zero() -> None:
@@ -111,6 +148,80 @@ def test_per_sample_equals_one_image_at_a_time_and_is_batch_independent() -> Non
     perm = torch.randperm(9, generator=g)
     assert torch.allclose(filter_each_against(history, x[perm], 5), together[perm], atol=1e-12)
     assert torch.allclose(filter_each_against(history, x[:1], 5), together[:1], atol=1e-12)
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_per_sample_with_gradient_is_the_same_filter(spectrum: str) -> None:
+    # the per-sample training path: the inference values, gradients only into x, the full gradient exact
+    g = torch.Generator().manual_seed(7)
+    history = torch.randn(12, 30, generator=g, dtype=D64)
+    x = torch.randn(5, 30, generator=g, dtype=D64, requires_grad=True)
+    reference = filter_each_against(history, x, 4, spectrum=spectrum)
+    assert not reference.requires_grad
+    for grad in ("constant", "full"):
+        out = filter_each_against(history, x, 4, spectrum=spectrum, grad=grad)
+        assert rel_err(out, reference) < 1e-12
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(gx).all() and gx.abs().max() > 0
+    alone = lambda xi: filter_rows_svd(torch.cat([history, xi]), 1, 4, spectrum=spectrum)  # noqa: E731
+    w = torch.randn(5, 30, generator=g, dtype=D64)
+    (g_full,) = torch.autograd.grad((filter_each_against(history, x, 4, spectrum=spectrum, grad="full") * w).sum(), x)
+    (g_svd,) = torch.autograd.grad(sum((alone(x[i : i + 1]) * w[i]).sum() for i in range(5)), x)
+    assert rel_err(g_full, g_svd) < 1e-8
+    degenerate = inputs(5, 30)["duplicated-rows"].clone().requires_grad_(True)
+    (g_deg,) = torch.autograd.grad(filter_each_against(history, degenerate, 4, grad="full").sum(), degenerate)
+    assert torch.isfinite(g_deg).all()
+
+
+def test_per_sample_training_matches_per_sample_inference() -> None:
+    # training="per-sample": each training image is filtered against His as it was before the step (what a
+    # test image meets at inference), independently of the rest of the batch; His is updated afterwards.
+    g = torch.Generator().manual_seed(8)
+    module = EigenGuard(k=3, training="per-sample").train()
+    x1, x2 = torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, 2, 3, 3, generator=g)
+    module(x1)
+    assert torch.allclose(module.history, x1.flatten(1))  # the first step: His starts from the batch, once
+    before = module.history.clone()
+    out = module(x2)
+    expected = filter_each_against(before, x2.flatten(1), 3).view_as(x2)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(module.history, 0.7 * before + 0.3 * x2.flatten(1))
+    module.history.copy_(before)
+    swapped = x2.clone()
+    swapped[1:] = torch.randn(5, 2, 3, 3, generator=g)
+    assert torch.allclose(module(swapped)[:1], out[:1], atol=1e-6)  # batch independence in training
+    module.eval()
+    module.history.copy_(before)
+    assert torch.allclose(module(x2), out, atol=1e-6)  # = per-sample inference against the same His
+    anchored = EigenGuard(k=3, training="per-sample").train()
+    anchored(x1)
+    anchored.anchor_rows = 2
+    xa = torch.cat([x2, x1[:2]]).requires_grad_(True)
+    out = anchored(xa)
+    context = torch.cat([x1.flatten(1), x1[:2].flatten(1)])
+    assert out.shape == x2.shape
+    assert torch.allclose(out, filter_each_against(context, x2.flatten(1), 3).view_as(x2), atol=1e-6)
+    out.sum().backward()
+    assert xa.grad[6:].abs().max() == 0 and xa.grad[:6].abs().max() > 0
+
+
+def test_anchor_rules() -> None:
+    losses = torch.tensor([0.5, 0.1, 0.9, 0.2, 0.05, 0.7, 0.3, 0.8, 0.6, 0.4])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    assert sorted(pick_by_loss(losses, labels, 3, "lowest-loss").tolist()) == [1, 3, 4]
+    assert sorted(pick_by_loss(losses, labels, 4, "lowest-loss-per-class").tolist()) == [1, 4, 6, 9]
+    assert sorted(pick_by_loss(losses, labels, 5, "lowest-loss-per-class").tolist()) == [1, 3, 4, 6, 9]
+    assert sorted(pick_by_loss(losses, labels, 2, "median-loss").tolist()) == [0, 9]  # ranks 5 and 6 of 10
+    assert len(pick_by_loss(losses, labels, 50, "median-loss")) == 10
+    assert EigenGuardDefense(anchors="clean").needs_clean_pool and not EigenGuardDefense().needs_clean_pool
+    with pytest.raises(EigenguardError, match="anchors 'best' is not allowed; allowed: lowest-loss"):
+        EigenGuardDefense(anchors="best")
+    with pytest.raises(EigenguardError, match="anchor_count 0 must be an integer >= 1"):
+        EigenGuardDefense(anchor_count=0)
+    with pytest.raises(EigenguardError, match="EigenGuard spectrum 'flat' is not allowed"):
+        EigenGuardDefense(spectrum="flat")
+    with pytest.raises(EigenguardError, match="EigenGuard training 'joint' is not allowed"):
+        EigenGuardDefense(training="joint")
 
 
 def trained_guard(**options) -> EigenGuard:
@@ -224,7 +335,12 @@ def test_bad_options() -> None:
             EigenGuard(**kwargs)
 
 
-def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{"anchor_count": 16}, {"anchors": "clean", "anchor_count": 16, "training": "per-sample", "spectrum": "shrink"}],
+    ids=["paper", "variants"],
+)
+def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path, options: dict) -> None:
     config = TrainConfig(
         profile="quick",
         dataset="mnist",
@@ -234,7 +350,8 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
         batch_size=64,
         train_subset=None,
         device="cpu",
-        defense={"name": "eigenguard", "k": 5, "lowest_loss_samples": 16},
+        defense={"name": "eigenguard", "k": 5, **options},
+        clean_samples=40,  # the tiny set's defense split holds 60
         out=str(tmp_path / "g"),
     )
     result = train(config, progress=False)
@@ -245,6 +362,8 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path) -> None:
     log = (tmp_path / "g" / "log.csv").read_text().splitlines()
     assert log[0].split(",")[5:10] == ["acc", "asr", "acc_paper", "asr_paper", "anchors_poisoned"]
     assert log[1].split(",")[9] == "" and log[2].split(",")[9] != ""  # anchors from epoch 2 on
+    if options.get("anchors") == "clean":
+        assert log[2].split(",")[9] == "0" and m["clean_images"] > 0
     from safetensors.torch import load_file
 
     assert load_file(tmp_path / "g" / "model.safetensors")["points.stage1.history"].shape == (64, 8 * 28 * 28)

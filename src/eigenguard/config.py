@@ -115,7 +115,7 @@ def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
     through this; the old guard fields of a run whose defense did not use them are dropped (they were
     recorded at their defaults and never read)."""
     if not any(key in values for key in LEGACY_FIELDS):
-        return values
+        return _upgrade_guard_anchors(values)
     values = dict(values)
     attack_options = values.pop("attack_options", None) or {}
     defense_options = values.pop("defense_options", None) or {}
@@ -133,7 +133,24 @@ def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
             if key in guard_values:
                 defense_options.setdefault(LEGACY_GUARD_FIELDS[key], guard_values[key])
         values["defense"] = {"name": defense, **defense_options}
-    return values
+    return _upgrade_guard_anchors(values)
+
+
+def _upgrade_guard_anchors(values: dict[str, Any]) -> dict[str, Any]:
+    """EigenGuard's `lowest_loss_samples: N` (eigenguard 0.2) is `anchor_count: N` now (`anchors: none` for
+    N = 0), since `anchors` chooses how they are picked."""
+    defense = values.get("defense")
+    if not (isinstance(defense, dict) and str(defense.get("name", "")).lower() == "eigenguard"):
+        return values
+    if "lowest_loss_samples" not in defense:
+        return values
+    defense = dict(defense)
+    count = defense.pop("lowest_loss_samples")
+    if count == 0:
+        defense.setdefault("anchors", "none")
+    else:
+        defense.setdefault("anchor_count", count)
+    return {**values, "defense": defense}
 
 
 class TrainConfig(BaseModel):

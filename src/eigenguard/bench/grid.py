@@ -6,7 +6,7 @@
     base: {profile: quick, eval_every: 12}      # settings every cell shares (as in a config file)
     axes:                               # the cartesian product of these, in this order
       attack: [badnets, blend, clb, sig]        # an axis named after a setting: its values
-      defense: [none, ft, {name: eigenguard, lowest_loss_samples: 25}]  # a component with options
+      defense: [none, ft, {name: eigenguard, anchor_count: 25}]  # a component with options
       defense.k: [10, 20]               # a component's option (the component is named in base)
       seed: [0, 1, 2]
       budget:                           # any other name: a list of named setting overrides

@@ -1,11 +1,25 @@
 """EigenGuard as a defense: the guard inserted into a fresh model, trained with the config's recipe.
 
-The guard's own choices (insertion point, k, momentum, history start, backward mode, precision) are this
-defense's options (`--set defense.k=40`); guard/module.py documents each. This module adds the paper's
-"100 training samples with the lowest loss": re-chosen before every epoch from the second on (the first has
-no trained model to rank by), ranked in batch mode as in training (per-sample mode would be 10x slower),
-joined to every batch's decomposition un-augmented and without gradient. The guard returns only the batch
-rows. The log records how many of them were poisoned (`anchors_poisoned`).
+The guard's own choices (insertion point, k, momentum, history start, backward mode, precision, the
+filter's spectrum and floor, batch or per-sample training) are this defense's options
+(`--set defense.k=40`); guard/module.py documents each. This module adds the anchors: the paper's "100
+training samples with the lowest loss", re-chosen before every epoch from the second on (the first has no
+trained model to rank by), joined to every batch's decomposition un-augmented and without gradient. The
+guard returns only the batch rows. The log records how many of them were poisoned (`anchors_poisoned`).
+
+How the anchors are picked (`anchors`), the paper's rule first; docs/results/eigenguard-study.md measures
+them (the paper's rule picks poisons: a backdoor is learned first, so its samples have the lowest loss):
+  lowest-loss            the `anchor_count` training samples of lowest loss (Section 4.1 of the paper);
+  lowest-loss-per-class  the lowest-loss samples of each (possibly poisoned) label, anchor_count / classes
+                         each: a backdoor's samples share one target label, so at most one class's share
+                         of the anchors can be poisons;
+  median-loss            the samples ranked around the median loss, away from both the fast-learned
+                         poisons (lowest) and the hard or mislabelled samples (highest);
+  random                 uniformly drawn training samples, re-drawn every epoch (no ranking pass);
+  clean                  drawn from the defender's clean images (the 500 FT and ANP get): this variant
+                         uses clean data, which the paper's EigenGuard does not;
+  none                   no anchors.
+Loss ranking runs in the guard's batch inference mode, as in training (per-sample mode is ~10x slower).
 """
 
 from typing import Any
@@ -20,26 +34,67 @@ from eigenguard.guard import EigenGuard, guard, inference_mode
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.trainer import Trainer
 
+ANCHORS = ("lowest-loss", "lowest-loss-per-class", "median-loss", "random", "clean", "none")
+RANKED = ("lowest-loss", "lowest-loss-per-class", "median-loss")
 
-class LowestLossAnchors:
-    """The epoch hook that picks and attaches the lowest-loss samples."""
+
+def pick_by_loss(losses: torch.Tensor, labels: torch.Tensor, count: int, rule: str) -> torch.Tensor:
+    """Indices of `count` samples chosen from their losses by `rule` (one of RANKED)."""
+    count = min(count, len(losses))
+    if rule == "lowest-loss":
+        return losses.topk(count, largest=False).indices
+    if rule == "median-loss":
+        order = losses.argsort(stable=True)
+        start = max(0, min(len(losses) - count, (len(losses) - count) // 2))
+        return order[start : start + count]
+    if rule == "lowest-loss-per-class":
+        classes = labels.unique(sorted=True)
+        share, extra = divmod(count, len(classes))
+        picked = []
+        for i, c in enumerate(classes.tolist()):  # a loop over classes, not samples
+            members = (labels == c).nonzero().squeeze(1)
+            take = min(share + (i < extra), len(members))
+            picked.append(members[losses[members].topk(take, largest=False).indices])
+        return torch.cat(picked)
+    raise ValueError(f"unknown anchor rule '{rule}'; allowed: {', '.join(RANKED)}")
+
+
+class Anchors:
+    """The epoch hook that picks the anchors and attaches them to every batch of the epoch."""
 
     def __init__(
-        self, guards: list[EigenGuard], data: ImageDataset, count: int, trainer: Trainer, poisoned: torch.Tensor
+        self,
+        guards: list[EigenGuard],
+        data: ImageDataset,
+        clean_pool: ImageDataset,
+        rule: str,
+        count: int,
+        trainer: Trainer,
+        poisoned: torch.Tensor,
     ):
-        self.guards, self.data, self.count, self.trainer, self.poisoned = guards, data, count, trainer, poisoned
+        self.guards, self.data, self.clean_pool, self.rule, self.count = guards, data, clean_pool, rule, count
+        self.trainer, self.poisoned = trainer, poisoned
+        self.generator = torch.Generator().manual_seed(trainer.config.seed + 11)  # random and clean draws
 
     def before_epoch(self, epoch: int, model: nn.Module) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        if not self.count or epoch == 1:
+        if self.rule == "none" or epoch == 1:
             return None, {"anchors_poisoned": ""}
         t = self.trainer
-        with inference_mode(self.guards, "batch"):
-            losses = per_sample_loss(model, self.data, t.normalize, t.config.batch_size, t.amp)
-        chosen = losses.topk(min(self.count, len(losses)), largest=False).indices
+        if self.rule == "clean":
+            chosen = torch.randperm(len(self.clean_pool), generator=self.generator)[: self.count]
+            images, poisoned = self.clean_pool.images[chosen.to(self.clean_pool.images.device)], 0
+        else:
+            if self.rule == "random":
+                chosen = torch.randperm(len(self.data), generator=self.generator)[: self.count]
+            else:
+                with inference_mode(self.guards, "batch"):
+                    losses = per_sample_loss(model, self.data, t.normalize, t.config.batch_size, t.amp)
+                chosen = pick_by_loss(losses, self.data.labels, self.count, self.rule).cpu()
+            images = self.data.images[chosen.to(self.data.images.device)]
+            poisoned = int(torch.isin(chosen, self.poisoned.cpu()).sum())  # for the log only
         for g in self.guards:
-            g.anchor_rows = len(chosen)
-        poisoned = int(torch.isin(chosen.cpu(), self.poisoned).sum())  # for the log only
-        return t.normalize(self.data.images[chosen]), {"anchors_poisoned": poisoned}
+            g.anchor_rows = len(images)
+        return t.normalize(images), {"anchors_poisoned": poisoned}
 
     def after_epoch(self, epoch: int) -> None:
         for g in self.guards:
@@ -53,8 +108,11 @@ class EigenGuardDefense(Defense):
     k: top singular directions flattened to one scale (20); momentum: of the history buffer His (0.7);
     history_init: His before step one, first | zeros; grad: backward mode, constant | full;
     precision: dtype of the Gram matrix and its eigh, float32 | float64;
-    lowest_loss_samples: training samples with the lowest loss joined to every decomposition (100).
-    guard/module.py documents each choice.
+    spectrum: the filter, paper | equalize | shrink; floor: the tail's scale, floor * sigma_k (0.001);
+    training: batch (the paper) | per-sample (each training image against His, as at inference);
+    anchors: how the anchor samples are picked (module docstring), lowest-loss | lowest-loss-per-class |
+      median-loss | random | clean | none; anchor_count: how many (100, the paper's).
+    guard/module.py documents the guard's choices.
     """
 
     name = "eigenguard"
@@ -67,26 +125,48 @@ class EigenGuardDefense(Defense):
         history_init: str = "first",
         grad: str = "constant",
         precision: str = "float32",
-        lowest_loss_samples: int = 100,
+        spectrum: str = "paper",
+        floor: float = 1e-3,
+        training: str = "batch",
+        anchors: str = "lowest-loss",
+        anchor_count: int = 100,
     ) -> None:
-        if not isinstance(lowest_loss_samples, int) or lowest_loss_samples < 0:
-            raise EigenguardError(f"lowest_loss_samples {lowest_loss_samples!r} must be an integer >= 0")
+        if anchors not in ANCHORS:
+            raise EigenguardError(f"anchors '{anchors}' is not allowed; allowed: {', '.join(ANCHORS)}")
+        if not isinstance(anchor_count, int) or isinstance(anchor_count, bool) or anchor_count < 1:
+            raise EigenguardError(f"anchor_count {anchor_count!r} must be an integer >= 1 (no anchors: anchors=none)")
         self.at, self.k, self.momentum = at, k, momentum
         self.history_init, self.grad, self.precision = history_init, grad, precision
-        self.lowest_loss_samples = lowest_loss_samples
-        # the module's own checks of k, momentum, history_init, grad and precision
-        EigenGuard(k=k, momentum=momentum, history_init=history_init, grad=grad, precision=precision)
+        self.spectrum, self.floor, self.training = spectrum, floor, training
+        self.anchors, self.anchor_count = anchors, anchor_count
+        self.needs_clean_pool = anchors == "clean"
+        # the module's own checks of its options
+        EigenGuard(k=k, momentum=momentum, **self._guard_options())
+
+    def _guard_options(self) -> dict[str, Any]:
+        return {
+            "history_init": self.history_init,
+            "grad": self.grad,
+            "precision": self.precision,
+            "spectrum": self.spectrum,
+            "floor": self.floor,
+            "training": self.training,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in super().describe().items() if k != "needs_clean_pool"}
 
     def check(self, insertion_points: tuple[str, ...], model_name: str) -> None:
         check_insertion_point(self.at, insertion_points, model_name)
 
     def rebuild(self, model: nn.Module) -> EigenGuard:
-        options = {"history_init": self.history_init, "grad": self.grad, "precision": self.precision}
-        return guard(model, at=self.at, k=self.k, momentum=self.momentum, **options)
+        return guard(model, at=self.at, k=self.k, momentum=self.momentum, **self._guard_options())
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         model = ctx.trainer.new_model()
         g = self.rebuild(model).to(ctx.trainer.device)
-        hook = LowestLossAnchors([g], ctx.train_set, self.lowest_loss_samples, ctx.trainer, ctx.poison_indices)
+        hook = Anchors(
+            [g], ctx.train_set, ctx.clean_pool, self.anchors, self.anchor_count, ctx.trainer, ctx.poison_indices
+        )
         ctx.trainer.fit(model, ctx.train_set, epochs=ctx.config.epochs, hook=hook)
         return model, {}

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from eigenguard.errors import EigenguardError
-from eigenguard.guard.spectral_filter import filter_each_against, filter_rows_gram
+from eigenguard.guard.spectral_filter import SPECTRA, filter_each_against, filter_jointly, filter_rows_gram
 
 HISTORY_INITS = ("first", "zeros")
 GRAD_MODES = ("constant", "full")
 INFERENCE_MODES = ("per-sample", "batch")
+TRAINING_MODES = ("batch", "per-sample")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -35,6 +36,14 @@ class EigenGuard(nn.Module):
         so a prediction never depends on the rest of the batch; "batch" is Algorithm 1 literally ([His; F]
         for the whole test batch), the protocol behind the paper's numbers. His is never updated in eval mode.
       precision ["float32"]: dtype of the Gram matrix and its eigendecomposition.
+      spectrum ["paper"]: the filter, "paper" (top k to sigma_k, the rest to floor * sigma_k), "equalize"
+        (only the top k capped at sigma_k) or "shrink" (only the rest shrunk); spectral_filter.py.
+      floor [0.001]: the tail's scale, floor * sigma_k ("paper" and "shrink").
+      training ["batch"]: "batch" filters the training batch jointly with His (Algorithm 1); "per-sample"
+        filters each training image alone against His (and the anchors) as it was before this step, the
+        way per-sample inference filters a test image against the frozen His, then updates His. It trades
+        the paper's training computation for train/test consistency, and costs one bordered eigh per
+        training image.
     `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
     100 lowest-loss training samples) that join the decomposition but are not returned.
     His has the row count of the first training batch; a later batch with b rows updates His[:b].
@@ -51,6 +60,8 @@ class EigenGuard(nn.Module):
         grad: str = "constant",
         inference: str = "per-sample",
         precision: str = "float32",
+        spectrum: str = "paper",
+        training: str = "batch",
     ) -> None:
         super().__init__()
         if not (isinstance(k, int) and k >= 1):
@@ -64,18 +75,22 @@ class EigenGuard(nn.Module):
             ("grad", grad, GRAD_MODES),
             ("inference", inference, INFERENCE_MODES),
             ("precision", precision, tuple(PRECISIONS)),
+            ("spectrum", spectrum, SPECTRA),
+            ("training", training, TRAINING_MODES),
         ):
             if value not in allowed:
                 raise EigenguardError(f"EigenGuard {name} '{value}' is not allowed; allowed: {', '.join(allowed)}")
         self.k, self.momentum, self.floor = k, float(momentum), float(floor)
         self.history_init, self.grad, self.inference, self.precision = history_init, grad, inference, precision
+        self.spectrum, self.training_mode = spectrum, training
         self.anchor_rows = 0
         self.register_buffer("history", torch.zeros(0, 0))
 
     def extra_repr(self) -> str:
         return (
             f"k={self.k}, momentum={self.momentum}, floor={self.floor}, history_init={self.history_init}, "
-            f"grad={self.grad}, inference={self.inference}, history={tuple(self.history.shape)}"
+            f"grad={self.grad}, inference={self.inference}, spectrum={self.spectrum}, training={self.training_mode}, "
+            f"history={tuple(self.history.shape)}"
         )
 
     def reset_history(self) -> None:
@@ -87,28 +102,41 @@ class EigenGuard(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             flat = x.flatten(1).float()
             if self.training:
-                batch = flat[:rows]
-                self._update_history(batch.detach())
-                feat = torch.cat([self.history, flat[rows:].detach(), batch])
-                out = filter_rows_gram(feat, rows, self.k, self.floor, self.grad, dtype)
+                batch, anchors = flat[:rows], flat[rows:].detach()
+                self._check_width(batch)
+                if self.training_mode == "batch":
+                    self._update_history(batch.detach())
+                    context = torch.cat([self.history, anchors])
+                    out = filter_jointly(context, batch, self.k, self.floor, self.grad, dtype, self.spectrum)
+                else:
+                    if self.history.numel() == 0:
+                        self._start_history(batch.detach())
+                    context = torch.cat([self.history, anchors])
+                    out = filter_each_against(context, batch, self.k, self.floor, dtype, self.spectrum, self.grad)
+                    self._update_history(batch.detach())
             elif self.inference == "batch":
                 feat = torch.cat([self.history.to(flat.dtype), flat]) if self.history.numel() else flat
-                out = filter_rows_gram(feat, rows, self.k, self.floor, "constant", dtype)
+                out = filter_rows_gram(feat, rows, self.k, self.floor, "constant", dtype, self.spectrum)
             else:
                 history = self.history.to(flat.dtype) if self.history.numel() else flat.new_zeros(0, flat.shape[1])
-                out = filter_each_against(history, flat, self.k, self.floor, dtype)
+                out = filter_each_against(history, flat, self.k, self.floor, dtype, self.spectrum)
         return out.view(rows, *x.shape[1:]).to(x.dtype)
 
-    @torch.no_grad()
-    def _update_history(self, batch: torch.Tensor) -> None:
-        if self.history.numel() == 0:
-            first = batch.clone() if self.history_init == "first" else torch.zeros_like(batch)
-            self.history = first
-        if self.history.shape[1] != batch.shape[1]:
+    def _check_width(self, batch: torch.Tensor) -> None:
+        if self.history.numel() and self.history.shape[1] != batch.shape[1]:
             raise EigenguardError(
                 f"EigenGuard saw features of size {batch.shape[1]} after {self.history.shape[1]}; "
                 "one guard serves one insertion point (call reset_history() to start over)"
             )
+
+    @torch.no_grad()
+    def _start_history(self, batch: torch.Tensor) -> None:
+        self.history = batch.clone() if self.history_init == "first" else torch.zeros_like(batch)
+
+    @torch.no_grad()
+    def _update_history(self, batch: torch.Tensor) -> None:
+        if self.history.numel() == 0:
+            self._start_history(batch)
         n = min(self.history.shape[0], batch.shape[0])
         self.history[:n].mul_(self.momentum).add_(batch[:n], alpha=1.0 - self.momentum)
 

@@ -5,7 +5,13 @@ Given a feature matrix `feat` (n rows, one per image, D columns) with SVD U diag
     s'_i = sigma_k            for i <= k   (the top k directions all get the same scale)
     s'_i = floor * sigma_k    for i >  k   (floor = 0.001 in the paper)
 
-and returns rows of U diag(s') V^T. Choices the paper leaves open, made here:
+and returns rows of U diag(s') V^T. That is `spectrum="paper"`; two variants separate its two halves
+(the study of which half costs accuracy and which removes a backdoor, docs/results/eigenguard-study.md):
+
+    "equalize"  s'_i = min(s_i, sigma_k)   the top k capped at sigma_k, the tail kept as it is (floor unused)
+    "shrink"    s'_i = s_i for i <= k, floor * sigma_k for i > k   the top kept, the tail shrunk
+
+Choices the paper leaves open, made here:
 
 * sigma_k is the k-th largest singular value, counting from 1. If the matrix has numerical rank r < k,
   sigma_r is used (the whole range is flattened to one scale).
@@ -29,8 +35,12 @@ import torch
 
 from eigenguard.guard.safe_eigh import safe_eigh
 
+SPECTRA = ("paper", "equalize", "shrink")
 
-def _filter_ratio(eigenvalues_desc: torch.Tensor, k: int, floor: float, n: int) -> torch.Tensor:
+
+def _filter_ratio(
+    eigenvalues_desc: torch.Tensor, k: int, floor: float, n: int, spectrum: str = "paper"
+) -> torch.Tensor:
     """s'_i / s_i for eigenvalues s_i^2 sorted descending along the last dim (0 for zero directions)."""
     eps = torch.finfo(eigenvalues_desc.dtype).eps
     top = eigenvalues_desc[..., :1].clamp_min(0)
@@ -40,14 +50,26 @@ def _filter_ratio(eigenvalues_desc: torch.Tensor, k: int, floor: float, n: int) 
     k_index = (rank.clamp(max=k) - 1).clamp_min(0)
     s = torch.where(valid, eigenvalues_desc, torch.ones_like(eigenvalues_desc)).sqrt()
     sigma_k = torch.gather(s, -1, k_index) * (rank > 0)
-    position = torch.arange(eigenvalues_desc.shape[-1], device=eigenvalues_desc.device)
-    target = torch.where(position < k, sigma_k, floor * sigma_k)
+    top_k = torch.arange(eigenvalues_desc.shape[-1], device=eigenvalues_desc.device) < k
+    if spectrum == "paper":
+        target = torch.where(top_k, sigma_k, floor * sigma_k)
+    elif spectrum == "equalize":
+        target = torch.minimum(s, sigma_k)
+    elif spectrum == "shrink":
+        target = torch.where(top_k, s, floor * sigma_k)
+    else:
+        raise ValueError(f"unknown spectrum '{spectrum}'; allowed: {', '.join(SPECTRA)}")
     return torch.where(valid, target / s, torch.zeros_like(s))
 
 
-def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None) -> Any:
+_FLUSH = float(torch.nextafter(torch.tensor(2.0**-60), torch.tensor(0.0)))  # the largest float below 2^-60
+
+
+def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None, own: bool = False) -> Any:
     """feat scaled by a power of two to max |entry| ~ 1 (of `reference`, default feat), entries below 2^-60
-    of that set to 0. With a `reference` of m rows, returns (first m rows, the rest).
+    of that set to 0. With a `reference` of m rows, returns (first m rows, the rest). own=True: `feat` is a
+    temporary of the caller's, overwritten in place where it needs no gradient (on CPU every fresh n x D
+    buffer costs page faults: a third of the guard's time before this).
 
     Only the Gram matrix is built from it. The filter's ratios s'_i / s_i do not change under scaling, and a
     power-of-two scale is exact, so the result is the same; but without it, features with entries near 1e-20
@@ -55,18 +77,23 @@ def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None) -> An
     """
     ref = feat if reference is None else reference
     peak = ref.detach().abs().amax()
-    scaled = feat
-    if peak > 0 and torch.isfinite(peak):
-        scaled = feat * torch.exp2(-torch.floor(torch.log2(peak)))
-        scaled = torch.where(scaled.abs() < 2.0**-60, torch.zeros_like(scaled), scaled)
+    usable = (peak > 0) & torch.isfinite(peak)  # a tensor, not a branch: no device sync on a GPU
+    scale = torch.where(usable, torch.exp2(-torch.floor(torch.log2(peak.clamp_min(_FLUSH)))), 1.0)
+    # hardshrink zeroes |x| <= _FLUSH, i.e. |x| < 2^-60: one fused pass (a torch.where took 12x longer)
+    if own and not feat.requires_grad:
+        scaled = torch.hardshrink(feat.mul_(scale), _FLUSH, out=feat)
+    else:
+        scaled = torch.nn.functional.hardshrink(feat * scale, _FLUSH)
     return scaled if reference is None else (scaled[: len(reference)], scaled[len(reference) :])
 
 
-def filter_rows_svd(feat: torch.Tensor, rows: int, k: int, floor: float = 1e-3) -> torch.Tensor:
+def filter_rows_svd(
+    feat: torch.Tensor, rows: int, k: int, floor: float = 1e-3, spectrum: str = "paper"
+) -> torch.Tensor:
     """Reference: the last `rows` rows of U diag(s') V^T from a literal SVD of `feat` (n x D)."""
     n = feat.shape[0]
     u, s, vh = torch.linalg.svd(feat, full_matrices=False)
-    ratio = _filter_ratio(s.square(), k, floor, n)
+    ratio = _filter_ratio(s.square(), k, floor, n, spectrum)
     return (u[-rows:] * (ratio * s)) @ vh
 
 
@@ -77,6 +104,7 @@ def filter_rows_gram(
     floor: float = 1e-3,
     grad: str = "constant",
     dtype: torch.dtype | None = None,
+    spectrum: str = "paper",
 ) -> torch.Tensor:
     """Fast path: the last `rows` rows of the filtered `feat` (n x D) via the n x n Gram matrix.
 
@@ -85,46 +113,82 @@ def filter_rows_gram(
     flow through the eigendecomposition (`safe_eigh`), i.e. through which directions are top-k.
     dtype: the dtype of the Gram matrix and its eigh (default: feat's); the final product stays in feat's.
     """
+    n = feat.shape[0]
+    return filter_jointly(feat[: n - rows], feat[n - rows :], k, floor, grad, dtype, spectrum)
+
+
+def filter_jointly(
+    context: torch.Tensor,
+    batch: torch.Tensor,
+    k: int,
+    floor: float = 1e-3,
+    grad: str = "constant",
+    dtype: torch.dtype | None = None,
+    spectrum: str = "paper",
+) -> torch.Tensor:
+    """`filter_rows_gram` of [context; batch] for the `batch` rows, with the final product split in two,
+    (mixing over context) @ context + (mixing over batch) @ batch, so that where only `batch` needs a
+    gradient (the guard: the context is the history and the anchors) the backward pass forms a
+    rows x D gradient from a rows x rows block instead of an n x D one from the whole rows x n matrix."""
     if grad not in ("constant", "full"):
         raise ValueError(f"unknown grad mode '{grad}'; allowed: constant, full")
-    n = feat.shape[0]
+    c, n = context.shape[0], context.shape[0] + batch.shape[0]
     with torch.set_grad_enabled(grad == "full" and torch.is_grad_enabled()):
-        wide = _normalized(feat if dtype is None else feat.to(dtype))
+        feat = torch.cat([context, batch])
+        wide = _normalized(feat if dtype is None else feat.to(dtype), own=True)
         gram = wide @ wide.mT
         eigenvalues, eigenvectors = safe_eigh(gram) if grad == "full" else torch.linalg.eigh(gram)
         eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)  # descending
-        ratio = _filter_ratio(eigenvalues, k, floor, n)
-        mixing = ((eigenvectors[-rows:] * ratio) @ eigenvectors.mT).to(feat.dtype)  # (rows x n)
+        ratio = _filter_ratio(eigenvalues, k, floor, n, spectrum)
+        mixing = ((eigenvectors[c:] * ratio) @ eigenvectors.mT).to(batch.dtype)  # (rows x n)
     if grad == "constant":
         mixing = mixing.detach()
-    return mixing @ feat
+    out = mixing[:, c:] @ batch
+    return out if c == 0 else torch.addmm(out, mixing[:, :c], context)
 
 
-@torch.no_grad()
+def _each_weights(
+    h: torch.Tensor, xs: torch.Tensor, k: int, floor: float, spectrum: str, eigh: Any = torch.linalg.eigh
+) -> torch.Tensor:
+    """(b, m + 1): row i is the last row of U diag(s'/s) U^T for the bordered Gram of [h; xs_i]."""
+    m, b = h.shape[0], xs.shape[0]
+    n = m + 1
+    cross = xs @ h.mT  # (b, m)
+    top = (h @ h.mT).expand(b, m, m)
+    gram = torch.cat(
+        [torch.cat([top, cross.unsqueeze(2)], dim=2), torch.cat([cross, (xs * xs).sum(1, keepdim=True)], 1)[:, None]],
+        dim=1,
+    )
+    eigenvalues, eigenvectors = eigh(gram)
+    eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
+    ratio = _filter_ratio(eigenvalues, k, floor, n, spectrum)
+    return (eigenvectors * (ratio * eigenvectors[:, m, :]).unsqueeze(1)).sum(dim=-1)
+
+
 def filter_each_against(
-    history: torch.Tensor, x: torch.Tensor, k: int, floor: float = 1e-3, dtype: torch.dtype | None = None
+    history: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    floor: float = 1e-3,
+    dtype: torch.dtype | None = None,
+    spectrum: str = "paper",
+    grad: str | None = None,
 ) -> torch.Tensor:
     """Filter every row x_i of `x` (b x D) as the last row of [history; x_i], independently of the other rows.
 
     The bordered Gram matrices [[H H^T, H x_i^T], [x_i H^T, x_i x_i^T]] share their top-left block; they are
     built in one go and decomposed by one batched eigh. Row i's output is w_i[:m] @ H + w_i[m] * x_i, with
-    w_i the last row of U diag(s'/s) U^T, so nothing of size b x m x D is ever formed. Inference only (no grad).
+    w_i the last row of U diag(s'/s) U^T, so nothing of size b x m x D is ever formed.
+    grad=None (inference, the default): no gradient at all. "constant" or "full" (the guard's per-sample
+    training mode): gradients reach `x`, as in `filter_rows_gram`; `history` never gets one.
     """
-    out_dtype = x.dtype
-    if dtype is not None:
-        history, x = history.to(dtype), x.to(dtype)
-    m, b = history.shape[0], x.shape[0]
-    n = m + 1
-    # One power-of-two scale, taken from the frozen history, so that it cannot depend on the batch.
-    h, xs = _normalized(torch.cat([history, x]), reference=history) if m else (history, x)
-    gram = x.new_empty(b, n, n)
-    gram[:, :m, :m] = h @ h.mT
-    cross = xs @ h.mT  # (b, m)
-    gram[:, m, :m] = cross
-    gram[:, :m, m] = cross
-    gram[:, m, m] = (xs * xs).sum(dim=1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
-    ratio = _filter_ratio(eigenvalues, k, floor, n)
-    weights = (eigenvectors * (ratio * eigenvectors[:, m, :]).unsqueeze(1)).sum(dim=-1)  # (b, n)
-    return (weights[:, :m] @ history + weights[:, m:] * x).to(out_dtype)
+    if grad not in (None, "constant", "full"):
+        raise ValueError(f"unknown grad mode '{grad}'; allowed: constant, full")
+    with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
+        hd = history.detach() if dtype is None else history.detach().to(dtype)
+        xd = x if dtype is None else x.to(dtype)
+        with torch.set_grad_enabled(grad == "full" and torch.is_grad_enabled()):
+            # One power-of-two scale, taken from the frozen history, so that it cannot depend on the batch.
+            h, xs = _normalized(torch.cat([hd, xd]), reference=hd, own=True) if len(hd) else (hd, xd)
+            weights = _each_weights(h, xs, k, floor, spectrum, safe_eigh if grad == "full" else torch.linalg.eigh)
+        return (weights[:, :-1] @ hd + weights[:, -1:] * xd).to(x.dtype)
