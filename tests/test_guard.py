@@ -76,6 +76,12 @@ def test_spectrum_variants_separate_the_two_halves() -> None:
                           filter_rows_gram(feat, 8, k=3, floor=0.9, spectrum="equalize"))  # fmt: skip
     with pytest.raises(ValueError, match="unknown spectrum"):
         filter_rows_gram(feat, 8, k=3, spectrum="flat")
+    # each variant is the paper's filter where the half it leaves out has nothing to do: "shrink" when the
+    # top k are already equal, "equalize" when the tail already sits at floor * sigma_k
+    flat_top = u @ torch.diag(torch.tensor([5.0, 5, 5, 4, 3, 2, 1, 0.5], dtype=D64)) @ v.T
+    assert rel_err(filter_rows_gram(flat_top, 8, k=3, spectrum="shrink"), filter_rows_gram(flat_top, 8, k=3)) < 1e-10
+    low_tail = u @ torch.diag(torch.tensor([9.0, 7, 5] + [0.005] * 5, dtype=D64)) @ v.T
+    assert rel_err(filter_rows_gram(low_tail, 8, k=3, spectrum="equalize"), filter_rows_gram(low_tail, 8, k=3)) < 1e-8
 
 
 @pytest.mark.parametrize("grad", ["constant", "full"])
@@ -104,10 +110,11 @@ def test_rank_below_k_uses_sigma_r_and_zero_maps_to_zero() -> None:
 
 @pytest.mark.parametrize("name", list(inputs()))
 @pytest.mark.parametrize("grad", ["constant", "full"])
-def test_gradients_finite_on_degenerate_inputs(name: str, grad: str) -> None:
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_gradients_finite_on_degenerate_inputs(name: str, grad: str, spectrum: str) -> None:
     x = inputs()[name].clone().requires_grad_(True)
     history = inputs()[name].flip(0)
-    out = filter_rows_gram(torch.cat([history, x]), x.shape[0], 5, grad=grad)
+    out = filter_rows_gram(torch.cat([history, x]), x.shape[0], 5, grad=grad, spectrum=spectrum)
     (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=D64).view_as(out)).sum(), x)
     assert torch.isfinite(out).all() and torch.isfinite(g).all()
 
@@ -138,16 +145,17 @@ def test_safe_eigh_backward_matches_torch_where_defined() -> None:
     assert torch.allclose(g_safe, 0.5 * (g_torch + g_torch.T), atol=1e-10)
 
 
-def test_per_sample_equals_one_image_at_a_time_and_is_batch_independent() -> None:
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_per_sample_equals_one_image_at_a_time_and_is_batch_independent(spectrum: str) -> None:
     g = torch.Generator().manual_seed(3)
     history = torch.randn(16, 50, generator=g, dtype=D64)
     x = torch.randn(9, 50, generator=g, dtype=D64)
-    together = filter_each_against(history, x, 5)
-    alone = torch.cat([filter_rows_svd(torch.cat([history, x[i : i + 1]]), 1, 5) for i in range(9)])
+    together = filter_each_against(history, x, 5, spectrum=spectrum)
+    alone = torch.cat([filter_rows_svd(torch.cat([history, x[i : i + 1]]), 1, 5, spectrum=spectrum) for i in range(9)])
     assert rel_err(together, alone) < 1e-8
     perm = torch.randperm(9, generator=g)
-    assert torch.allclose(filter_each_against(history, x[perm], 5), together[perm], atol=1e-12)
-    assert torch.allclose(filter_each_against(history, x[:1], 5), together[:1], atol=1e-12)
+    assert torch.allclose(filter_each_against(history, x[perm], 5, spectrum=spectrum), together[perm], atol=1e-12)
+    assert torch.allclose(filter_each_against(history, x[:1], 5, spectrum=spectrum), together[:1], atol=1e-12)
 
 
 @pytest.mark.parametrize("spectrum", SPECTRA)

@@ -64,6 +64,15 @@ ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
 
 
+def _component_mapping(value: Any) -> Any:
+    """A bare name becomes {name: ...}; a mapping gets its keys spelled with underscores; else unchanged."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    return value
+
+
 class Component(BaseModel):
     """An attack or a defense: its registered name and its own options (`{name: ft, epochs: 5}`).
 
@@ -78,11 +87,7 @@ class Component(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"name": value}
-        if isinstance(value, dict):
-            return {str(k).replace("-", "_"): v for k, v in value.items()}
-        return value
+        return _component_mapping(value)
 
     @field_validator("name")
     @classmethod
@@ -399,11 +404,10 @@ def component_dict(value: Any) -> dict[str, Any]:
     """A component as a plain mapping: a bare name becomes {name: ...}."""
     if isinstance(value, Component):
         return value.model_dump()
-    if isinstance(value, str):
-        return {"name": value}
-    if isinstance(value, dict):
-        return {str(k).replace("-", "_"): v for k, v in value.items()}
-    raise EigenguardError(f"invalid component {value!r}: expected a name or a mapping with a name")
+    mapping = _component_mapping(value)
+    if not isinstance(mapping, dict):
+        raise EigenguardError(f"invalid component {value!r}: expected a name or a mapping with a name")
+    return mapping
 
 
 def merge_settings(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

@@ -37,13 +37,16 @@ class EigenGuard(nn.Module):
         for the whole test batch), the protocol behind the paper's numbers. His is never updated in eval mode.
       precision ["float32"]: dtype of the Gram matrix and its eigendecomposition.
       spectrum ["paper"]: the filter, "paper" (top k to sigma_k, the rest to floor * sigma_k), "equalize"
-        (only the top k capped at sigma_k) or "shrink" (only the rest shrunk); spectral_filter.py.
-      floor [0.001]: the tail's scale, floor * sigma_k ("paper" and "shrink").
+        (only the top k capped at sigma_k) or "shrink" (only the rest shrunk); spectral_filter.py. The
+        variants separate the filter's two halves, to find which one costs clean accuracy and which one
+        removes a backdoor (docs/results/eigenguard-study.md, question 2).
+      floor [0.001]: the tail's scale, floor * sigma_k ("paper" and "shrink"); how hard the tail is cut
+        (question 2).
       training ["batch"]: "batch" filters the training batch jointly with His (Algorithm 1); "per-sample"
         filters each training image alone against His (and the anchors) as it was before this step, the
         way per-sample inference filters a test image against the frozen His, then updates His. It trades
-        the paper's training computation for train/test consistency, and costs one bordered eigh per
-        training image.
+        the paper's training computation for train/test consistency (question 4), and costs one bordered
+        eigh per training image.
     `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
     100 lowest-loss training samples) that join the decomposition but are not returned.
     His has the row count of the first training batch; a later batch with b rows updates His[:b].

@@ -8,6 +8,7 @@ the poison rate filled in from the attack's paper value, so two spellings of one
 cache entry and one config.yaml.
 """
 
+import functools
 from typing import Any
 
 from eigenguard.attacks import ATTACK_ARGS, ATTACKS
@@ -42,9 +43,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
     updates["defense"] = Component(name=defense.name, **DEFENSES.complete(defense.name, defense.options))
     resolved = make_config({**config.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
     instance = build_defense(resolved)  # the defense's own checks of its values
-    points = create_model(resolved.model, in_channels=1, num_classes=2, width=0.0625).insertion_points
-    instance.check(points, resolved.model)
+    instance.check(insertion_points(resolved.model), resolved.model)
     return resolved
+
+
+@functools.cache
+def insertion_points(model_name: str) -> tuple[str, ...]:
+    """A model's insertion points, read once per model from a tiny instance (a grid resolves every cell)."""
+    return create_model(model_name, in_channels=1, num_classes=2, width=0.0625).insertion_points
 
 
 def build_defense(config: TrainConfig) -> Defense:
