@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from eigenguard.errors import EigenguardError
-from eigenguard.guard.spectral_filter import SPECTRA, filter_each_against, filter_jointly, filter_rows_gram
+from eigenguard.guard.spectral_filter import SPECTRA, filter_each_against, filter_jointly
 
 HISTORY_INITS = ("first", "zeros")
 GRAD_MODES = ("constant", "full")
@@ -117,12 +117,12 @@ class EigenGuard(nn.Module):
                     context = torch.cat([self.history, anchors])
                     out = filter_each_against(context, batch, self.k, self.floor, dtype, self.spectrum, self.grad)
                     self._update_history(batch.detach())
-            elif self.inference == "batch":
-                feat = torch.cat([self.history.to(flat.dtype), flat]) if self.history.numel() else flat
-                out = filter_rows_gram(feat, rows, self.k, self.floor, "constant", dtype, self.spectrum)
             else:
                 history = self.history.to(flat.dtype) if self.history.numel() else flat.new_zeros(0, flat.shape[1])
-                out = filter_each_against(history, flat, self.k, self.floor, dtype, self.spectrum)
+                if self.inference == "batch":
+                    out = filter_jointly(history, flat, self.k, self.floor, "constant", dtype, self.spectrum)
+                else:
+                    out = filter_each_against(history, flat, self.k, self.floor, dtype, self.spectrum)
         return out.view(rows, *x.shape[1:]).to(x.dtype)
 
     def _check_width(self, batch: torch.Tensor) -> None:
