@@ -191,8 +191,10 @@ def test_per_sample_training_matches_per_sample_inference() -> None:
     assert torch.allclose(module.history, x1.flatten(1))  # the first step: His starts from the batch, once
     before = module.history.clone()
     out = module(x2)
+    # training goes through the dense float32 eigh (it needs gradients), inference through the secular
+    # solver, which is the more exact of the two (tests/test_arrowhead.py): they agree to float32 accuracy
     expected = filter_each_against(before, x2.flatten(1), 3).view_as(x2)
-    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(module.history, 0.7 * before + 0.3 * x2.flatten(1))
     module.history.copy_(before)
     swapped = x2.clone()
@@ -200,7 +202,7 @@ def test_per_sample_training_matches_per_sample_inference() -> None:
     assert torch.allclose(module(swapped)[:1], out[:1], atol=1e-6)  # batch independence in training
     module.eval()
     module.history.copy_(before)
-    assert torch.allclose(module(x2), out, atol=1e-6)  # = per-sample inference against the same His
+    assert torch.allclose(module(x2), out, atol=1e-5)  # = per-sample inference against the same His
     anchored = EigenGuard(k=3, training="per-sample").train()
     anchored(x1)
     anchored.anchor_rows = 2
@@ -208,7 +210,7 @@ def test_per_sample_training_matches_per_sample_inference() -> None:
     out = anchored(xa)
     context = torch.cat([x1.flatten(1), x1[:2].flatten(1)])
     assert out.shape == x2.shape
-    assert torch.allclose(out, filter_each_against(context, x2.flatten(1), 3).view_as(x2), atol=1e-6)
+    assert torch.allclose(out, filter_each_against(context, x2.flatten(1), 3).view_as(x2), atol=1e-5)
     out.sum().backward()
     assert xa.grad[6:].abs().max() == 0 and xa.grad[:6].abs().max() > 0
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from eigenguard.errors import EigenguardError
-from eigenguard.guard.spectral_filter import SPECTRA, filter_each_against, filter_jointly
+from eigenguard.guard.arrowhead import FrozenHistory
+from eigenguard.guard.spectral_filter import SOLVERS, SPECTRA, filter_each_against, filter_jointly, frozen_history
 
 HISTORY_INITS = ("first", "zeros")
 GRAD_MODES = ("constant", "full")
@@ -47,6 +48,9 @@ class EigenGuard(nn.Module):
         way per-sample inference filters a test image against the frozen His, then updates His. It trades
         the paper's training computation for train/test consistency (question 4), and costs one bordered
         eigh per training image.
+      solver ["secular"]: how per-sample inference decomposes each image's bordered Gram matrix: "secular"
+        (the history's decomposition cached, each image's eigenvalues from its secular equation, arrowhead.py)
+        or "eigh" (one dense eigh per image, the path it replaced; kept as the reference). The same filter.
     `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
     100 lowest-loss training samples) that join the decomposition but are not returned.
     His has the row count of the first training batch; a later batch with b rows updates His[:b].
@@ -65,6 +69,7 @@ class EigenGuard(nn.Module):
         precision: str = "float32",
         spectrum: str = "paper",
         training: str = "batch",
+        solver: str = "secular",
     ) -> None:
         super().__init__()
         if not (isinstance(k, int) and k >= 1):
@@ -80,24 +85,38 @@ class EigenGuard(nn.Module):
             ("precision", precision, tuple(PRECISIONS)),
             ("spectrum", spectrum, SPECTRA),
             ("training", training, TRAINING_MODES),
+            ("solver", solver, SOLVERS),
         ):
             if value not in allowed:
                 raise EigenguardError(f"EigenGuard {name} '{value}' is not allowed; allowed: {', '.join(allowed)}")
         self.k, self.momentum, self.floor = k, float(momentum), float(floor)
         self.history_init, self.grad, self.inference, self.precision = history_init, grad, inference, precision
-        self.spectrum, self.training_mode = spectrum, training
+        self.spectrum, self.training_mode, self.solver = spectrum, training, solver
         self.anchor_rows = 0
         self.register_buffer("history", torch.zeros(0, 0))
+        self._frozen: tuple[torch.Tensor, int, torch.dtype, FrozenHistory] | None = None
 
     def extra_repr(self) -> str:
         return (
             f"k={self.k}, momentum={self.momentum}, floor={self.floor}, history_init={self.history_init}, "
             f"grad={self.grad}, inference={self.inference}, spectrum={self.spectrum}, training={self.training_mode}, "
+            f"solver={self.solver}, "
             f"history={tuple(self.history.shape)}"
         )
 
     def reset_history(self) -> None:
         self.history = torch.zeros(0, 0, device=self.history.device)
+        self._frozen = None
+
+    def _frozen_history(self, history: torch.Tensor, dtype: torch.dtype) -> FrozenHistory:
+        """The decomposition of `history` (His as the filter sees it) that per-sample inference reuses,
+        recomputed when His changes: another tensor (reset, a loaded checkpoint, .to()) or the same one
+        updated in place (its version counter). The cache holds His itself, so that its identity cannot be
+        taken over by a new tensor at the same address."""
+        cached, buffer = self._frozen, self.history
+        if cached is None or cached[0] is not buffer or cached[1] != buffer._version or cached[2] != dtype:
+            cached = self._frozen = (buffer, buffer._version, dtype, frozen_history(history, dtype))
+        return cached[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0] - (self.anchor_rows if self.training else 0)
@@ -122,7 +141,11 @@ class EigenGuard(nn.Module):
                 if self.inference == "batch":
                     out = filter_jointly(history, flat, self.k, self.floor, "constant", dtype, self.spectrum)
                 else:
-                    out = filter_each_against(history, flat, self.k, self.floor, dtype, self.spectrum)
+                    secular = self.solver == "secular" and len(history) > 0
+                    frozen = self._frozen_history(history, dtype) if secular else None
+                    out = filter_each_against(
+                        history, flat, self.k, self.floor, dtype, self.spectrum, solver=self.solver, frozen=frozen
+                    )
         return out.view(rows, *x.shape[1:]).to(x.dtype)
 
     def _check_width(self, batch: torch.Tensor) -> None:
@@ -148,6 +171,7 @@ class EigenGuard(nn.Module):
         key = prefix + "history"
         if key in state_dict:
             self.history = torch.empty_like(state_dict[key], device=self.history.device)
+            self._frozen = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

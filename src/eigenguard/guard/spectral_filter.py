@@ -33,16 +33,24 @@ from typing import Any
 
 import torch
 
+from eigenguard.guard.arrowhead import FrozenHistory, bordered_weights
 from eigenguard.guard.safe_eigh import safe_eigh
 
 SPECTRA = ("paper", "equalize", "shrink")
+SOLVERS = ("secular", "eigh")
 
 
 def _filter_ratio(
-    eigenvalues_desc: torch.Tensor, k: int, floor: float, n: int, spectrum: str = "paper"
+    eigenvalues_desc: torch.Tensor,
+    k: int,
+    floor: float,
+    n: int,
+    spectrum: str = "paper",
+    eps: float | None = None,
 ) -> torch.Tensor:
-    """s'_i / s_i for eigenvalues s_i^2 sorted descending along the last dim (0 for zero directions)."""
-    eps = torch.finfo(eigenvalues_desc.dtype).eps
+    """s'_i / s_i for eigenvalues s_i^2 sorted descending along the last dim (0 for zero directions).
+    eps: the machine epsilon of the zero-direction threshold (default: that of the eigenvalues' dtype)."""
+    eps = torch.finfo(eigenvalues_desc.dtype).eps if eps is None else eps
     top = eigenvalues_desc[..., :1].clamp_min(0)
     valid = eigenvalues_desc > 10 * n * eps * top
     rank = valid.sum(dim=-1, keepdim=True)
@@ -65,6 +73,13 @@ def _filter_ratio(
 _FLUSH = float(torch.nextafter(torch.tensor(2.0**-60), torch.tensor(0.0)))  # the largest float below 2^-60
 
 
+def _scale_of(ref: torch.Tensor) -> torch.Tensor:
+    """The power of two that brings max |ref| to [1, 2) (1 for an all-zero or non-finite ref)."""
+    peak = ref.detach().abs().amax()
+    usable = (peak > 0) & torch.isfinite(peak)  # a tensor, not a branch: no device sync on a GPU
+    return torch.where(usable, torch.exp2(-torch.floor(torch.log2(peak.clamp_min(_FLUSH)))), 1.0)
+
+
 def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None, own: bool = False) -> Any:
     """feat scaled by a power of two to max |entry| ~ 1 (of `reference`, default feat), entries below 2^-60
     of that set to 0. With a `reference` of m rows, returns (first m rows, the rest). own=True: `feat` is a
@@ -75,10 +90,7 @@ def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None, own: 
     power-of-two scale is exact, so the result is the same; but without it, features with entries near 1e-20
     (seen when a small k starves a layer) make the Gram product run into float32 denormals, 30x slower on CPU.
     """
-    ref = feat if reference is None else reference
-    peak = ref.detach().abs().amax()
-    usable = (peak > 0) & torch.isfinite(peak)  # a tensor, not a branch: no device sync on a GPU
-    scale = torch.where(usable, torch.exp2(-torch.floor(torch.log2(peak.clamp_min(_FLUSH)))), 1.0)
+    scale = _scale_of(feat if reference is None else reference)
     # hardshrink zeroes |x| <= _FLUSH, i.e. |x| < 2^-60: one fused pass (a torch.where took 12x longer)
     if own and not feat.requires_grad:
         scaled = torch.hardshrink(feat.mul_(scale), _FLUSH, out=feat)
@@ -165,6 +177,14 @@ def _each_weights(
     return (eigenvectors * (ratio * eigenvectors[:, m, :]).unsqueeze(1)).sum(dim=-1)
 
 
+def frozen_history(history: torch.Tensor, dtype: torch.dtype | None = None) -> FrozenHistory:
+    """The decomposition of a frozen history that per-sample inference reuses for every image (a guard
+    caches it until its history changes). dtype: the guard's precision (default: history's)."""
+    hd = history.detach() if dtype is None else history.detach().to(dtype)
+    h = torch.nn.functional.hardshrink(hd * _scale_of(hd), _FLUSH)
+    return FrozenHistory.of(h, 10 * (len(h) + 1) * torch.finfo(h.dtype).eps)
+
+
 def filter_each_against(
     history: torch.Tensor,
     x: torch.Tensor,
@@ -173,17 +193,34 @@ def filter_each_against(
     dtype: torch.dtype | None = None,
     spectrum: str = "paper",
     grad: str | None = None,
+    solver: str = "secular",
+    frozen: FrozenHistory | None = None,
 ) -> torch.Tensor:
     """Filter every row x_i of `x` (b x D) as the last row of [history; x_i], independently of the other rows.
 
-    The bordered Gram matrices [[H H^T, H x_i^T], [x_i H^T, x_i x_i^T]] share their top-left block; they are
-    built in one go and decomposed by one batched eigh. Row i's output is w_i[:m] @ H + w_i[m] * x_i, with
-    w_i the last row of U diag(s'/s) U^T, so nothing of size b x m x D is ever formed.
+    Row i's output is w_i[:m] @ H + w_i[m] * x_i, with w_i the last row of U diag(s'/s) U^T for the
+    bordered Gram matrix [[H H^T, H x_i^T], [x_i H^T, x_i x_i^T]], so nothing of size b x m x D is formed.
+    solver="secular" (inference, the default): H H^T is decomposed once (`frozen`, from `frozen_history`,
+    computed here if not given) and each image's eigenvalues come from its secular equation, O(p m) per
+    image (arrowhead.py). solver="eigh": one batched dense eigh of the b bordered matrices, O(m^3) per
+    image: the reference, and the path that carries gradients.
     grad=None (inference, the default): no gradient at all. "constant" or "full" (the guard's per-sample
-    training mode): gradients reach `x`, as in `filter_rows_gram`; `history` never gets one.
+    training mode, always through eigh): gradients reach `x`, as in `filter_rows_gram`; `history` never
+    gets one.
     """
     if grad not in (None, "constant", "full"):
         raise ValueError(f"unknown grad mode '{grad}'; allowed: constant, full")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver '{solver}'; allowed: {', '.join(SOLVERS)}")
+    if grad is None and solver == "secular" and len(history):
+        with torch.no_grad():
+            hd = history.detach() if dtype is None else history.detach().to(dtype)
+            xd = x if dtype is None else x.to(dtype)
+            frozen = frozen_history(history, dtype) if frozen is None else frozen
+            xs = torch.nn.functional.hardshrink(xd * _scale_of(hd), _FLUSH)  # the history's scale
+            m, eps = len(hd), torch.finfo(hd.dtype).eps
+            w_h, w_x = bordered_weights(frozen, xs, lambda ev: _filter_ratio(ev, k, floor, m + 1, spectrum, eps))
+            return (w_h.to(hd.dtype) @ hd + w_x.to(hd.dtype)[:, None] * xd).to(x.dtype)
     with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
         hd = history.detach() if dtype is None else history.detach().to(dtype)
         xd = x if dtype is None else x.to(dtype)
