@@ -21,14 +21,19 @@ formed or decomposed per image.
 Only p + 1 roots are computed: the top root and those below the p poles l_j above 10 n eps l_max. Every
 other root is at most such a pole, hence numerically zero by the filter's own definition (r = 0), and
 contributes nothing. A trained history is far from full rank (the quick profile's: p = 64 of m = 256).
+On a CPU the images go in chunks that keep the (roots x images x poles) work arrays cache-sized.
 
 Numerics, in float64 whatever the guard's precision (the per-image problem is small):
 - each root is found as an offset u from the nearer pole of its interval (the side is chosen by the sign
   of F at the midpoint, as LAPACK's dlaed4 does), so t - l_j = (l_j' - l_origin) - u loses no digits even
   when the root is within rounding of a pole;
-- each step solves the two-pole rational model of F (value and slope matched at the iterate: the
-  "fixed weight" method of Bunch, Nielsen and Sorensen), a quadratic, quadratically convergent; a step
-  that leaves the interval known to hold the root is replaced by bisection, so it always converges;
+- each step solves a rational model of F matched in value and slope at the iterate: the poles on the
+  origin's side as one pole at the origin, everything else (the other poles and the linear term d - t)
+  as its tangent line; a quadratic, quadratically convergent. (Bunch, Nielsen and Sorensen's two-pole model, as in dlaed4, would
+  fold d - t into the far pole's weight, which cancels catastrophically when the interval is wide.) A step
+  that leaves the interval known to hold the root is replaced by bisection, so it always converges; a
+  root is done when |F| is below the rounding of its terms. Typically 5 steps; the last few stragglers
+  iterate as a compact list;
 - a zero z_j (x orthogonal to a history direction; x = 0) is raised to (eps^2 scale) instead of deflated:
   the root then sits within rounding of l_j and its weight vanishes as its exact limit does, so no index
   bookkeeping varies per image; two equal poles leave a zero-width interval whose root is the pole itself
@@ -84,10 +89,10 @@ class FrozenHistory:
 def _model_step(
     f: torch.Tensor, below2: torch.Tensor, above2: torch.Tensor, u: torch.Tensor, from_hi: torch.Tensor
 ) -> torch.Tensor:
-    """The next offset from the origin pole. The model keeps the origin pole exact and replaces everything
-    else by its tangent line at u:  F(t') ~ A + W / u' - s (u' - u), W = the pole's weight (its term's
-    -F' times u^2), s = -F' less that term; its root on the origin's side of a quadratic
-    s u'^2 - alpha u' - W = 0. (The two-pole model of Bunch, Nielsen and Sorensen would fold the linear
+    """The next offset from the origin pole. The model replaces the poles on the origin's side by one pole
+    at the origin and everything else by its tangent line at u:  F(t') ~ A + W / u' - s (u' - u), with
+    W = -(their part of F') u^2 and s = -(the rest of F'); its step is the root, on the origin's side, of
+    the quadratic s u'^2 - alpha u' - W = 0. (The two-pole model of Bunch, Nielsen and Sorensen would fold the linear
     term d - t into the far pole's weight, which cancels catastrophically in a wide interval.)
     below2 / above2: sum of z2 / (l - t)^2 over the poles below / above the root's interval."""
     weight = torch.where(from_hi, above2, below2) * u.square()
