@@ -19,7 +19,7 @@ them (the paper's rule picks poisons: a backdoor is learned first, so its sample
   clean                  drawn from the defender's clean images (the 500 FT and ANP get): this variant
                          uses clean data, which the paper's EigenGuard does not;
   none                   no anchors.
-Loss ranking runs in the guard's batch inference mode, as in training (per-sample mode is ~10x slower).
+Loss ranking runs in the guard's batch inference mode, as in training.
 """
 
 from typing import Any
