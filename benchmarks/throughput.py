@@ -78,33 +78,25 @@ def measure(batches: Iterator, step: Callable | None, max_images: int, device: t
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--synthetic-cifar", action="store_true", help="random 50k x 3x32x32 instead of --dataset")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--images", type=int, default=5120, help="images timed per measurement")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("bench-results/throughput.json"))
-    args = p.parse_args()
-    device = torch.device(args.device)
-
-    if args.synthetic_cifar:
-        g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (50000, 3, 32, 32), generator=g, dtype=torch.uint8)
-        labels = torch.randint(0, 10, (50000,), generator=g)
-        mean, std, name = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "synthetic-cifar"
-    else:
-        train, _ = load_dataset(args.dataset)
-        images, labels, mean, std, name = train.images, train.labels, train.mean, train.std, args.dataset
+def compare_pipelines(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    model_name: str,
+    width: float,
+    batch_size: int,
+    max_images: int,
+    workers: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Images per second of the device-resident pipeline and of a DataLoader, feeding alone and training."""
     c = images.shape[1]
     hwc = images.permute(0, 2, 3, 1).numpy()
     pil_images = hwc[..., 0] if c == 1 else hwc
 
-    model = create_model(args.model, in_channels=c, num_classes=10, width=args.width).to(device)
+    model = create_model(model_name, in_channels=c, num_classes=10, width=width).to(device)
     amp = device.type == "cuda"
     if amp:
         model = model.to(memory_format=torch.channels_last)
@@ -133,9 +125,9 @@ def main() -> None:
     def make_loader() -> DataLoader:
         return DataLoader(
             ds,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             shuffle=True,
-            num_workers=args.workers,
+            num_workers=workers,
             pin_memory=device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
@@ -145,14 +137,43 @@ def main() -> None:
     for mode, stepper in (("data", None), ("train", step)):
         gen = torch.Generator(device=device).manual_seed(0)
         results[f"device_{mode}_images_per_s"] = measure(
-            device_batches(dev_images, dev_labels, args.batch_size, norm, gen), stepper, args.images, device
+            device_batches(dev_images, dev_labels, batch_size, norm, gen), stepper, max_images, device
         )
         results[f"loader_{mode}_images_per_s"] = measure(
-            loader_batches(make_loader(), device), stepper, args.images, device
+            loader_batches(make_loader(), device), stepper, max_images, device
         )
     for mode in ("data", "train"):
         results[f"{mode}_speedup"] = results[f"device_{mode}_images_per_s"] / results[f"loader_{mode}_images_per_s"]
 
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--synthetic-cifar", action="store_true", help="random 50k x 3x32x32 instead of --dataset")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--images", type=int, default=5120, help="images timed per measurement")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=Path("bench-results/throughput.json"))
+    args = p.parse_args()
+    device = torch.device(args.device)
+
+    if args.synthetic_cifar:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (50000, 3, 32, 32), generator=g, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (50000,), generator=g)
+        mean, std, name = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "synthetic-cifar"
+    else:
+        train, _ = load_dataset(args.dataset)
+        images, labels, mean, std, name = train.images, train.labels, train.mean, train.std, args.dataset
+    results = compare_pipelines(
+        images, labels, mean, std, model_name=args.model, width=args.width, batch_size=args.batch_size,
+        max_images=args.images, workers=args.workers, device=device,
+    )  # fmt: skip
     record = {
         "benchmark": "throughput",
         "dataset": name,
