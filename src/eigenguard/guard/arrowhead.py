@@ -29,11 +29,11 @@ Numerics, in float64 whatever the guard's precision (the per-image problem is sm
   when the root is within rounding of a pole;
 - each step solves a rational model of F matched in value and slope at the iterate: the poles on the
   origin's side as one pole at the origin, everything else (the other poles and the linear term d - t)
-  as its tangent line; a quadratic, quadratically convergent. (Bunch, Nielsen and Sorensen's two-pole model, as in dlaed4, would
-  fold d - t into the far pole's weight, which cancels catastrophically when the interval is wide.) A step
-  that leaves the interval known to hold the root is replaced by bisection, so it always converges; a
-  root is done when |F| is below the rounding of its terms. Typically 5 steps; the last few stragglers
-  iterate as a compact list;
+  as its tangent line; a quadratic, quadratically convergent. (Bunch, Nielsen and Sorensen's two-pole
+  model, as in dlaed4, would fold d - t into the far pole's weight, which cancels catastrophically when
+  the interval is wide.) A step that leaves the interval known to hold the root is replaced by
+  bisection, so it always converges; a root is done when |F| is below the rounding of its terms.
+  Typically 5 steps; the last few stragglers iterate as a compact list;
 - a zero z_j (x orthogonal to a history direction; x = 0) is raised to (eps^2 scale) instead of deflated:
   the root then sits within rounding of l_j and its weight vanishes as its exact limit does, so no index
   bookkeeping varies per image; two equal poles leave a zero-width interval whose root is the pole itself
