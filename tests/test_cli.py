@@ -133,3 +133,19 @@ def test_old_run_config_still_loads(mnist_root: Path, tmp_path: Path) -> None:
                    str(tmp_path / "r"), cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["attack"]["alpha"] == 0.3
+
+
+def test_resume_through_the_cli(mnist_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    assert run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(run), cwd=tmp_path).returncode == 0
+    for args, message in (
+        (["--resume", str(run)], "has finished (metrics.json is written)"),
+        (["--resume", str(run), "--epochs", "3"], "--resume takes no other settings (got --epochs)"),
+        (["--resume", str(tmp_path / "none")], "is not a run directory (no config.yaml)"),
+    ):
+        proc = run_cli("train", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    (run / "metrics.json").unlink()  # as if it had been killed after its last epoch's checkpoint... or none
+    proc = run_cli("train", "--resume", str(run), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "metrics.json").is_file() and "ACC" in proc.stdout

@@ -57,25 +57,44 @@ def train(
     out: Annotated[str | None, Opt(help="run directory to create")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="any setting KEY=VALUE (repeatable)")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress output")] = False,
+    resume: Annotated[Path | None, Opt(help="continue this interrupted run directory (no other settings)")] = None,
 ) -> None:
     """Train one model on a (possibly poisoned) dataset; write a run directory with metrics and weights.
 
     Precedence: profile < --config file < flags < --set. All settings: `eigenguard config`.
 
     Attack and defense options (`eigenguard list`): --defense eigenguard --set defense.k=40
+
+    A run checkpoints after every epoch; `--resume RUN_DIR` continues a killed or interrupted one from its
+    last complete epoch, to the same result as an uninterrupted run.
     """
-    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "set_") and v is not None}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "set_", "resume") and v is not None}
     from eigenguard.config import load_yaml, make_config, merge_settings
     from eigenguard.pipeline import train as run_training
 
+    target = out
     try:
-        values = merge_settings(load_yaml(config) if config else {}, flags)
-        values = merge_settings(values, _parse_settings(set_))
-        result = run_training(make_config(values), progress=not quiet)
+        if resume is not None:
+            if flags or config or set_:
+                given = [f"--{k.replace('_', '-')}" for k in flags]
+                given += ["--config"] * bool(config) + ["--set"] * bool(set_)
+                raise EigenguardError(
+                    f"--resume takes no other settings (got {', '.join(given)}): the run's config.yaml holds them"
+                )
+            if not (resume / "config.yaml").is_file():
+                raise EigenguardError(f"'{resume}' is not a run directory (no config.yaml); nothing to resume")
+            target = str(resume)
+            values = {**load_yaml(resume / "config.yaml"), "out": str(resume)}
+            result = run_training(make_config(values), progress=not quiet, resume=True)
+        else:
+            values = merge_settings(load_yaml(config) if config else {}, flags)
+            values = merge_settings(values, _parse_settings(set_))
+            result = run_training(make_config(values), progress=not quiet)
     except EigenguardError as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        hint = f"; continue it with: eigenguard train --resume {target}" if target else ""
+        err_console.print(f"interrupted at the last complete epoch{hint}")
         raise typer.Exit(130) from None
     if quiet:
         typer.echo(

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from eigenguard.errors import EigenguardError
 
@@ -68,18 +70,90 @@ def check_new_run_dir(path: Path) -> None:
         raise EigenguardError(f"run directory '{path}' already exists; choose another --out or remove it")
 
 
-class RunDirectory:
-    """Writes one run's files. Create it only after all input has been validated and loaded."""
+def check_resumable_run_dir(path: Path) -> None:
+    """A run to resume: its directory exists, holds its config, and has not finished."""
+    if not (path / "config.yaml").is_file():
+        raise EigenguardError(f"'{path}' is not a run directory (no config.yaml); nothing to resume")
+    if (path / "metrics.json").is_file():
+        raise EigenguardError(f"run '{path}' has finished (metrics.json is written); there is nothing to resume")
 
-    def __init__(self, path: Path) -> None:
-        check_new_run_dir(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            raise EigenguardError(f"run directory '{path}' already exists; choose another --out") from None
+
+def check_same_split(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A resumed run must draw the same data as the interrupted one: its split must equal the saved one."""
+    try:
+        saved = load_file(str(path / "split.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise EigenguardError(f"'{path}/split.safetensors' is unreadable ({e}); the run cannot be resumed") from None
+    if saved.keys() != tensors.keys() or any(not torch.equal(saved[k], v.cpu()) for k, v in tensors.items()):
+        raise EigenguardError(
+            f"run '{path}': this config's data split differs from the one saved when the run started; "
+            "it cannot be resumed (was the dataset or the config changed?)"
+        )
+
+
+LOCK = ".lock"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's, or unreadable: assume it is running
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDirectory:
+    """Writes one run's files. Create it only after all input has been validated and loaded.
+
+    resume=True reopens an interrupted run's directory instead of creating one. Either way the directory is
+    locked (`.lock`: host and pid of the process writing it) until `close`; a second process is refused,
+    a lock whose process is gone (same host) is taken over."""
+
+    def __init__(self, path: Path, resume: bool = False) -> None:
+        if resume:
+            check_resumable_run_dir(path)
+        else:
+            check_new_run_dir(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise EigenguardError(f"run directory '{path}' already exists; choose another --out") from None
         self.path = path
+        self._lock()
         self._log_rows: list[dict[str, Any]] = []
+
+    def _lock(self) -> None:
+        lock, owner = self.path / LOCK, f"{socket.gethostname()}:{os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            except FileExistsError:
+                holder = lock.read_text().strip() if lock.is_file() else ""
+                if _owner_alive(holder):
+                    raise EigenguardError(f"run '{self.path}' is in use by process {holder} (its {LOCK})") from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner + "\n")
+            return
+        raise EigenguardError(f"run '{self.path}': could not take its {LOCK}")
+
+    def close(self) -> None:
+        (self.path / LOCK).unlink(missing_ok=True)
+
+    def set_log(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the log (a resumed run's rows up to its checkpoint) and rewrite log.csv."""
+        self._log_rows = []
+        for row in rows[:-1]:
+            self._log_rows.append(dict(row))
+        if rows:
+            self.append_log(rows[-1])
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))

@@ -100,6 +100,9 @@ class Anchors:
         for g in self.guards:
             g.anchor_rows = 0
 
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"anchors": self.generator}
+
 
 class EigenGuardDefense(Defense):
     """Options (`defense: {name: eigenguard, k: 20, ...}`), the paper's values as defaults:

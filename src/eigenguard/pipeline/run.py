@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eigenguard.config import DEFENSE_NONE, TrainConfig
-from eigenguard.defenses import DefenseContext
+from eigenguard.defenses import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone
@@ -28,8 +28,9 @@ from eigenguard.pipeline.backdoored import (
     store_plain_run,
 )
 from eigenguard.pipeline.components import build_defense, resolve
-from eigenguard.pipeline.prepare import prepare_data
-from eigenguard.run_directory import RunDirectory, check_new_run_dir
+from eigenguard.pipeline.prepare import PreparedData, prepare_data
+from eigenguard.run_directory import RunDirectory, check_new_run_dir, check_resumable_run_dir, check_same_split
+from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.trainer import Trainer
 from eigenguard.version import __version__
 
@@ -71,8 +72,13 @@ def _run_path(config: TrainConfig) -> Path:
     return Path(config.runs_dir) / f"{config.run_name()}_{stamp}"
 
 
-def train(config: TrainConfig, *, progress: bool = True, console: Console | None = None) -> RunResult:
-    """Run one training job as `config` describes and write its run directory."""
+def train(
+    config: TrainConfig, *, progress: bool = True, console: Console | None = None, resume: bool = False
+) -> RunResult:
+    """Run one training job as `config` describes and write its run directory.
+
+    resume=True: `config.out` is an interrupted run of this config; it continues from its checkpoints
+    (training/checkpoint.py) and ends as the uninterrupted run would have."""
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
 
@@ -80,14 +86,35 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     config = resolve(config)  # names checked, every attack and defense option explicit
     device = resolve_device(config.device)
     out = _run_path(config)
-    check_new_run_dir(out)
+    check_resumable_run_dir(out) if resume else check_new_run_dir(out)
     defense = build_defense(config)
     data = prepare_data(config, device, needs_clean_pool=defense.needs_clean_pool)
 
     # -- 2. the run directory: config and split first, so a crashed run still says what it was -----
-    run = RunDirectory(out)
-    run.write_config(config.model_dump())
-    run.save_split(data.split_record())
+    run = RunDirectory(out, resume=resume)
+    try:
+        return _train_in(run, config, device, defense, data, console, progress, started, resume)
+    finally:
+        run.close()
+
+
+def _train_in(
+    run: RunDirectory,
+    config: TrainConfig,
+    device: torch.device,
+    defense: Defense,
+    data: PreparedData,
+    console: Console,
+    progress: bool,
+    started: float,
+    resume: bool,
+) -> RunResult:
+    out = run.path
+    if resume:
+        check_same_split(out, data.split_record())
+    else:
+        run.write_config(config.model_dump())
+        run.save_split(data.split_record())
     console.print(
         f"[bold]{config.run_name()}[/] on {device}: {len(data.train_set)} training images "
         f"({len(data.poison_indices)} poisoned), {len(data.clean_pool)} clean images for the defender, "
@@ -95,9 +122,11 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     )
 
     # -- 3. the defense trains (or repairs) the model ----------------------------------------------
+    checkpoints = Checkpoints(out)
     trainer = Trainer(
         config, device, data.normalize, data.flip, data.test, data.asr_set,
         log=run.append_log, console=console, progress=progress,
+        checkpoints=checkpoints, resume=resume, restore_log=run.set_log,
     )  # fmt: skip
     # where this setting's no-defense model lives in the cache (hashes the training set: computed once)
     entry = backdoored_entry(config, data.train_set, device)
@@ -179,6 +208,7 @@ def train(config: TrainConfig, *, progress: bool = True, console: Console | None
     }
     run.save_model(model.state_dict(), config.model_dump())
     run.write_metrics(metrics)
+    checkpoints.remove()  # the model and the metrics are written: the run is finished
     if config.defense.name == DEFENSE_NONE:
         # the backdoored model of this setting: post-training defenses of the same config will reuse it
         store_plain_run(entry, out)

@@ -38,7 +38,17 @@ class Recipe:
 
 
 EpochStart = Callable[[int], torch.Tensor | None]  # epoch (1-based) -> extra normalised rows for every batch
-EpochEnd = Callable[[int, dict[str, float], torch.optim.Optimizer], None]  # epoch, its stats, the optimizer
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+EpochEnd = Callable[[int, dict[str, float], torch.optim.Optimizer, Scheduler], None]  # epoch, stats, optimizer, lr
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted fit goes on: after `epoch`, with the optimizer's and schedule's saved states."""
+
+    epoch: int
+    optimizer: dict
+    scheduler: dict
 
 
 def fit(
@@ -54,13 +64,16 @@ def fit(
     on_epoch_start: EpochStart | None = None,
     on_epoch_end: EpochEnd | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    resume: Resume | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on uint8 `images` (on the training device) with `recipe`; returns the last
     epoch's stats (train_loss, train_acc on the augmented batches).
 
     `generator` (on the data's device) draws batch order and augmentation. `on_epoch_start` may hand extra
     rows to append to every batch of that epoch (EigenGuard's anchors); `on_step(epoch, step, loss)`
-    reports progress.
+    reports progress; `on_epoch_end(epoch, stats, optimizer, scheduler)` sees the state a checkpoint saves.
+    `resume`: continue after `resume.epoch` (the model, the generator and the caller's own state already
+    restored; the optimizer and the schedule are restored here).
     """
     steps_per_epoch = recipe.steps_per_epoch(len(images))
     optimizer = torch.optim.SGD(
@@ -70,8 +83,11 @@ def fit(
         optimizer,
         lr_multiplier(recipe.schedule, steps_per_epoch * recipe.epochs, round(recipe.warmup_epochs * steps_per_epoch)),
     )
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
     stats: dict[str, float] = {}
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(1 if resume is None else resume.epoch + 1, recipe.epochs + 1):
         extra = on_epoch_start(epoch) if on_epoch_start else None
         step_callback: StepCallback | None = None
         if on_step is not None:
@@ -96,5 +112,5 @@ def fit(
             loss_fn=loss_fn,
         )
         if on_epoch_end:
-            on_epoch_end(epoch, stats, optimizer)
+            on_epoch_end(epoch, stats, optimizer, scheduler)
     return stats

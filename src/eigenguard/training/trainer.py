@@ -21,8 +21,9 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
+from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import evaluate_protocols
-from eigenguard.training.fit import CROP_PAD, Recipe, fit
+from eigenguard.training.fit import CROP_PAD, Recipe, Resume, Scheduler, fit
 from eigenguard.training.loop import LossFn
 
 
@@ -45,6 +46,10 @@ class EpochHook(Protocol):
         ...
 
     def after_epoch(self, epoch: int) -> None: ...
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random streams the hook draws from (a checkpoint saves and a resumed fit restores them)."""
+        ...
 
 
 def format_eval(values: dict[str, Any]) -> str:
@@ -70,6 +75,9 @@ class Trainer:
         log: Callable[[dict[str, Any]], None] | None = None,
         console: Console | None = None,
         progress: bool = True,
+        checkpoints: Checkpoints | None = None,
+        resume: bool = False,
+        restore_log: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.config, self.device, self.normalize, self.flip = config, device, normalize, flip
         self.test, self.asr_set = test, asr_set
@@ -81,6 +89,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0  # every fit of this run, summed
         self.images_trained = 0  # images through the training loop (augmented batches), every fit summed
+        # checkpoints after every epoch of every fit (training/checkpoint.py); `resume`: read them back,
+        # fit by fit in the order the run calls them; `restore_log` hands the run's log back to its writer
+        self.checkpoints, self.resume, self._restore_log = checkpoints, resume, restore_log
+        self.fits = 0
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -159,7 +171,26 @@ class Trainer:
         recipe = self.recipe(epochs, **knobs)
         steps_per_epoch = recipe.steps_per_epoch(len(data))
         forward = self.forward_of(model)
-        rows: list[dict[str, Any]] = []
+        self.fits += 1
+        index, first_row = self.fits, len(self.history)
+        streams = {"batches": self.generator, **(hook.generators() if hook else {})}
+        resume = None
+        state = self.checkpoints.state(index, self.device) if self.checkpoints and self.resume else None
+        if state is not None:  # this fit ran before the run was interrupted: its state at its last epoch's end
+            model.load_state_dict(state.model)
+            for name, gen in streams.items():
+                gen.set_state(state.generators[name])
+            torch.set_rng_state(state.generators["torch-global"])
+            self.history = list(state.log)
+            if self._restore_log is not None:
+                self._restore_log(self.history)
+            self.train_seconds = state.counters["train_seconds"]
+            self.images_trained = int(state.counters["images_trained"])
+            first_row = int(state.counters["first_row"])
+            if state.finished:
+                return self.history[first_row:]
+            resume = Resume(state.epoch, state.optimizer, state.scheduler)
+        rows: list[dict[str, Any]] = list(self.history[first_row:])
         columns = (
             TextColumn(f"{phase} {{task.fields[epoch]}}"),
             BarColumn(),
@@ -180,7 +211,9 @@ class Trainer:
                 extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
                 return extra
 
-            def on_epoch_end(epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer) -> None:
+            def on_epoch_end(
+                epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
+            ) -> None:
                 if hook:
                     hook.after_epoch(epoch)
                 if self.device.type == "cuda":
@@ -203,6 +236,12 @@ class Trainer:
                 row["epoch_seconds"] = round(seconds, 3)
                 rows.append(row)
                 self.log(row)
+                if self.checkpoints is not None:
+                    counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
+                    self.checkpoints.save(
+                        index, epoch, epochs, model, optimizer, scheduler, streams, self.history,
+                        {**counters, "first_row": first_row},
+                    )  # fmt: skip
                 bar.console.print(
                     f"{phase} {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
                     f"{format_eval(evaluated)}  ({seconds:.1f}s)"
@@ -220,5 +259,6 @@ class Trainer:
                 on_epoch_start=on_epoch_start,
                 on_epoch_end=on_epoch_end,
                 on_step=on_step,
+                resume=resume,
             )
         return rows

@@ -1,0 +1,152 @@
+"""Epoch-end checkpoints of a run's fits, and what a resumed run reads back from them.
+
+A run trains through one or more fits (`Trainer.fit`: the victim's model, a defense's retraining or
+fine-tuning phases), numbered in the order the run calls them. At the end of every epoch of fit i the
+trainer writes `checkpoint/fit-<i>.safetensors` (the model's state dict, the optimizer's momentum buffers,
+every random stream the fit draws from: the trainer's batch-order and augmentation generator, the epoch
+hook's, torch's global one) and then `checkpoint/fit-<i>.json` (the epoch reached, the optimizer's and the
+schedule's positions, the run's log rows and time counters so far). The JSON is written last and names the
+tensor file it belongs to, so a kill between the two leaves the previous, complete pair in force; the tensor
+file of the previous epoch is removed only after the new JSON is in place. Safetensors and JSON only:
+nothing is unpickled.
+
+A resumed run replays the pipeline from its config (data, poisoning and splits are deterministic): a fit
+whose last checkpoint says it finished is not trained again, its end state is loaded; the fit that was
+interrupted continues from its last complete epoch; later fits run as usual. On one CPU model the result
+is bit-identical to an uninterrupted run (tests/test_resume.py); wall times are not.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import atomic_save_tensors, atomic_write_text
+
+DIRECTORY = "checkpoint"
+FORMAT = 1
+
+
+@dataclass
+class FitState:
+    """A fit's state at the end of `epoch` (of `epochs`), as read from its checkpoint."""
+
+    index: int
+    epoch: int
+    epochs: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # torch's optimizer state dict, momentum buffers as tensors
+    scheduler: dict[str, Any]
+    generators: dict[str, torch.Tensor]  # name -> get_state() of that generator
+    log: list[dict[str, Any]]  # the run's log rows up to here, every fit's
+    counters: dict[str, float]
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.epochs
+
+
+class Checkpoints:
+    """The run directory's checkpoint folder: `save` after an epoch, `state(i)` to resume fit i."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / DIRECTORY
+
+    def save(
+        self,
+        index: int,
+        epoch: int,
+        epochs: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generators: dict[str, torch.Generator],
+        log: list[dict[str, Any]],
+        counters: dict[str, float],
+    ) -> None:
+        self.path.mkdir(exist_ok=True)
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt = optimizer.state_dict()
+        for param, values in opt["state"].items():
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{param}.{name}"] = value
+        for name, gen in generators.items():
+            tensors[f"generator.{name}"] = gen.get_state()
+        tensors["generator.torch-global"] = torch.get_rng_state()
+        tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
+        atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
+        record = {
+            "format": FORMAT,
+            "fit": index,
+            "epoch": epoch,
+            "epochs": epochs,
+            "tensors": tensor_file,
+            "optimizer": {
+                "param_groups": opt["param_groups"],
+                "state": {
+                    str(param): {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
+                    for param, values in opt["state"].items()
+                },
+            },
+            "scheduler": scheduler.state_dict(),  # plain numbers (LambdaLR keeps None for a function's lambda)
+            "log": log,
+            "counters": counters,
+        }
+        manifest = self.path / f"fit-{index}.json"
+        previous = self._tensor_file(manifest)
+        atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
+        if previous and previous != tensor_file:
+            (self.path / previous).unlink(missing_ok=True)
+
+    def _tensor_file(self, manifest: Path) -> str | None:
+        if not manifest.is_file():
+            return None
+        try:
+            return json.loads(manifest.read_text()).get("tensors")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+
+    def state(self, index: int, device: torch.device) -> FitState | None:
+        """Fit `index`'s last complete checkpoint, or None where it never reached an epoch's end."""
+        manifest = self.path / f"fit-{index}.json"
+        if not manifest.is_file():
+            return None
+        try:
+            record = json.loads(manifest.read_text())
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
+            tensors = load_file(str(self.path / record["tensors"]), device=str(device))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
+        model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        state: dict[int, dict[str, Any]] = {int(p): dict(v) for p, v in record["optimizer"]["state"].items()}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                param, name = key.removeprefix("optimizer.").split(".", 1)
+                state.setdefault(int(param), {})[name] = value
+        generators = {k.removeprefix("generator."): v.cpu() for k, v in tensors.items() if k.startswith("generator.")}
+        return FitState(
+            index=index,
+            epoch=int(record["epoch"]),
+            epochs=int(record["epochs"]),
+            model=model,
+            optimizer={"state": state, "param_groups": record["optimizer"]["param_groups"]},
+            scheduler=record["scheduler"],
+            generators=generators,
+            log=record["log"],
+            counters=record["counters"],
+        )
+
+    def remove(self) -> None:
+        """After the run has finished (its model and metrics written), the checkpoints are redundant."""
+        if self.path.is_dir():
+            for f in self.path.iterdir():
+                f.unlink(missing_ok=True)
+            self.path.rmdir()

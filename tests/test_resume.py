@@ -1,0 +1,117 @@
+"""Checkpoints and resume: a run interrupted after any epoch (or while writing a checkpoint) and resumed
+ends with the weights, metrics and log of the uninterrupted run, bit for bit (wall times aside)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eigenguard import TrainConfig, train
+from eigenguard.errors import EigenguardError
+from eigenguard.run_directory import RunDirectory
+from eigenguard.training import checkpoint as checkpoint_module
+from eigenguard.training.checkpoint import Checkpoints
+
+TIMES = ("train_seconds", "train_images_per_second", "total_seconds", "defense_seconds", "defense_cost_vs_plain")
+
+
+def config(root: Path, out: Path, defense: object = "eigenguard", epochs: int = 3) -> TrainConfig:
+    return TrainConfig(
+        dataset="mnist", data_root=str(root), model="resnet18", width=0.125, epochs=epochs, batch_size=50,
+        attack="badnets", defense=defense, device="cpu", out=str(out), eval_every=epochs,
+    )  # fmt: skip
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    for key in TIMES:
+        ma.pop(key, None), mb.pop(key, None)
+    assert ma == mb
+    logs = [list(csv.DictReader((p / "log.csv").read_text().splitlines())) for p in (a, b)]
+    for log in logs:
+        for row in log:
+            row.pop("epoch_seconds")
+    assert logs[0] == logs[1] and len(logs[0]) > 0
+    assert not (b / "checkpoint").exists() and not (b / ".lock").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, fit: int, epoch: int, while_writing: bool = False) -> None:
+    """Stop the run right after fit `fit` has checkpointed `epoch` (or, while_writing, halfway through that
+    checkpoint: its tensor file written, its JSON not)."""
+    save, write = Checkpoints.save, checkpoint_module.atomic_write_text
+
+    def stopping_save(self: Checkpoints, index: int, at: int, *args: object) -> None:
+        if while_writing and (index, at) == (fit, epoch):
+
+            def fail(path: Path, text: str) -> None:
+                raise Interrupt
+
+            monkeypatch.setattr(checkpoint_module, "atomic_write_text", fail)
+        try:
+            save(self, index, at, *args)
+        finally:
+            monkeypatch.setattr(checkpoint_module, "atomic_write_text", write)
+        if (index, at) == (fit, epoch):
+            raise Interrupt
+
+    monkeypatch.setattr(Checkpoints, "save", stopping_save)
+
+
+@pytest.mark.parametrize(("epoch", "while_writing"), [(1, False), (2, False), (2, True)])
+def test_guarded_run_resumes_bit_identically(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, while_writing: bool
+) -> None:
+    whole = train(config(mnist_root, tmp_path / "whole"), progress=False).run_dir
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1, epoch, while_writing)
+        with pytest.raises(Interrupt):
+            train(config(mnist_root, cut), progress=False)
+    assert not (cut / "metrics.json").exists() and not (cut / ".lock").exists()
+    saved = sorted(p.name for p in (cut / "checkpoint").iterdir())
+    done = epoch - 1 if while_writing else epoch  # a checkpoint cut short leaves the one before in force
+    assert f"fit-1.epoch-{done}.safetensors" in saved
+    train(config(mnist_root, cut), progress=False, resume=True)
+    assert_same_run(whole, cut)
+
+
+def test_a_later_fit_resumes_after_finished_ones(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ABL trains three fits in one run (isolation, the rest, unlearning); cut in the second
+    abl = {"name": "abl", "isolation_epochs": 1, "unlearning_epochs": 1}
+    whole = train(config(mnist_root, tmp_path / "whole", abl), progress=False).run_dir
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2, 1)
+        with pytest.raises(Interrupt):
+            train(config(mnist_root, cut, abl), progress=False)
+    train(config(mnist_root, cut, abl), progress=False, resume=True)
+    assert_same_run(whole, cut)
+
+
+def test_resume_refuses_finished_locked_and_foreign_runs(mnist_root: Path, tmp_path: Path) -> None:
+    done = train(config(mnist_root, tmp_path / "done", epochs=1), progress=False).run_dir
+    with pytest.raises(EigenguardError, match="has finished"):
+        train(config(mnist_root, done, epochs=1), progress=False, resume=True)
+    with pytest.raises(EigenguardError, match=r"no config\.yaml"):
+        train(config(mnist_root, tmp_path / "nothing", epochs=1), progress=False, resume=True)
+    (done / "metrics.json").unlink()  # as if it had been killed at the very end
+    held = RunDirectory(done, resume=True)
+    try:
+        with pytest.raises(EigenguardError, match="in use by process"):
+            train(config(mnist_root, done, epochs=1), progress=False, resume=True)
+    finally:
+        held.close()
+    other = config(mnist_root, done, epochs=1).model_copy(update={"seed": 7})
+    with pytest.raises(EigenguardError, match="data split differs"):
+        train(other, progress=False, resume=True)
