@@ -44,7 +44,13 @@ class Interrupt(Exception):
     pass
 
 
-def interrupt_after(monkeypatch: pytest.MonkeyPatch, fit: int, epoch: int, while_writing: bool = False) -> None:
+class Kill(BaseException):
+    """What a grid cell cannot catch as its own failure (as SIGKILL or Ctrl-C)."""
+
+
+def interrupt_after(
+    monkeypatch: pytest.MonkeyPatch, fit: int, epoch: int, while_writing: bool = False, error: type = Interrupt
+) -> None:
     """Stop the run right after fit `fit` has checkpointed `epoch` (or, while_writing, halfway through that
     checkpoint: its tensor file written, its JSON not)."""
     save, write = Checkpoints.save, checkpoint_module.atomic_write_text
@@ -53,7 +59,7 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, fit: int, epoch: int, while
         if while_writing and (index, at) == (fit, epoch):
 
             def fail(path: Path, text: str) -> None:
-                raise Interrupt
+                raise error
 
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", fail)
         try:
@@ -61,7 +67,7 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, fit: int, epoch: int, while
         finally:
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", write)
         if (index, at) == (fit, epoch):
-            raise Interrupt
+            raise error
 
     monkeypatch.setattr(Checkpoints, "save", stopping_save)
 
@@ -115,3 +121,22 @@ def test_resume_refuses_finished_locked_and_foreign_runs(mnist_root: Path, tmp_p
     other = config(mnist_root, done, epochs=1).model_copy(update={"seed": 7})
     with pytest.raises(EigenguardError, match="data split differs"):
         train(other, progress=False, resume=True)
+
+
+def test_a_killed_grid_cell_resumes_from_its_checkpoint(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eigenguard.bench.cell import run_cell
+
+    cell = config(mnist_root, tmp_path / "unused").model_dump()
+    whole = run_cell("k1", cell, str(tmp_path / "a"))
+    assert whole["status"] == "done"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1, 2, error=Kill)
+        with pytest.raises(Kill):
+            run_cell("k1", cell, str(tmp_path / "b"))
+    partial = tmp_path / "b" / ".partial" / "k1"
+    assert (partial / "checkpoint" / "fit-1.json").is_file()
+    resumed = run_cell("k1", cell, str(tmp_path / "b"))
+    assert resumed["status"] == "done" and not partial.exists()
+    assert_same_run(Path(whole["run_dir"]), Path(resumed["run_dir"]))

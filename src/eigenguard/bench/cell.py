@@ -1,12 +1,14 @@
 """Run one grid cell: an ordinary `eigenguard train` run, made all-or-nothing.
 
-The run is written to <runs>/.partial/<key>-<pid> and renamed to <runs>/<key>_<run name> only when it
-finished, so a cell's run directory is either complete or absent. Any exception is caught and returned
-as a failed result (type, message and the last lines of the traceback): one bad cell never stops a grid.
-The same function runs in a local worker process and in a Ray task.
+The run is written to <runs>/.partial/<key> and renamed to <runs>/<key>_<run name> only when it
+finished, so a cell's run directory is either complete or absent. A cell whose process was killed leaves
+its partial directory with its checkpoints; the next attempt resumes it from its last complete epoch
+(training/checkpoint.py) instead of starting over, to the same result. Any exception is caught and
+returned as a failed result (type, message and the last lines of the traceback; its partial directory is
+removed): one bad cell never stops a grid. The same function runs in a local worker process and in a Ray
+task.
 """
 
-import os
 import platform
 import shutil
 import time
@@ -49,7 +51,7 @@ def run_cell(
         torch.set_num_threads(threads)
     started = time.perf_counter()
     root = Path(runs)
-    partial = root / PARTIAL / f"{key}-{os.getpid()}"
+    partial = root / PARTIAL / key
     result: dict[str, Any]
     try:
         cfg = TrainConfig(**config)
@@ -58,9 +60,13 @@ def run_cell(
         if final.exists():  # left by a runner killed after the rename but before recording: redo it
             shutil.rmtree(final)
         partial.parent.mkdir(parents=True, exist_ok=True)
+        # a killed attempt's directory: resumed if it got as far as its config, else started over
+        resume = (partial / "config.yaml").is_file() and not (partial / "metrics.json").is_file()
+        if partial.exists() and not resume:
+            shutil.rmtree(partial)
         from eigenguard.pipeline.run import train
 
-        run = train(cfg, progress=False)
+        run = train(cfg, progress=False, resume=resume)
         # config.yaml names the directory the run now lives in, not its temporary name
         import yaml
 

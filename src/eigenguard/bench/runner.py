@@ -2,9 +2,10 @@
 
 - Resumable: a cell recorded as done is skipped; one recorded as failed is skipped unless retry_failed.
 - Fault-tolerant: a failing cell is recorded with its error and the grid goes on.
-- Killing the runner loses only the cells in flight: every finished cell was recorded by the process that
-  ran it, before the runner heard of it. Interrupted cells are released (or, after a hard kill, found
-  stale by their dead owner pid) and run again next time; their partial run directories are removed.
+- Killing the runner loses at most the epoch in flight: every finished cell was recorded by the process
+  that ran it, before the runner heard of it. Interrupted cells are released (or, after a hard kill, found
+  stale by their dead owner pid) and run again next time, resumed from their last epoch's checkpoint in
+  their partial run directory (bench/cell.py).
 - A post-training defense cell waits for the grid's no-defense cell of the same setting, so it finds the
   backdoored model in the cache instead of training it again (the cache itself is locked as well, for
   runners that do not share a grid).
@@ -47,7 +48,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def clean_partial(runs: Path) -> None:
-    """Remove run directories of cells whose process is gone (named <key>-<pid> under .partial)."""
+    """Remove partial run directories of the old layout (<key>-<pid> under .partial, before cells were
+    resumable) whose process is gone. Those of today (<key>) stay: the cell's next attempt resumes them."""
     import socket
 
     for path in (runs / PARTIAL).glob("*-*"):
