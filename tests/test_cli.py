@@ -1,6 +1,7 @@
 """The command line: flags, YAML, overrides, exit codes and messages for bad input."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,25 @@ def test_resume_through_the_cli(mnist_root: Path, tmp_path: Path) -> None:
     proc = run_cli("train", "--resume", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (run / "metrics.json").is_file() and "ACC" in proc.stdout
+
+
+def test_runs_lists_states(mnist_root: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(runs / "a"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    killed = runs / "b"
+    killed.mkdir()
+    (killed / "config.yaml").write_text((runs / "a" / "config.yaml").read_text())
+    (killed / "state.json").write_text('{"state": "running", "host": "elsewhere-not", "pid": 1}')
+    gone = runs / "c"
+    gone.mkdir()
+    (gone / "config.yaml").write_text((runs / "a" / "config.yaml").read_text())
+    (gone / "state.json").write_text(json.dumps({"state": "running", "host": socket.gethostname(), "pid": 2**22 + 7}))
+    proc = run_cli("runs", str(runs), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.strip()[:2] in ("│ ", "┃ ")
+             and line.split()[1] in "abc"}  # fmt: skip
+    assert "finished" in lines["a"] and "running" in lines["b"]  # another host's run: assumed alive
+    assert "interrupted" in lines["c"] and "--resume" in lines["c"]
+    proc = run_cli("runs", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr

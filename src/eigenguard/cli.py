@@ -104,6 +104,31 @@ def train(
         )
 
 
+@app.command("runs")
+def list_runs(
+    directory: Annotated[Path, typer.Argument(help="the folder holding run directories")] = Path("runs"),
+) -> None:
+    """The run directories in DIR: state (running, interrupted, failed, finished), progress, ACC / ASR."""
+    from rich.table import Table
+
+    from eigenguard.run_directory import run_status
+
+    if not directory.is_dir():
+        raise _fail(f"'{directory}' is not a directory; give the folder that holds run directories (default: runs)")
+    runs = [run_status(p) for p in sorted(directory.iterdir()) if (p / "config.yaml").is_file()]
+    table = Table(title=f"{len(runs)} run(s) in {directory}")
+    for column in ("run", "state", "progress", "ACC", "ASR", "note"):
+        table.add_column(column)
+    for r in runs:
+        p = r["progress"]
+        progress = f"fit {p['fit']}, epoch {p['epoch']}/{p['epochs']}" if p and r["state"] != "finished" else ""
+        acc, asr = (f"{100 * r[k]:.2f}%" if r.get(k) is not None else "" for k in ("acc", "asr"))
+        resume = r["state"] in ("interrupted", "failed") and f"resume: eigenguard train --resume {r['path']}"
+        note = "; ".join(x for x in (r["error"], resume) if x)
+        table.add_row(Path(r["path"]).name, r["state"], progress, acc, asr, escape(note))
+    Console(width=200).print(table)
+
+
 @app.command("config")
 def show_config(
     profile: Annotated[str | None, Opt(help="show this profile's values as the defaults")] = None,

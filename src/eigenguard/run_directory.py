@@ -2,7 +2,9 @@
 
 Layout: config.yaml (resolved config + environment), log.csv (one row per epoch), metrics.json (final
 numbers, written last: its presence means the run finished), model.safetensors (weights, config in the
-metadata), split.safetensors (train / defense / poisoned indices into the original training set).
+metadata), split.safetensors (train / defense / poisoned indices into the original training set),
+state.json (running / interrupted / failed / finished), .lock (while a process writes it), checkpoint/
+(while it trains: training/checkpoint.py).
 Every file is written to a temporary name in the same directory, then renamed: a reader never sees half a file.
 """
 
@@ -92,6 +94,38 @@ def check_same_split(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 
 LOCK = ".lock"
+STATE = "state.json"
+STATES = ("running", "interrupted", "failed", "finished")
+
+
+def run_status(path: Path) -> dict[str, Any]:
+    """What a run directory says about itself: state (running, interrupted, failed, finished, or unknown for
+    a directory without state.json: runs of eigenguard before 0.3), its error, its progress (the fit and
+    epoch of its last checkpoint), ACC / ASR when finished. A run recorded as running whose process is gone
+    (killed, or its machine restarted) is interrupted."""
+    status: dict[str, Any] = {"path": str(path), "state": "unknown", "error": None, "progress": None}
+    try:
+        record = json.loads((path / STATE).read_text())
+        status["state"], status["error"] = record.get("state", "unknown"), record.get("error")
+        if status["state"] == "running" and not _owner_alive(f"{record.get('host')}:{record.get('pid')}"):
+            status["state"], status["error"] = "interrupted", "its process is gone (killed?)"
+    except (OSError, ValueError, AttributeError):
+        pass
+    if (path / "metrics.json").is_file():
+        status["state"] = "finished"
+        try:
+            metrics = json.loads((path / "metrics.json").read_text())
+            status["acc"], status["asr"] = metrics.get("acc"), metrics.get("asr")
+        except (OSError, ValueError):
+            status["error"] = "metrics.json is unreadable"
+    manifests = sorted((path / "checkpoint").glob("fit-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    if manifests:
+        try:
+            last = json.loads(manifests[-1].read_text())
+            status["progress"] = {"fit": last["fit"], "epoch": last["epoch"], "epochs": last["epochs"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            status["progress"] = None
+    return status
 
 
 def _owner_alive(owner: str) -> bool:
@@ -146,6 +180,11 @@ class RunDirectory:
 
     def close(self) -> None:
         (self.path / LOCK).unlink(missing_ok=True)
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        """state.json: running | interrupted (Ctrl-C, SIGTERM) | failed (with its error) | finished."""
+        record = {"state": state, "error": error, "pid": os.getpid(), "host": socket.gethostname()}
+        atomic_write_text(self.path / STATE, json.dumps(record) + "\n")
 
     def set_log(self, rows: list[dict[str, Any]]) -> None:
         """Replace the log (a resumed run's rows up to its checkpoint) and rewrite log.csv."""

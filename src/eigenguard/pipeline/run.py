@@ -92,10 +92,19 @@ def train(
 
     # -- 2. the run directory: config and split first, so a crashed run still says what it was -----
     run = RunDirectory(out, resume=resume)
+    run.set_state("running")
     try:
-        return _train_in(run, config, device, defense, data, console, progress, started, resume)
+        result = _train_in(run, config, device, defense, data, console, progress, started, resume)
+    except KeyboardInterrupt:
+        run.set_state("interrupted")
+        raise
+    except BaseException as e:
+        run.set_state("failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
     finally:
         run.close()
+    run.set_state("finished")
+    return result
 
 
 def _train_in(
