@@ -140,3 +140,66 @@ def test_a_killed_grid_cell_resumes_from_its_checkpoint(
     resumed = run_cell("k1", cell, str(tmp_path / "b"))
     assert resumed["status"] == "done" and not partial.exists()
     assert_same_run(Path(whole["run_dir"]), Path(resumed["run_dir"]))
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    whole = train(config(mnist_root, tmp_path / "whole"), progress=False).run_dir
+    cut, save = tmp_path / "cut", checkpoint_module.atomic_save_tensors
+
+    def disk_full(path: Path, tensors: object, metadata: object) -> None:
+        if "epoch-2" in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(path, tensors, metadata)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_module, "atomic_save_tensors", disk_full)
+        with pytest.raises(EigenguardError, match=r"No space left on device.*last complete checkpoint is kept"):
+            train(config(mnist_root, cut), progress=False)
+    assert json.loads((cut / "state.json").read_text())["state"] == "failed"
+    assert sorted(p.name for p in (cut / "checkpoint").iterdir()) == ["fit-1.epoch-1.safetensors", "fit-1.json"]
+    train(config(mnist_root, cut), progress=False, resume=True)
+    assert_same_run(whole, cut)
+
+
+def test_a_corrupt_checkpoint_is_named(mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1, 1)
+        with pytest.raises(Interrupt):
+            train(config(mnist_root, cut), progress=False)
+    (cut / "checkpoint" / "fit-1.epoch-1.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(EigenguardError, match=r"checkpoint .*fit-1\.json' is unreadable"):
+        train(config(mnist_root, cut), progress=False, resume=True)
+
+
+def test_kill_9_mid_run_then_resume(mnist_root: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    whole = train(config(mnist_root, tmp_path / "whole", epochs=4), progress=False).run_dir
+    cut = tmp_path / "cut"
+    args = ["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--model", "resnet18", "--width", "0.125",
+            "--epochs", "4", "--attack", "badnets", "--defense", "eigenguard", "--device", "cpu", "--out", str(cut),
+            "--set", "batch_size=50", "--set", "eval_every=4", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "eigenguard", *args], stderr=subprocess.PIPE)
+    manifest = cut / "checkpoint" / "fit-1.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.is_file() and json.loads(manifest.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 3, or while it writes a checkpoint
+    proc.wait()
+    assert not (cut / "metrics.json").exists()
+    done = subprocess.run([sys.executable, "-m", "eigenguard", "train", "--resume", str(cut), "--quiet"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_same_run(whole, cut)

@@ -70,6 +70,26 @@ class Checkpoints:
         log: list[dict[str, Any]],
         counters: dict[str, float],
     ) -> None:
+        try:
+            self._save(index, epoch, epochs, model, optimizer, scheduler, generators, log, counters)
+        except OSError as e:  # a full disk, a read-only or vanished directory: the previous one is intact
+            raise EigenguardError(
+                f"could not write the checkpoint of epoch {epoch} in '{self.path}' ({e.strerror or e}); "
+                f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
+            ) from None
+
+    def _save(
+        self,
+        index: int,
+        epoch: int,
+        epochs: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generators: dict[str, torch.Generator],
+        log: list[dict[str, Any]],
+        counters: dict[str, float],
+    ) -> None:
         self.path.mkdir(exist_ok=True)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         opt = optimizer.state_dict()
