@@ -243,7 +243,7 @@ def report(
     try:
         if not store.exists():
             raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
-        written = write_report(ResultStore(store), out, grid)
+        written = write_report(ResultStore(store, read_only=True), out, grid)
     except EigenguardError as e:
         raise _fail(str(e)) from None
     for path in written:

@@ -50,14 +50,39 @@ class Registry(Generic[T]):
 
     def complete(self, name: str, options: dict[str, Any], positional: tuple[str, ...] = ()) -> dict[str, Any]:
         """Entry `name`'s options with every one it takes: `options` over its defaults (tuples as lists, so
-        the result is plain YAML and JSON). An option it does not take is one EigenguardError."""
+        the result is plain YAML and JSON). An option it does not take, or a value of the wrong kind (a
+        word where the default is a number, ...), is one EigenguardError."""
         allowed = self.options(name, positional)
-        for key in options:
+        for key, value in options.items():
             if key not in allowed:
                 raise EigenguardError(
                     f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
                 )
+            self._check_kind(name, key, value, allowed[key])
         return {k: _plain(v) for k, v in {**allowed, **options}.items()}
+
+    def _check_kind(self, name: str, key: str, value: Any, default: Any) -> None:
+        """A value must be of its default's kind: a number for a number (an int where a float is fine), a
+        whole number for an int, true/false for a bool, text for text, a list for a list or tuple."""
+        if default is None or value is None:
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = number and float(value).is_integer(), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = number, "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        elif isinstance(default, tuple | list):
+            ok, kind = isinstance(value, tuple | list), "a list"
+        else:
+            return
+        if not ok:
+            raise EigenguardError(
+                f"invalid {self.kind} option {key} = {value!r} for '{name}': must be {kind} (default {default!r})"
+            )
 
     def create(
         self,
@@ -72,11 +97,12 @@ class Registry(Generic[T]):
         An option it does not take, or a value it rejects, is one EigenguardError naming what is allowed.
         """
         allowed = self.options(name, positional)
-        for key in options:
+        for key, value in options.items():
             if key not in allowed:
                 raise EigenguardError(
                     f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
                 )
+            self._check_kind(name, key, value, allowed[key])
         try:
             return self.get(name)(*args, **(fixed or {}), **options)  # type: ignore[operator]
         except (TypeError, ValueError) as e:  # e.g. a string where a number belongs

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from eigenguard.attacks import Attack, create_attack
@@ -51,6 +52,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
     except ValidationError as e:
         raise EigenguardError(f"{path}/config.yaml: {format_validation_error(e)}") from None
     device = torch.device(device)
+    try:  # the run's own files first: a broken one is named before any dataset is looked for
+        weights = load_file(str(path / "model.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise EigenguardError(f"{path}/model.safetensors is unreadable ({e}); is the run complete?") from None
     _, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
     test = test.to(device)
     model = create_model(
@@ -58,7 +63,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
     )
     build_defense(config).rebuild(model)
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise EigenguardError(
             f"{path}/model.safetensors does not fit its config.yaml: {str(e).splitlines()[0]}"

@@ -87,8 +87,12 @@ def owner_alive(owner: str | None) -> bool:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """read_only: for the report, which must leave the file as it found it (no schema, no journal mode)."""
         self.path = Path(path)
+        if read_only:
+            self._open_read_only()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -99,6 +103,23 @@ class ResultStore:
             self._db.executescript(SCHEMA)  # IF NOT EXISTS: idempotent, and safe for concurrent openers
         except sqlite3.DatabaseError as e:
             raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
+
+    def _open_read_only(self) -> None:
+        # With no -wal file beside it nobody is writing and the file holds every commit: open it immutable,
+        # so SQLite creates no -wal / -shm files either. With one, read through it (a runner is at work).
+        live = Path(f"{self.path}-wal").exists()
+        uri = self.path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=60)
+            self._db.row_factory = sqlite3.Row
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
+        if not {"cells", "grids", "grid_cells"} <= tables:
+            self._db.close()
+            raise EigenguardError(
+                f"results store '{self.path}' holds no eigenguard results (no cells, grids and grid_cells tables)"
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -74,6 +74,13 @@ def _find_files(variant: _Variant, root: Path) -> list[Path] | None:
         files = _files_in(directory)
         if files is not None:
             return files
+        present = [s for s in IDX_FILES if (directory / s).is_file() or (directory / f"{s}.gz").is_file()]
+        if present and directory != DEBIAN_FASHION_MNIST:  # a copy half there is a mistake, not a miss
+            missing = ", ".join(f"{s}[.gz]" for s in IDX_FILES if s not in present)
+            raise EigenguardError(
+                f"'{directory}' holds an incomplete {variant.name} (missing {missing}); "
+                "add the missing files or point --data-root elsewhere"
+            )
     return None
 
 

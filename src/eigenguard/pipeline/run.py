@@ -86,7 +86,11 @@ def train(
     config = resolve(config)  # names checked, every attack and defense option explicit
     device = resolve_device(config.device)
     out = _run_path(config)
-    check_resumable_run_dir(out) if resume else check_new_run_dir(out)
+    if resume:
+        check_resumable_run_dir(out)
+        Checkpoints(out).check(device)
+    else:
+        check_new_run_dir(out)
     defense = build_defense(config)
     data = prepare_data(config, device, needs_clean_pool=defense.needs_clean_pool)
 

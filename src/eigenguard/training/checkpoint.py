@@ -164,6 +164,15 @@ class Checkpoints:
             counters=record["counters"],
         )
 
+    def check(self, device: torch.device) -> None:
+        """Read every fit's checkpoint once (before a resumed run prints or writes anything): a corrupt one
+        is one EigenguardError naming its file."""
+        for manifest in sorted(self.path.glob("fit-*.json")):
+            index = manifest.stem.removeprefix("fit-")
+            if not index.isdigit():
+                raise EigenguardError(f"checkpoint '{manifest}' is not one eigenguard writes; it cannot be resumed")
+            self.state(int(index), device)
+
     def remove(self) -> None:
         """After the run has finished (its model and metrics written), the checkpoints are redundant."""
         if self.path.is_dir():
