@@ -16,6 +16,7 @@ from eigenguard.training import checkpoint as checkpoint_module
 from eigenguard.training.checkpoint import Checkpoints
 
 TIMES = ("train_seconds", "train_images_per_second", "total_seconds", "defense_seconds", "defense_cost_vs_plain")
+TIMES += ("plain_train_seconds", "backdoored_run")  # the latter: where its cache is
 
 
 def config(root: Path, out: Path, defense: object = "eigenguard", epochs: int = 3) -> TrainConfig:
@@ -202,4 +203,27 @@ def test_kill_9_mid_run_then_resume(mnist_root: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "eigenguard", "train", "--resume", str(cut), "--quiet"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert_same_run(whole, cut)
+
+
+def test_a_post_training_defense_resumes_its_unfinished_backdoored_run(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fine-tuning starts from the no-defense model, trained first (and cached) when missing; killed while
+    # that run trains, the next attempt resumes it instead of starting it over
+    def ft(out: Path, cache: Path) -> TrainConfig:
+        return config(mnist_root, out, {"name": "ft", "epochs": 1}).model_copy(
+            update={"clean_samples": 40, "cache_dir": str(cache)}
+        )
+
+    whole = train(ft(tmp_path / "whole", tmp_path / "cache-a"), progress=False).run_dir
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1, 2, error=Kill)  # the no-defense run's only fit, after its second epoch
+        with pytest.raises(Kill):
+            train(ft(cut, tmp_path / "cache-b"), progress=False)
+    (scratch,) = (tmp_path / "cache-b" / "backdoored").glob(".training.*")
+    assert (scratch / "run" / "checkpoint" / "fit-1.json").is_file()
+    train(ft(cut, tmp_path / "cache-b"), progress=False, resume=True)
+    assert not scratch.exists()
     assert_same_run(whole, cut)

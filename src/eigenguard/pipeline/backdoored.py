@@ -31,7 +31,7 @@ from eigenguard.config import TrainConfig, no_defense, plain_weights_values
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
 
-Train = Callable[[TrainConfig], Any]  # runs a config to completion (pipeline.run.train)
+Train = Callable[[TrainConfig, bool], Any]  # runs a config to completion, resuming it if asked (pipeline.run.train)
 
 
 def backdoored_entry(config: TrainConfig, train_set: ImageDataset, device: torch.device) -> Path:
@@ -53,11 +53,21 @@ def load_or_train_backdoored(
     with filling(entry):  # another process filling the same entry: wait for it, then use its model
         hit = (entry / "metrics.json").exists()
         if not hit:
-            scratch = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".training."))
-            try:  # an ordinary no-defense run; when it finishes it stores itself in the cache (store_plain_run)
-                train(no_defense(config).model_copy(update={"out": str(scratch / "run")}))
-            finally:
+            # an ordinary no-defense run; when it finishes it stores itself in the cache (store_plain_run).
+            # Its directory is the entry's own: a process killed while training it leaves it to be resumed
+            # by the next one that needs the entry (under the same lock); a run that failed is removed.
+            scratch = entry.parent / f".training.{entry.name}"
+            run_dir = scratch / "run"
+            resume = (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.json").is_file()
+            if scratch.exists() and not resume:
+                shutil.rmtree(scratch)
+            scratch.mkdir(exist_ok=True)
+            try:
+                train(no_defense(config).model_copy(update={"out": str(run_dir)}), resume)
+            except Exception:
                 shutil.rmtree(scratch, ignore_errors=True)
+                raise
+            shutil.rmtree(scratch, ignore_errors=True)
             if not (entry / "metrics.json").exists():
                 raise EigenguardError(f"the no-defense run did not store itself at {entry}: its key differs (a bug)")
     state = load_file(str(entry / "model.safetensors"), device=str(device))

@@ -148,8 +148,8 @@ def _train_in(
     def backdoored_model() -> torch.nn.Module:
         t0 = time.perf_counter()
 
-        def train_plain(plain: TrainConfig) -> RunResult:
-            return train(plain, progress=progress, console=console)
+        def train_plain(plain: TrainConfig, resume: bool) -> RunResult:
+            return train(plain, progress=progress, console=console, resume=resume)
 
         model, metrics, hit = load_or_train_backdoored(config, entry, device, trainer.new_model(), train_plain)
         backdoored.update(metrics=metrics, cache_hit=hit, seconds=time.perf_counter() - t0)
