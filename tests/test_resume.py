@@ -227,3 +227,24 @@ def test_a_post_training_defense_resumes_its_unfinished_backdoored_run(
     train(ft(cut, tmp_path / "cache-b"), progress=False, resume=True)
     assert not scratch.exists()
     assert_same_run(whole, cut)
+
+
+def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    args = ["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--model", "resnet18", "--width", "0.125",
+            "--epochs", "20", "--device", "cpu", "--set", f"runs_dir={runs}", "--set", "batch_size=50"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "eigenguard", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(runs.glob("*/checkpoint/fit-1.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    (run,) = runs.iterdir()  # an automatically named run directory
+    assert proc.returncode == 130
+    assert f"continue it with: eigenguard train --resume {run}" in stderr.splitlines()[-1]
+    assert json.loads((run / "state.json").read_text())["state"] == "interrupted"

@@ -92,9 +92,12 @@ def train(
             result = run_training(make_config(values), progress=not quiet)
     except EigenguardError as e:
         raise _fail(str(e)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        target = getattr(e, "run_dir", None) or target
         hint = f"; continue it with: eigenguard train --resume {target}" if target else ""
-        err_console.print(f"interrupted at the last complete epoch{hint}")
+        err_console.print(
+            f"interrupted; the run keeps its last complete epoch{escape(hint)}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(130) from None
     if quiet:
         typer.echo(

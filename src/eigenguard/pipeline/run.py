@@ -72,6 +72,14 @@ def _run_path(config: TrainConfig) -> Path:
     return Path(config.runs_dir) / f"{config.run_name()}_{stamp}"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during a run: its directory holds the last complete epoch's checkpoint."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def train(
     config: TrainConfig, *, progress: bool = True, console: Console | None = None, resume: bool = False
 ) -> RunResult:
@@ -101,7 +109,7 @@ def train(
         result = _train_in(run, config, device, defense, data, console, progress, started, resume)
     except KeyboardInterrupt:
         run.set_state("interrupted")
-        raise
+        raise RunInterrupted(out) from None
     except BaseException as e:
         run.set_state("failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
         raise
