@@ -42,6 +42,7 @@ def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
         "metrics.json",
         "model.safetensors",
         "split.safetensors",
+        "state.json",  # finished; the checkpoints and the lock are gone
     ]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["dataset"] == "mnist" and config["epochs"] == 2 and config["width"] == 0.125

@@ -248,3 +248,30 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert f"continue it with: eigenguard train --resume {run}" in stderr.splitlines()[-1]
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
+
+
+@pytest.mark.parametrize("defense", ["none", "eigenguard"])
+def test_resume_within_an_epoch(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: str
+) -> None:
+    # checkpoint_every=1: a checkpoint after every step; cut after the first step of epoch 2 (with the
+    # guard: after the anchors of epoch 2 were chosen from the model as it was at the epoch's start)
+    def cfg(out: Path) -> TrainConfig:
+        return config(mnist_root, out, defense).model_copy(update={"checkpoint_every": 1, "batch_size": 20})
+
+    whole = train(cfg(tmp_path / "whole"), progress=False).run_dir
+    cut, save = tmp_path / "cut", Checkpoints.save
+
+    def stopping_save(self: Checkpoints, *args: object, midway: object = None) -> None:
+        save(self, *args, midway=midway)
+        if midway is not None and (midway.epoch, midway.at.step) == (2, 1):  # type: ignore[attr-defined]
+            raise Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save", stopping_save)
+        with pytest.raises(Interrupt):
+            train(cfg(cut), progress=False)
+    saved = json.loads((cut / "checkpoint" / "fit-1.json").read_text())
+    assert saved["epoch"] == 1 and saved["midway"]["step"] == 1
+    train(cfg(cut), progress=False, resume=True)
+    assert_same_run(whole, cut)

@@ -207,6 +207,9 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model")
     eval_batch_size: int = Field(512, description="batch size for evaluation")
     eval_every: int = Field(1, description="evaluate every N epochs (the last epoch always)")
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N training steps within an epoch (0: at epoch ends only)"
+    )
     out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
     runs_dir: str = Field("runs", description="parent of auto-named run directories")
     cache_dir: str | None = Field(
@@ -324,9 +327,11 @@ class TrainConfig(BaseModel):
 
 
 # -- what decides a result: defined here, once -------------------------------------------------------
-# Where files go, where data is read from and which machine runs: these cannot change a run's result.
+# Where files go, where data is read from, which machine runs and how often it checkpoints: these cannot
+# change a run's result.
 # (The device *type* can, in the last bits: caches that hold weights add it to their key themselves.)
 PLACEMENT_FIELDS = ("out", "runs_dir", "cache_dir", "data_root", "download", "device")
+PLACEMENT_FIELDS += ("checkpoint_every",)
 # What a run measures and logs without touching the weights it trains, for a run without a defense
 # (a defense may read these: ABL ranks losses and Spectral Signatures reads features in eval batches).
 MEASUREMENT_FIELDS = ("eval_every", "eval_batch_size")

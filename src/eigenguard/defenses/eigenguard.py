@@ -103,6 +103,10 @@ class Anchors:
     def generators(self) -> dict[str, torch.Generator]:
         return {"anchors": self.generator}
 
+    def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
+        for g in self.guards:
+            g.anchor_rows = 0 if extra is None else len(extra)
+
 
 class EigenGuardDefense(Defense):
     """Options (`defense: {name: eigenguard, k: 20, ...}`), the paper's values as defaults:

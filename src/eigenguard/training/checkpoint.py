@@ -1,18 +1,19 @@
 """Epoch-end checkpoints of a run's fits, and what a resumed run reads back from them.
 
 A run trains through one or more fits (`Trainer.fit`: the victim's model, a defense's retraining or
-fine-tuning phases), numbered in the order the run calls them. At the end of every epoch of fit i the
-trainer writes `checkpoint/fit-<i>.safetensors` (the model's state dict, the optimizer's momentum buffers,
-every random stream the fit draws from: the trainer's batch-order and augmentation generator, the epoch
-hook's, torch's global one) and then `checkpoint/fit-<i>.json` (the epoch reached, the optimizer's and the
-schedule's positions, the run's log rows and time counters so far). The JSON is written last and names the
-tensor file it belongs to, so a kill between the two leaves the previous, complete pair in force; the tensor
-file of the previous epoch is removed only after the new JSON is in place. Safetensors and JSON only:
-nothing is unpickled.
+fine-tuning phases), numbered in the order the run calls them. At the end of every epoch of fit i (and,
+with `checkpoint_every: N`, every N steps within one: then also the epoch's batch order, running sums and
+the rows its hook attached) the trainer writes `checkpoint/fit-<i>.epoch-<e>[.step-<s>].safetensors` (the
+model's state dict, the optimizer's momentum buffers, every random stream the fit draws from: the
+trainer's batch-order and augmentation generator, the epoch hook's, torch's global one) and then
+`checkpoint/fit-<i>.json` (the epoch reached, the optimizer's and the schedule's positions, the run's log
+rows and time counters so far). The JSON is written last and names the tensor file it belongs to, so a
+kill between the two leaves the previous, complete pair in force; the previous tensor file is removed
+only after the new JSON is in place. Safetensors and JSON only: nothing is unpickled.
 
 A resumed run replays the pipeline from its config (data, poisoning and splits are deterministic): a fit
 whose last checkpoint says it finished is not trained again, its end state is loaded; the fit that was
-interrupted continues from its last complete epoch; later fits run as usual. On one CPU model the result
+interrupted continues from its last checkpoint; later fits run as usual. On one CPU model the result
 is bit-identical to an uninterrupted run (tests/test_resume.py); wall times are not.
 """
 
@@ -28,9 +29,23 @@ from torch import nn
 
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_save_tensors, atomic_write_text
+from eigenguard.training.loop import EpochPosition
 
 DIRECTORY = "checkpoint"
 FORMAT = 1
+
+
+@dataclass
+class Midway:
+    """A checkpoint within an epoch: the epoch in progress, how far it got, the rows the epoch hook
+    attached to its batches (EigenGuard's anchors, chosen at its start) with the hook's log fields, and the
+    epoch's seconds so far."""
+
+    epoch: int
+    at: EpochPosition
+    extra: torch.Tensor | None
+    fields: dict[str, Any]
+    seconds: float
 
 
 @dataclass
@@ -46,10 +61,11 @@ class FitState:
     generators: dict[str, torch.Tensor]  # name -> get_state() of that generator
     log: list[dict[str, Any]]  # the run's log rows up to here, every fit's
     counters: dict[str, float]
+    midway: Midway | None = None  # set when checkpointed within epoch `epoch + 1`
 
     @property
     def finished(self) -> bool:
-        return self.epoch >= self.epochs
+        return self.epoch >= self.epochs and self.midway is None
 
 
 class Checkpoints:
@@ -69,9 +85,11 @@ class Checkpoints:
         generators: dict[str, torch.Generator],
         log: list[dict[str, Any]],
         counters: dict[str, float],
+        midway: Midway | None = None,
     ) -> None:
+        """After `epoch` complete epochs of fit `index` (of `epochs`), or within the next one (`midway`)."""
         try:
-            self._save(index, epoch, epochs, model, optimizer, scheduler, generators, log, counters)
+            self._save(index, epoch, epochs, model, optimizer, scheduler, generators, log, counters, midway)
         except OSError as e:  # a full disk, a read-only or vanished directory: the previous one is intact
             raise EigenguardError(
                 f"could not write the checkpoint of epoch {epoch} in '{self.path}' ({e.strerror or e}); "
@@ -89,6 +107,7 @@ class Checkpoints:
         generators: dict[str, torch.Generator],
         log: list[dict[str, Any]],
         counters: dict[str, float],
+        midway: Midway | None,
     ) -> None:
         self.path.mkdir(exist_ok=True)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -101,6 +120,12 @@ class Checkpoints:
             tensors[f"generator.{name}"] = gen.get_state()
         tensors["generator.torch-global"] = torch.get_rng_state()
         tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
+        if midway is not None:
+            at = midway.at
+            tensors |= {"midway.order": at.order, "midway.loss_sum": at.loss_sum, "midway.correct": at.correct}
+            if midway.extra is not None:
+                tensors["midway.extra"] = midway.extra
+            tensor_file = f"fit-{index}.epoch-{epoch}.step-{at.step}.safetensors"
         atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
         record = {
             "format": FORMAT,
@@ -118,6 +143,15 @@ class Checkpoints:
             "scheduler": scheduler.state_dict(),  # plain numbers (LambdaLR keeps None for a function's lambda)
             "log": log,
             "counters": counters,
+            "midway": None
+            if midway is None
+            else {
+                "epoch": midway.epoch,
+                "step": midway.at.step,
+                "seen": midway.at.seen,
+                "fields": midway.fields,
+                "seconds": midway.seconds,
+            },
         }
         manifest = self.path / f"fit-{index}.json"
         previous = self._tensor_file(manifest)
@@ -152,6 +186,14 @@ class Checkpoints:
                 param, name = key.removeprefix("optimizer.").split(".", 1)
                 state.setdefault(int(param), {})[name] = value
         generators = {k.removeprefix("generator."): v.cpu() for k, v in tensors.items() if k.startswith("generator.")}
+        midway = None
+        if record.get("midway"):
+            m = record["midway"]
+            at = EpochPosition(
+                int(m["step"]), tensors["midway.order"], tensors["midway.loss_sum"], tensors["midway.correct"],
+                int(m["seen"]),
+            )  # fmt: skip
+            midway = Midway(int(m["epoch"]), at, tensors.get("midway.extra"), m["fields"], float(m["seconds"]))
         return FitState(
             index=index,
             epoch=int(record["epoch"]),
@@ -162,6 +204,7 @@ class Checkpoints:
             generators=generators,
             log=record["log"],
             counters=record["counters"],
+            midway=midway,
         )
 
     def check(self, device: torch.device) -> None:

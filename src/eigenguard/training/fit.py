@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from eigenguard.data.transforms import Normalize
-from eigenguard.training.loop import LossFn, StepCallback, train_one_epoch
+from eigenguard.training.loop import EpochPosition, LossFn, StepCallback, train_one_epoch
 from eigenguard.training.schedule import lr_multiplier
 
 CROP_PAD = 4  # random-crop padding of every recipe that augments (the usual CIFAR value)
@@ -42,13 +42,18 @@ Scheduler = torch.optim.lr_scheduler.LRScheduler
 EpochEnd = Callable[[int, dict[str, float], torch.optim.Optimizer, Scheduler], None]  # epoch, stats, optimizer, lr
 
 
+PositionCallback = Callable[[int, EpochPosition, torch.optim.Optimizer, Scheduler], None]  # within an epoch
+
+
 @dataclass(frozen=True)
 class Resume:
-    """Where an interrupted fit goes on: after `epoch`, with the optimizer's and schedule's saved states."""
+    """Where an interrupted fit goes on: after `epoch` complete epochs (and `position` steps into the next
+    one, if it was checkpointed within it), with the optimizer's and schedule's saved states."""
 
     epoch: int
     optimizer: dict
     scheduler: dict
+    position: EpochPosition | None = None
 
 
 def fit(
@@ -65,6 +70,8 @@ def fit(
     on_epoch_end: EpochEnd | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     resume: Resume | None = None,
+    on_position: PositionCallback | None = None,
+    position_every: int = 0,
 ) -> dict[str, float]:
     """Train `model` in place on uint8 `images` (on the training device) with `recipe`; returns the last
     epoch's stats (train_loss, train_acc on the augmented batches).
@@ -73,7 +80,8 @@ def fit(
     rows to append to every batch of that epoch (EigenGuard's anchors); `on_step(epoch, step, loss)`
     reports progress; `on_epoch_end(epoch, stats, optimizer, scheduler)` sees the state a checkpoint saves.
     `resume`: continue after `resume.epoch` (the model, the generator and the caller's own state already
-    restored; the optimizer and the schedule are restored here).
+    restored; the optimizer and the schedule are restored here). `on_position(epoch, position, optimizer,
+    scheduler)` is called every `position_every` steps within an epoch (a checkpoint's chance).
     """
     steps_per_epoch = recipe.steps_per_epoch(len(images))
     optimizer = torch.optim.SGD(
@@ -95,6 +103,13 @@ def fit(
             def step_callback(step: int, loss: float, epoch: int = epoch) -> None:
                 on_step(epoch, step, loss)
 
+        position = resume.position if resume is not None and epoch == resume.epoch + 1 else None
+        position_callback = None
+        if on_position is not None:
+
+            def position_callback(at: EpochPosition, epoch: int = epoch) -> None:
+                on_position(epoch, at, optimizer, scheduler)
+
         stats = train_one_epoch(
             model,
             optimizer,
@@ -110,6 +125,9 @@ def fit(
             on_step=step_callback,
             extra_inputs=extra,
             loss_fn=loss_fn,
+            position=position,
+            on_position=position_callback,
+            position_every=position_every,
         )
         if on_epoch_end:
             on_epoch_end(epoch, stats, optimizer, scheduler)

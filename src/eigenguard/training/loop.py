@@ -8,6 +8,7 @@ Speed habits, one line each:
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,20 @@ from torch import nn
 from eigenguard.data.transforms import Normalize, random_crop, random_flip
 
 StepCallback = Callable[[int, float], None]  # (steps done this epoch, mean loss so far)
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch got: `step` steps done of the batch order `order`, and its running sums (a
+    checkpoint within an epoch saves this; a resumed epoch continues from it)."""
+
+    step: int
+    order: torch.Tensor
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels, inputs) -> loss
 
 
@@ -36,6 +51,9 @@ def train_one_epoch(
     log_every: int = 10,
     extra_inputs: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
+    position: EpochPosition | None = None,
+    on_position: Callable[[EpochPosition], None] | None = None,
+    position_every: int = 0,
 ) -> dict[str, float]:
     """Train for one pass over (images, labels); returns mean loss and accuracy on the augmented batches.
 
@@ -45,15 +63,21 @@ def train_one_epoch(
     with anchor rows) must remove them again, so the logits have one row per batch sample.
     `loss_fn(logits, labels, inputs)` replaces the mean cross-entropy (ABL's gradient ascent, NAD's
     attention distillation); `inputs` is the normalised batch the model saw.
+    `on_position` is called every `position_every` steps (not after the last) with where the epoch is;
+    `position` continues an epoch from such a point (the generator restored by the caller).
     """
     model.train()
     n = images.shape[0]
     steps = max(n // batch_size, 1)
-    order = torch.randperm(n, device=images.device, generator=generator)
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.int64)
-    seen = 0
-    for step in range(steps):
+    if position is None:
+        order = torch.randperm(n, device=images.device, generator=generator)
+        loss_sum = torch.zeros((), device=images.device)
+        correct = torch.zeros((), device=images.device, dtype=torch.int64)
+        seen, first = 0, 0
+    else:
+        order, seen, first = position.order, position.seen, position.step
+        loss_sum, correct = position.loss_sum.clone(), position.correct.clone()
+    for step in range(first, steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
         x, y = images[idx], labels[idx]
         if crop_pad:
@@ -75,4 +99,6 @@ def train_one_epoch(
         seen += len(idx)
         if on_step is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             on_step(step + 1, loss_sum.item() / seen)
+        if on_position is not None and position_every and (step + 1) % position_every == 0 and step + 1 < steps:
+            on_position(EpochPosition(step + 1, order, loss_sum, correct, seen))
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}

@@ -21,10 +21,10 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
-from eigenguard.training.checkpoint import Checkpoints
+from eigenguard.training.checkpoint import Checkpoints, Midway
 from eigenguard.training.evaluate import evaluate_protocols
 from eigenguard.training.fit import CROP_PAD, Recipe, Resume, Scheduler, fit
-from eigenguard.training.loop import LossFn
+from eigenguard.training.loop import EpochPosition, LossFn
 
 
 class RecipeKnobs(TypedDict, total=False):
@@ -49,6 +49,10 @@ class EpochHook(Protocol):
 
     def generators(self) -> dict[str, torch.Generator]:
         """The random streams the hook draws from (a checkpoint saves and a resumed fit restores them)."""
+        ...
+
+    def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
+        """An epoch resumed from a checkpoint within it: attach the rows `before_epoch` had chosen."""
         ...
 
 
@@ -174,7 +178,7 @@ class Trainer:
         self.fits += 1
         index, first_row = self.fits, len(self.history)
         streams = {"batches": self.generator, **(hook.generators() if hook else {})}
-        resume = None
+        resume, midway = None, None
         state = self.checkpoints.state(index, self.device) if self.checkpoints and self.resume else None
         if state is not None:  # this fit ran before the run was interrupted: its state at its last epoch's end
             model.load_state_dict(state.model)
@@ -189,7 +193,10 @@ class Trainer:
             first_row = int(state.counters["first_row"])
             if state.finished:
                 return self.history[first_row:]
-            resume = Resume(state.epoch, state.optimizer, state.scheduler)
+            midway = state.midway
+            resume = Resume(state.epoch, state.optimizer, state.scheduler, None if midway is None else midway.at)
+        else:
+            midway = None
         rows: list[dict[str, Any]] = list(self.history[first_row:])
         columns = (
             TextColumn(f"{phase} {{task.fields[epoch]}}"),
@@ -207,9 +214,27 @@ class Trainer:
                 bar.update(task, completed=done, loss=loss, epoch=f"{epoch}/{epochs}")
 
             def on_epoch_start(epoch: int) -> torch.Tensor | None:
-                started["t0"] = time.perf_counter()
-                extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
+                if midway is not None and epoch == midway.epoch:  # resumed within this epoch
+                    started["t0"] = time.perf_counter() - midway.seconds
+                    extra, started["fields"] = midway.extra, dict(midway.fields)
+                    if hook:
+                        hook.resume_epoch(epoch, extra)
+                else:
+                    started["t0"] = time.perf_counter()
+                    extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
+                started["extra"] = extra
                 return extra
+
+            def on_position(
+                epoch: int, at: EpochPosition, optimizer: torch.optim.Optimizer, scheduler: Scheduler
+            ) -> None:  # within an epoch, every config.checkpoint_every steps
+                assert self.checkpoints is not None
+                way = Midway(epoch, at, started["extra"], started["fields"], time.perf_counter() - started["t0"])
+                counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
+                self.checkpoints.save(
+                    index, epoch - 1, epochs, model, optimizer, scheduler, streams, self.history,
+                    {**counters, "first_row": first_row}, midway=way,
+                )  # fmt: skip
 
             def on_epoch_end(
                 epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
@@ -260,5 +285,7 @@ class Trainer:
                 on_epoch_end=on_epoch_end,
                 on_step=on_step,
                 resume=resume,
+                on_position=on_position if self.checkpoints is not None and self.config.checkpoint_every else None,
+                position_every=self.config.checkpoint_every,
             )
         return rows
