@@ -107,7 +107,7 @@ def run_status(path: Path) -> dict[str, Any]:
     try:
         record = json.loads((path / STATE).read_text())
         status["state"], status["error"] = record.get("state", "unknown"), record.get("error")
-        if status["state"] == "running" and not _owner_alive(f"{record.get('host')}:{record.get('pid')}"):
+        if status["state"] == "running" and not owner_alive(f"{record.get('host')}:{record.get('pid')}"):
             status["state"], status["error"] = "interrupted", "its process is gone (killed?)"
     except (OSError, ValueError, AttributeError):
         pass
@@ -128,10 +128,14 @@ def run_status(path: Path) -> dict[str, Any]:
     return status
 
 
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.partition(":")
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process `host:pid` may still be running: False only where it is this host's and gone
+    (or no owner was recorded); another machine's is assumed alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's, or unreadable: assume it is running
+        return True
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -169,7 +173,7 @@ class RunDirectory:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
             except FileExistsError:
                 holder = lock.read_text().strip() if lock.is_file() else ""
-                if _owner_alive(holder):
+                if owner_alive(holder):
                     raise EigenguardError(f"run '{self.path}' is in use by process {holder} (its {LOCK})") from None
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue

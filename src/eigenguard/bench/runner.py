@@ -24,7 +24,8 @@ from rich.console import Console
 from eigenguard.bench.cell import PARTIAL
 from eigenguard.bench.executors import Executor
 from eigenguard.bench.grid import Cell, Grid
-from eigenguard.bench.store import ResultStore, owner_alive
+from eigenguard.bench.store import ResultStore
+from eigenguard.run_directory import owner_alive
 
 
 @dataclass

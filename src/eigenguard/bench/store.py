@@ -27,7 +27,7 @@ from typing import Any
 
 from eigenguard.config import config_value
 from eigenguard.errors import EigenguardError
-from eigenguard.run_directory import atomic_write_text
+from eigenguard.run_directory import atomic_write_text, owner_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -68,22 +68,6 @@ def now() -> str:
 
 def this_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(owner: str | None) -> bool:
-    """Whether the process named by `owner` may still be running. Another host's process: assumed alive."""
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ResultStore:

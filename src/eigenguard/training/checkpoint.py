@@ -89,75 +89,60 @@ class Checkpoints:
     ) -> None:
         """After `epoch` complete epochs of fit `index` (of `epochs`), or within the next one (`midway`)."""
         try:
-            self._save(index, epoch, epochs, model, optimizer, scheduler, generators, log, counters, midway)
+            self.path.mkdir(exist_ok=True)
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+            opt = optimizer.state_dict()
+            for param, values in opt["state"].items():
+                for name, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optimizer.{param}.{name}"] = value
+            for name, gen in generators.items():
+                tensors[f"generator.{name}"] = gen.get_state()
+            tensors["generator.torch-global"] = torch.get_rng_state()
+            tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
+            if midway is not None:
+                at = midway.at
+                tensors |= {"midway.order": at.order, "midway.loss_sum": at.loss_sum, "midway.correct": at.correct}
+                if midway.extra is not None:
+                    tensors["midway.extra"] = midway.extra
+                tensor_file = f"fit-{index}.epoch-{epoch}.step-{at.step}.safetensors"
+            atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
+            record = {
+                "format": FORMAT,
+                "fit": index,
+                "epoch": epoch,
+                "epochs": epochs,
+                "tensors": tensor_file,
+                "optimizer": {
+                    "param_groups": opt["param_groups"],
+                    "state": {
+                        str(param): {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
+                        for param, values in opt["state"].items()
+                    },
+                },
+                "scheduler": scheduler.state_dict(),  # plain numbers (LambdaLR keeps None for a function's lambda)
+                "log": log,
+                "counters": counters,
+                "midway": None
+                if midway is None
+                else {
+                    "epoch": midway.epoch,
+                    "step": midway.at.step,
+                    "seen": midway.at.seen,
+                    "fields": midway.fields,
+                    "seconds": midway.seconds,
+                },
+            }
+            manifest = self.path / f"fit-{index}.json"
+            previous = self._tensor_file(manifest)
+            atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
+            if previous and previous != tensor_file:
+                (self.path / previous).unlink(missing_ok=True)
         except OSError as e:  # a full disk, a read-only or vanished directory: the previous one is intact
             raise EigenguardError(
                 f"could not write the checkpoint of epoch {epoch} in '{self.path}' ({e.strerror or e}); "
                 f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
             ) from None
-
-    def _save(
-        self,
-        index: int,
-        epoch: int,
-        epochs: int,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        generators: dict[str, torch.Generator],
-        log: list[dict[str, Any]],
-        counters: dict[str, float],
-        midway: Midway | None,
-    ) -> None:
-        self.path.mkdir(exist_ok=True)
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        opt = optimizer.state_dict()
-        for param, values in opt["state"].items():
-            for name, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer.{param}.{name}"] = value
-        for name, gen in generators.items():
-            tensors[f"generator.{name}"] = gen.get_state()
-        tensors["generator.torch-global"] = torch.get_rng_state()
-        tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
-        if midway is not None:
-            at = midway.at
-            tensors |= {"midway.order": at.order, "midway.loss_sum": at.loss_sum, "midway.correct": at.correct}
-            if midway.extra is not None:
-                tensors["midway.extra"] = midway.extra
-            tensor_file = f"fit-{index}.epoch-{epoch}.step-{at.step}.safetensors"
-        atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
-        record = {
-            "format": FORMAT,
-            "fit": index,
-            "epoch": epoch,
-            "epochs": epochs,
-            "tensors": tensor_file,
-            "optimizer": {
-                "param_groups": opt["param_groups"],
-                "state": {
-                    str(param): {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
-                    for param, values in opt["state"].items()
-                },
-            },
-            "scheduler": scheduler.state_dict(),  # plain numbers (LambdaLR keeps None for a function's lambda)
-            "log": log,
-            "counters": counters,
-            "midway": None
-            if midway is None
-            else {
-                "epoch": midway.epoch,
-                "step": midway.at.step,
-                "seen": midway.at.seen,
-                "fields": midway.fields,
-                "seconds": midway.seconds,
-            },
-        }
-        manifest = self.path / f"fit-{index}.json"
-        previous = self._tensor_file(manifest)
-        atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
-        if previous and previous != tensor_file:
-            (self.path / previous).unlink(missing_ok=True)
 
     def _tensor_file(self, manifest: Path) -> str | None:
         if not manifest.is_file():
