@@ -16,7 +16,7 @@ from eigenguard.training import checkpoint as checkpoint_module
 from eigenguard.training.checkpoint import Checkpoints
 
 TIMES = ("train_seconds", "train_images_per_second", "total_seconds", "defense_seconds", "defense_cost_vs_plain")
-TIMES += ("plain_train_seconds", "backdoored_run")  # the latter: where its cache is
+TIMES += ("plain_train_seconds", "backdoored_run", "backdoored_cache_hit")  # the last two: where the cache is
 
 
 def config(root: Path, out: Path, defense: object = "eigenguard", epochs: int = 3) -> TrainConfig:
@@ -274,4 +274,24 @@ def test_resume_within_an_epoch(
     saved = json.loads((cut / "checkpoint" / "fit-1.json").read_text())
     assert saved["epoch"] == 1 and saved["midway"]["step"] == 1
     train(cfg(cut), progress=False, resume=True)
+    assert_same_run(whole, cut)
+
+
+def test_a_post_training_defense_resumes_within_its_own_phase(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fine-tuning (2 epochs) cut after its first epoch, its backdoored model from the cache
+    def ft(out: Path) -> TrainConfig:
+        return config(mnist_root, out, {"name": "ft", "epochs": 2}).model_copy(
+            update={"clean_samples": 40, "cache_dir": str(tmp_path / "cache")}
+        )
+
+    whole = train(ft(tmp_path / "whole"), progress=False).run_dir  # fills the cache
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1, 1)
+        with pytest.raises(Interrupt):
+            train(ft(cut), progress=False)
+    assert json.loads((cut / "checkpoint" / "fit-1.json").read_text())["log"][0]["phase"] == "finetune"
+    train(ft(cut), progress=False, resume=True)
     assert_same_run(whole, cut)
