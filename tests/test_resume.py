@@ -56,7 +56,7 @@ def interrupt_after(
     checkpoint: its tensor file written, its JSON not)."""
     save, write = Checkpoints.save, checkpoint_module.atomic_write_text
 
-    def stopping_save(self: Checkpoints, index: int, at: int, *args: object) -> None:
+    def stopping_save(self: Checkpoints, index: int, at: int, *args: object, **kwargs: object) -> None:
         if while_writing and (index, at) == (fit, epoch):
 
             def fail(path: Path, text: str) -> None:
@@ -64,7 +64,7 @@ def interrupt_after(
 
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", fail)
         try:
-            save(self, index, at, *args)
+            save(self, index, at, *args, **kwargs)
         finally:
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", write)
         if (index, at) == (fit, epoch):

@@ -95,7 +95,6 @@ def check_same_split(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 LOCK = ".lock"
 STATE = "state.json"
-STATES = ("running", "interrupted", "failed", "finished")
 
 
 def run_status(path: Path) -> dict[str, Any]:
@@ -192,11 +191,9 @@ class RunDirectory:
 
     def set_log(self, rows: list[dict[str, Any]]) -> None:
         """Replace the log (a resumed run's rows up to its checkpoint) and rewrite log.csv."""
-        self._log_rows = []
-        for row in rows[:-1]:
-            self._log_rows.append(dict(row))
+        self._log_rows = [dict(row) for row in rows]
         if rows:
-            self.append_log(rows[-1])
+            self._write_log()
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
@@ -208,6 +205,9 @@ class RunDirectory:
         first appearance, and a row leaves the fields it lacks empty.
         """
         self._log_rows.append(dict(row))
+        self._write_log()
+
+    def _write_log(self) -> None:
         fields = list(dict.fromkeys(k for r in self._log_rows for k in r))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")

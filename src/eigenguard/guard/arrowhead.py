@@ -57,8 +57,10 @@ class FrozenHistory:
     poles: the eigenvalues l of h h^T, ascending (float64); basis: their eigenvectors Q (m x m, float64).
     The roots computed are those of intervals first..m, interval i being (l_{i-1}, l_i) with l_{-1} and l_m
     replaced by bounds of the spectrum set per image. For each: lower and upper pole (lo, hi) and the
-    interval's width (0 for the open-ended ones, set per image). Poles 0..first-1 lie below every computed
+    interval's width (0 for the open-ended ones, set per image); empty: the interior intervals of width 0
+    (two equal poles: the root is the pole, with weight 0). Poles 0..first-1 lie below every computed
     root; of the others, below[i, j] = 1 where pole first + j lies below root i's interval (a triangle).
+    scale: the power of two the history was normalized by (images are scaled by the same).
     """
 
     h: torch.Tensor
@@ -68,11 +70,14 @@ class FrozenHistory:
     lo: torch.Tensor
     hi: torch.Tensor
     width: torch.Tensor
+    empty: torch.Tensor
     below: torch.Tensor
+    scale: torch.Tensor
 
     @staticmethod
-    def of(h: torch.Tensor, threshold: float) -> "FrozenHistory":
-        """threshold: the filter's zero-direction threshold relative to the largest eigenvalue (10 n eps)."""
+    def of(h: torch.Tensor, threshold: float, scale: torch.Tensor) -> "FrozenHistory":
+        """h: the normalized history; threshold: the filter's zero-direction threshold relative to the
+        largest eigenvalue (10 n eps); scale: what h was normalized by."""
         m = h.shape[0]
         poles, basis = torch.linalg.eigh((h @ h.mT).to(F64))
         # A root in interval i is at most l_i: it can pass the threshold only if l_i > threshold * l_max.
@@ -83,7 +88,7 @@ class FrozenHistory:
         interior = (intervals >= 1) & (intervals <= m - 1)
         width = torch.where(interior, hi - lo, torch.zeros_like(lo))
         below = (torch.arange(first, m, device=h.device)[None, :] < intervals[:, None]).to(F64)
-        return FrozenHistory(h, poles, basis, first, lo, hi, width, below)
+        return FrozenHistory(h, poles, basis, first, lo, hi, width, interior & (width == 0), below, scale)
 
 
 def _model_step(
@@ -92,8 +97,7 @@ def _model_step(
     """The next offset from the origin pole. The model replaces the poles on the origin's side by one pole
     at the origin and everything else by its tangent line at u:  F(t') ~ A + W / u' - s (u' - u), with
     W = -(their part of F') u^2 and s = -(the rest of F'); its step is the root, on the origin's side, of
-    the quadratic s u'^2 - alpha u' - W = 0. (The two-pole model of Bunch, Nielsen and Sorensen would fold the linear
-    term d - t into the far pole's weight, which cancels catastrophically in a wide interval.)
+    the quadratic s u'^2 - alpha u' - W = 0 (why not two poles: the module docstring).
     below2 / above2: sum of z2 / (l - t)^2 over the poles below / above the root's interval."""
     weight = torch.where(from_hi, above2, below2) * u.square()
     slope = 1 + torch.where(from_hi, below2, above2)
@@ -204,8 +208,8 @@ def bordered_weights(
     d = xs.to(F64).square().sum(1)
     scale = torch.maximum(frozen.poles[-1].abs(), d).clamp_min(torch.finfo(F64).tiny)
     z2 = torch.maximum(z.square(), (_EPS * _EPS) * scale[:, None])  # no exact zero: see the module docstring
-    empty = ((frozen.width == 0) & _interior(frozen))[:, None]  # equal poles: the root is the pole, weight 0
-    # images in chunks of ~2 MB of (roots x images x poles) float64: the iteration's passes stay in cache
+    empty = frozen.empty[:, None]
+    # images in chunks of CHUNK_ELEMENTS (roots x images x poles) float64: the iteration's passes stay in cache
     m, count = frozen.poles.shape[0], frozen.lo.shape[0]
     chunk = max(1, CHUNK_ELEMENTS // (count * m)) if z.device.type == "cpu" else len(z)
     w = torch.empty_like(z)
@@ -220,8 +224,3 @@ def bordered_weights(
         w_last[part] = g.sum(0)
         w[part] = -z[part] * torch.einsum("ib,ibj->bj", g, inv)  # z_j sum_i g_i / (t_i - l_j)
     return w @ frozen.basis.mT, w_last
-
-
-def _interior(frozen: FrozenHistory) -> torch.Tensor:
-    index = torch.arange(frozen.first, frozen.poles.shape[0] + 1, device=frozen.poles.device)
-    return (index >= 1) & (index <= frozen.poles.shape[0] - 1)

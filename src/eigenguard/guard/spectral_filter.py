@@ -181,8 +181,9 @@ def frozen_history(history: torch.Tensor, dtype: torch.dtype | None = None) -> F
     """The decomposition of a frozen history that per-sample inference reuses for every image (a guard
     caches it until its history changes). dtype: the guard's precision (default: history's)."""
     hd = history.detach() if dtype is None else history.detach().to(dtype)
-    h = torch.nn.functional.hardshrink(hd * _scale_of(hd), _FLUSH)
-    return FrozenHistory.of(h, 10 * (len(h) + 1) * torch.finfo(h.dtype).eps)
+    scale = _scale_of(hd)
+    h = torch.nn.functional.hardshrink(hd * scale, _FLUSH)
+    return FrozenHistory.of(h, 10 * (len(h) + 1) * torch.finfo(h.dtype).eps, scale)
 
 
 def filter_each_against(
@@ -217,7 +218,7 @@ def filter_each_against(
             hd = history.detach() if dtype is None else history.detach().to(dtype)
             xd = x if dtype is None else x.to(dtype)
             frozen = frozen_history(history, dtype) if frozen is None else frozen
-            xs = torch.nn.functional.hardshrink(xd * _scale_of(hd), _FLUSH)  # the history's scale
+            xs = torch.nn.functional.hardshrink(xd * frozen.scale, _FLUSH)  # the history's scale
             m, eps = len(hd), torch.finfo(hd.dtype).eps
             w_h, w_x = bordered_weights(frozen, xs, lambda ev: _filter_ratio(ev, k, floor, m + 1, spectrum, eps))
             return (w_h.to(hd.dtype) @ hd + w_x.to(hd.dtype)[:, None] * xd).to(x.dtype)

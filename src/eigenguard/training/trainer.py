@@ -195,8 +195,6 @@ class Trainer:
                 return self.history[first_row:]
             midway = state.midway
             resume = Resume(state.epoch, state.optimizer, state.scheduler, None if midway is None else midway.at)
-        else:
-            midway = None
         rows: list[dict[str, Any]] = list(self.history[first_row:])
         columns = (
             TextColumn(f"{phase} {{task.fields[epoch]}}"),
@@ -225,16 +223,21 @@ class Trainer:
                 started["extra"] = extra
                 return extra
 
+            def checkpoint(
+                done: int, optimizer: torch.optim.Optimizer, scheduler: Scheduler, midway: Midway | None = None
+            ) -> None:  # after `done` complete epochs (and within the next one, with `midway`)
+                assert self.checkpoints is not None
+                counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
+                self.checkpoints.save(
+                    index, done, epochs, model, optimizer, scheduler, streams, self.history,
+                    {**counters, "first_row": first_row}, midway=midway,
+                )  # fmt: skip
+
             def on_position(
                 epoch: int, at: EpochPosition, optimizer: torch.optim.Optimizer, scheduler: Scheduler
             ) -> None:  # within an epoch, every config.checkpoint_every steps
-                assert self.checkpoints is not None
                 way = Midway(epoch, at, started["extra"], started["fields"], time.perf_counter() - started["t0"])
-                counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
-                self.checkpoints.save(
-                    index, epoch - 1, epochs, model, optimizer, scheduler, streams, self.history,
-                    {**counters, "first_row": first_row}, midway=way,
-                )  # fmt: skip
+                checkpoint(epoch - 1, optimizer, scheduler, way)
 
             def on_epoch_end(
                 epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
@@ -262,11 +265,7 @@ class Trainer:
                 rows.append(row)
                 self.log(row)
                 if self.checkpoints is not None:
-                    counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
-                    self.checkpoints.save(
-                        index, epoch, epochs, model, optimizer, scheduler, streams, self.history,
-                        {**counters, "first_row": first_row},
-                    )  # fmt: skip
+                    checkpoint(epoch, optimizer, scheduler)
                 bar.console.print(
                     f"{phase} {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
                     f"{format_eval(evaluated)}  ({seconds:.1f}s)"
