@@ -218,6 +218,38 @@ def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) ->
     assert len(list((tmp_path / "clb").glob("surrogate-*.safetensors"))) == 5
 
 
+def test_clb_surrogate_killed_mid_training_resumes_from_its_last_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eigenguard.training.checkpoint import Checkpoints
+
+    data, options = dataset(200, shape=(1, 12, 12)), {**TINY_CLB, "surrogate_epochs": 3}
+    whole = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path / "a"), **options)
+    expected = whole.poison(data, 0.8, torch.Generator().manual_seed(0)).dataset.images
+    save, saved = Checkpoints.save, []
+
+    class Kill(BaseException):
+        pass
+
+    def stopping_save(self: Checkpoints, index: int, epoch: int, *args: object, **kwargs: object) -> None:
+        save(self, index, epoch, *args, **kwargs)  # type: ignore[arg-type]
+        saved.append(epoch)
+        if epoch == 1 and len(saved) == 1:
+            raise Kill
+
+    monkeypatch.setattr(Checkpoints, "save", stopping_save)
+    with pytest.raises(Kill):
+        CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path / "b"), **options).poison(
+            data, 0.8, torch.Generator().manual_seed(0)
+        )
+    (scratch,) = (tmp_path / "b" / "clb").glob(".training.surrogate-*")
+    resumed = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path / "b"), **options)
+    images = resumed.poison(data, 0.8, torch.Generator().manual_seed(0)).dataset.images
+    assert saved == [1, 2, 3]  # the second process trained epochs 2 and 3 only
+    assert torch.equal(images, expected) and not scratch.exists()
+    assert resumed.describe()["surrogate_train_acc"] == whole.describe()["surrogate_train_acc"]
+
+
 def test_pgd_raises_the_loss_within_the_budget() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))

@@ -320,3 +320,54 @@ def test_ray_executor_on_a_local_instance(mnist_root: Path, tmp_path: Path) -> N
         assert json.loads((Path(record["run_dir"]) / "metrics.json").read_text())["acc"] == record["acc"]
     finally:
         ray.shutdown()
+
+
+def test_ray_executor_resumes_a_killed_cell_from_its_checkpoint(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    import torch
+    from safetensors.torch import load_file
+
+    ray = pytest.importorskip("ray")
+    from eigenguard.bench.cell import run_cell
+    from eigenguard.bench.executors import RayExecutor
+    from eigenguard.training.checkpoint import Checkpoints
+
+    spec = tiny_grid(mnist_root, attack=["badnets"], defense=["none"])
+    spec["base"]["epochs"] = 2
+    grid, store, runs = parse_grid(spec), ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+    (cell,) = grid.cells
+    whole = run_cell(cell.key, cell.config.model_dump(), str(tmp_path / "whole"))
+
+    class Kill(BaseException):  # as SIGKILL: nothing the cell can record
+        pass
+
+    save = Checkpoints.save
+
+    def stopping_save(self: Checkpoints, index: int, epoch: int, *args: object, **kwargs: object) -> None:
+        save(self, index, epoch, *args, **kwargs)  # type: ignore[arg-type]
+        raise Kill
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save", stopping_save)
+        with pytest.raises(Kill):
+            run_cell(cell.key, cell.config.model_dump(), str(runs))  # killed after epoch 1 of 2
+    partial = runs / ".partial" / cell.key
+    first_epoch = json.loads((partial / "checkpoint" / "fit-1.json").read_text())["log"][0]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        summary = run_grid(grid, store, RayExecutor(store, runs, workers=1), runs)
+    finally:
+        ray.shutdown()
+    (record,) = store.records("tiny")
+    assert summary.done == 1 and record["status"] == "done", record["error"]
+    run_dir = Path(record["run_dir"])
+    log = list(csv.DictReader((run_dir / "log.csv").read_text().splitlines()))
+    assert float(log[0]["epoch_seconds"]) == first_epoch["epoch_seconds"]  # epoch 1 was not trained again
+    assert not partial.exists()
+    a, b = load_file(str(Path(whole["run_dir"]) / "model.safetensors")), load_file(str(run_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((Path(whole["run_dir"]) / "metrics.json").read_text())
+    assert (record["acc"], record["asr"]) == (metrics["acc"], metrics["asr"])

@@ -36,7 +36,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     logs = [list(csv.DictReader((p / "log.csv").read_text().splitlines())) for p in (a, b)]
     for log in logs:
         for row in log:
-            row.pop("epoch_seconds")
+            row.pop("epoch_seconds", None)
     assert logs[0] == logs[1] and len(logs[0]) > 0
     assert not (b / "checkpoint").exists() and not (b / ".lock").exists()
 
@@ -294,4 +294,43 @@ def test_a_post_training_defense_resumes_within_its_own_phase(
             train(ft(cut), progress=False)
     assert json.loads((cut / "checkpoint" / "fit-1.json").read_text())["log"][0]["phase"] == "finetune"
     train(ft(cut), progress=False, resume=True)
+    assert_same_run(whole, cut)
+
+
+def test_anp_resumes_within_its_mask_optimisation(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ANP's 12 iterations checkpoint every 5 (checkpoint_every); cut after the checkpoint of iteration 10
+    def anp(out: Path) -> TrainConfig:
+        defense = {"name": "anp", "iterations": 12, "batch_size": 16}
+        return config(mnist_root, out, defense).model_copy(
+            update={"clean_samples": 40, "cache_dir": str(tmp_path / "cache"), "checkpoint_every": 5}
+        )
+
+    whole = train(anp(tmp_path / "whole"), progress=False).run_dir  # fills the backdoored model's cache
+    cut, save = tmp_path / "cut", Checkpoints.save_phase
+    steps: list[int] = []
+
+    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        steps.append(step)
+        if step == 10:
+            raise Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", stopping_save)
+        with pytest.raises(Interrupt):
+            train(anp(cut), progress=False)
+    assert steps == [5, 10]
+    assert json.loads((cut / "checkpoint" / "phase-anp.json").read_text())["step"] == 10
+    steps.clear()
+
+    def recording_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        steps.append(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", recording_save)
+        train(anp(cut), progress=False, resume=True)
+    assert steps == [12]  # continued from iteration 10, not from the start
     assert_same_run(whole, cut)

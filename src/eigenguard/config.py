@@ -208,7 +208,10 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(512, description="batch size for evaluation")
     eval_every: int = Field(1, description="evaluate every N epochs (the last epoch always)")
     checkpoint_every: int = Field(
-        0, ge=0, description="also checkpoint every N training steps within an epoch (0: at epoch ends only)"
+        0,
+        ge=0,
+        description="also checkpoint every N training steps within an epoch, and every N iterations of a "
+        "defense's own optimisation such as ANP's (0: at epoch ends, and every tenth of such a phase)",
     )
     out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
     runs_dir: str = Field("runs", description="parent of auto-named run directories")

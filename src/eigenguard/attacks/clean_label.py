@@ -26,7 +26,10 @@ Our choices, where Turner et al. and the paper leave them open:
   (raise the loss of the true label), on the [0, 255] scale so the budget holds after rounding to uint8.
 - The trained surrogate is cached too (clb/surrogate-<key>.safetensors, keyed by the training set, the seed
   and the surrogate recipe), so a sweep over the PGD's steps or step size, or over epsilon with
-  surrogate_epsilon fixed, trains it once.
+  surrogate_epsilon fixed, trains it once. While it trains it checkpoints after every epoch beside that
+  entry (clb/.training.surrogate-<key>/, training/checkpoint.py): a process killed then leaves it to the
+  next one that needs the entry, which continues from the last epoch (the same weights as an
+  uninterrupted training); the folder goes once the entry is stored.
 - The perturbed images are expensive, so all target-class images are perturbed once and cached on disk
   (safetensors) under a key hashing the training images and labels, the target, every PGD and surrogate
   parameter, the seed and the device type (CPU and CUDA kernels differ in the last bits). Any change of
@@ -36,6 +39,7 @@ Our choices, where Turner et al. and the paper leave them open:
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -49,8 +53,9 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
 from eigenguard.models import MODELS, create_model
+from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import accuracy
-from eigenguard.training.fit import Recipe, fit
+from eigenguard.training.fit import Recipe, Resume, Scheduler, fit
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
 SURROGATE_TRAINING = ("adversarial", "standard")
@@ -192,13 +197,16 @@ class CleanLabel(Attack):
         normalize = Normalize(train.mean, train.std, train.images.device)
         trained: list[torch.nn.Module] = []
 
+        scratch = path.parent / f".training.{path.stem}"
+
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             started = time.perf_counter()
-            trained.append(self._train_surrogate(train, normalize))
+            trained.append(self._train_surrogate(train, normalize, scratch))
             self.surrogate_report["surrogate_seconds"] = round(time.perf_counter() - started, 1)
             return {**trained[0].state_dict(), "__report__": _tensor_of(self.surrogate_report)}, {}
 
         stored, hit = cached_tensors(path, compute, device=train.images.device)
+        shutil.rmtree(scratch, ignore_errors=True)  # the entry is stored: its epoch checkpoints are redundant
         if not hit:
             self.surrogate_report["surrogate_cache_hit"] = False
             return trained[0], normalize
@@ -217,7 +225,9 @@ class CleanLabel(Attack):
             width=self.surrogate_width,
         ).to(train.images.device)
 
-    def _train_surrogate(self, train: ImageDataset, normalize: Normalize) -> torch.nn.Module:
+    def _train_surrogate(self, train: ImageDataset, normalize: Normalize, scratch: Path) -> torch.nn.Module:
+        """Train the surrogate, checkpointing every epoch under `scratch` (continued from there if an earlier
+        process was killed while training it)."""
         device = train.images.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed + 7)
@@ -228,9 +238,30 @@ class CleanLabel(Attack):
             loss_fn = adversarial_training_loss(
                 model, normalize, epsilon=self.surrogate_epsilon, steps=self.surrogate_pgd_steps, generator=generator
             )
-        stats = fit(model, train.images, train.labels, self.surrogate_recipe(), normalize=normalize,
-                    generator=generator, loss_fn=loss_fn)  # fmt: skip
-        self.surrogate_report = {"surrogate_train_acc": round(stats["train_acc"], 4)}
+        recipe, checkpoints = self.surrogate_recipe(), Checkpoints(scratch)
+        log: list[dict[str, object]] = []
+        resume = None
+        try:
+            state = checkpoints.state(1, device)
+        except EigenguardError:  # a checkpoint cut short by a crash: train from the start
+            shutil.rmtree(scratch, ignore_errors=True)
+            state = None
+        if state is not None:
+            model.load_state_dict(state.model)
+            generator.set_state(state.generators["surrogate"])
+            torch.set_rng_state(state.generators["torch-global"])
+            log, resume = list(state.log), Resume(state.epoch, state.optimizer, state.scheduler)
+
+        def on_epoch_end(
+            epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
+        ) -> None:
+            log.append({"epoch": epoch, "train_acc": round(stats["train_acc"], 4)})
+            scratch.mkdir(parents=True, exist_ok=True)
+            checkpoints.save(1, epoch, recipe.epochs, model, optimizer, scheduler, {"surrogate": generator}, log, {})
+
+        fit(model, train.images, train.labels, recipe, normalize=normalize, generator=generator, loss_fn=loss_fn,
+            on_epoch_end=on_epoch_end, resume=resume)  # fmt: skip
+        self.surrogate_report = {"surrogate_train_acc": log[-1]["train_acc"]}  # type: ignore[dict-item]
         return model
 
     def surrogate_recipe(self) -> Recipe:

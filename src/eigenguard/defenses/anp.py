@@ -18,6 +18,10 @@ momentum 0.9. The mask is optimised on a copy in train mode (batch statistics), 
 Pruning: every neuron whose mask is below `threshold` gets its BatchNorm weight set to 0 in the original
 model (bias unchanged, as the official code). The threshold is fixed beforehand at the paper's 0.2: a
 defender has no triggered test set to tune it on (BackdoorBench picks it with the test ASR; we do not).
+
+The optimisation checkpoints as the run's phase "anp" (masks, their momentum, the random stream) every
+`checkpoint_every` iterations, else every tenth of them; a resumed run continues it from there and ends
+with the masks of an uninterrupted one.
 """
 
 import copy
@@ -77,6 +81,23 @@ class ANP(Defense):
         optimizer = torch.optim.SGD(masks.values(), lr=self.mask_lr, momentum=0.9)
         pool, t = ctx.clean_pool, ctx.trainer
         gen = t.generator
+        start, saved = 0, t.resumed_phase(self.name)
+        if saved is not None:  # the run was interrupted within this optimisation
+            start = saved.step
+            with torch.no_grad():
+                for n in masks:
+                    masks[n].copy_(saved.tensors[f"mask.{n}"])
+            state = optimizer.state_dict()
+            state["state"] = {i: {"momentum_buffer": saved.tensors[f"momentum.{n}"]} for i, n in enumerate(masks)}
+            optimizer.load_state_dict(state)
+            gen.set_state(saved.generators["batches"])
+            torch.set_rng_state(saved.generators["torch-global"])
+        every = t.phase_every(self.iterations)
+
+        def checkpoint(step: int) -> None:
+            tensors = {f"mask.{n}": m.detach() for n, m in masks.items()}
+            tensors |= {f"momentum.{n}": optimizer.state[m]["momentum_buffer"] for n, m in masks.items()}
+            t.checkpoint_phase(self.name, step, self.iterations, tensors, {"batches": gen})
 
         def forward(x: torch.Tensor, perturbed: bool) -> torch.Tensor:
             overrides = {}
@@ -86,7 +107,7 @@ class ANP(Defense):
                 overrides[f"{n}.bias"] = m.bias * (1 + xi[n]) if perturbed else m.bias
             return functional_call(work, overrides, (x,))
 
-        for _ in range(self.iterations):
+        for step in range(start, self.iterations):
             idx = torch.randint(0, len(pool), (min(self.batch_size, len(pool)),), device=device, generator=gen)
             x = pool.images[idx]
             if t.config.augment:
@@ -112,6 +133,8 @@ class ANP(Defense):
             with torch.no_grad():
                 for m in masks.values():
                     m.clamp_(0, 1)
+            if (step + 1) % every == 0 or step + 1 == self.iterations:
+                checkpoint(step + 1)
         return {n: m.detach() for n, m in masks.items()}
 
     @staticmethod

@@ -15,6 +15,10 @@ A resumed run replays the pipeline from its config (data, poisoning and splits a
 whose last checkpoint says it finished is not trained again, its end state is loaded; the fit that was
 interrupted continues from its last checkpoint; later fits run as usual. On one CPU model the result
 is bit-identical to an uninterrupted run (tests/test_resume.py); wall times are not.
+
+A defense's own optimisation that is not a fit (ANP's masks) checkpoints as a phase:
+`checkpoint/phase-<name>.step-<s>.safetensors` (its tensors and random streams) and then
+`checkpoint/phase-<name>.json` (the step reached), with the same write order and the same guarantees.
 """
 
 import json
@@ -66,6 +70,16 @@ class FitState:
     @property
     def finished(self) -> bool:
         return self.epoch >= self.epochs and self.midway is None
+
+
+@dataclass
+class PhaseState:
+    """A phase's state after `step` of its `steps`, as read from its checkpoint."""
+
+    step: int
+    steps: int
+    tensors: dict[str, torch.Tensor]
+    generators: dict[str, torch.Tensor]  # name -> get_state() of that generator, torch's global included
 
 
 class Checkpoints:
@@ -192,9 +206,56 @@ class Checkpoints:
             midway=midway,
         )
 
+    def save_phase(
+        self, name: str, step: int, steps: int, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]
+    ) -> None:
+        """After `step` of the `steps` of phase `name` (a defense's optimisation outside `Trainer.fit`)."""
+        try:
+            self.path.mkdir(exist_ok=True)
+            saved = {f"state.{k}": v for k, v in tensors.items()}
+            saved |= {f"generator.{k}": g.get_state() for k, g in generators.items()}
+            saved["generator.torch-global"] = torch.get_rng_state()
+            tensor_file = f"phase-{name}.step-{step}.safetensors"
+            atomic_save_tensors(self.path / tensor_file, saved, {"format": str(FORMAT)})
+            manifest = self.path / f"phase-{name}.json"
+            previous = self._tensor_file(manifest)
+            record = {"format": FORMAT, "phase": name, "step": step, "steps": steps, "tensors": tensor_file}
+            atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
+            if previous and previous != tensor_file:
+                (self.path / previous).unlink(missing_ok=True)
+        except OSError as e:
+            raise EigenguardError(
+                f"could not write the checkpoint of {name} step {step} in '{self.path}' ({e.strerror or e}); "
+                f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
+            ) from None
+
+    def phase(self, name: str, device: torch.device) -> PhaseState | None:
+        """Phase `name`'s last complete checkpoint, or None where it has none."""
+        manifest = self.path / f"phase-{name}.json"
+        if not manifest.is_file():
+            return None
+        try:
+            record = json.loads(manifest.read_text())
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
+            tensors = load_file(str(self.path / record["tensors"]), device=str(device))
+            step, steps = int(record["step"]), int(record["steps"])
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
+        return PhaseState(
+            step=step,
+            steps=steps,
+            tensors={k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")},
+            generators={
+                k.removeprefix("generator."): v.cpu() for k, v in tensors.items() if k.startswith("generator.")
+            },
+        )
+
     def check(self, device: torch.device) -> None:
         """Read every fit's checkpoint once (before a resumed run prints or writes anything): a corrupt one
         is one EigenguardError naming its file."""
+        for manifest in sorted(self.path.glob("phase-*.json")):
+            self.phase(manifest.stem.removeprefix("phase-"), device)
         for manifest in sorted(self.path.glob("fit-*.json")):
             index = manifest.stem.removeprefix("fit-")
             if not index.isdigit():

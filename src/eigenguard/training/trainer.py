@@ -21,7 +21,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
-from eigenguard.training.checkpoint import Checkpoints, Midway
+from eigenguard.training.checkpoint import Checkpoints, Midway, PhaseState
 from eigenguard.training.evaluate import evaluate_protocols
 from eigenguard.training.fit import CROP_PAD, Recipe, Resume, Scheduler, fit
 from eigenguard.training.loop import EpochPosition, LossFn
@@ -137,6 +137,22 @@ class Trainer:
         self.history.append(row)
         if self._log is not None:
             self._log(row)
+
+    # -- a defense's own optimisation, checkpointed as a phase (training/checkpoint.py) ------------------
+
+    def phase_every(self, steps: int) -> int:
+        """How often a phase of `steps` iterations checkpoints: `checkpoint_every`, else every tenth of it."""
+        return self.config.checkpoint_every or max(1, steps // 10)
+
+    def resumed_phase(self, name: str) -> PhaseState | None:
+        """Phase `name`'s state from before the run was interrupted (None: it starts from its beginning)."""
+        return self.checkpoints.phase(name, self.device) if self.checkpoints and self.resume else None
+
+    def checkpoint_phase(
+        self, name: str, step: int, steps: int, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]
+    ) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save_phase(name, step, steps, tensors, generators)
 
     # -- training ---------------------------------------------------------------------------------
 
