@@ -30,3 +30,32 @@ def test_gpu_suite_refuses_an_unknown_part(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "unknown parts warp; allowed: pipeline" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_study_scale_figure_pairs_rungs_and_counts_compute(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import study_scale_figure as figure
+    finally:
+        sys.path.pop(0)
+    base = {"dataset": "fashion-mnist", "seed": 0, "model": "resnet18", "image_size": 32, "attack": {"name": "badnets"}}
+
+    def cell(key: str, defense: dict, acc: float, asr: float, **config: object) -> dict:
+        c = {**base, "epochs": 12, "width": 0.25, "defense": defense, **config}
+        return {"key": key, "status": "done", "config": c, "metrics": {"acc": acc, "asr": asr, "train_images": 20000}}
+
+    guard, other = dict(figure.PAPER_GUARD), {**figure.PAPER_GUARD, "floor": 0.1}
+    cells = [
+        cell("a", {"name": "none"}, 0.9, 1.0),
+        cell("b", guard, 0.75, 0.08),
+        cell("c", other, 0.8, 0.4),  # a variant: not the paper's guard, left out
+        cell("d", {"name": "none"}, 0.91, 1.0, width=0.5),
+        cell("e", guard, 0.86, 0.05, width=0.5),
+        cell("f", guard, 0.7, 0.1, epochs=24),  # no no-defense partner: left out
+    ]
+    rows = figure.pairs(cells)
+    assert [r["rung"] for r in rows] == ["w0.25 20k e12", "w0.5 20k e12"]
+    assert abs(rows[0]["cost_points"] - 15.0) < 1e-9 and rows[0]["compute"] == 1.0
+    assert 3.5 < rows[1]["compute"] < 4.1  # twice the width: about four times the multiply-accumulates
+    png = figure.figure(rows, "test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,147 @@
+"""The study's question 1 as a figure: EigenGuard's cost of clean accuracy and its ASR (per-sample protocol)
+against the training compute of each rung of the scale ladder.
+
+    python benchmarks/study_scale_figure.py benchmarks/results/study-queue.json --out docs/results/study-scale.png
+
+Reads exported grids (benchmarks/export_grid.py), any number, and pairs their finished cells by rung (epochs,
+width, training images) and attack: the no-defense cell with the cell of the paper's EigenGuard (every guard
+option at its default). Compute is the forward multiply-accumulates of one image through the model, times
+the images trained (epochs x training images), relative to the quick profile's (width 0.25, 12 epochs,
+20,000 images); the guard's own arithmetic is left out, so the x axis is the same for both cells of a
+pair. Prints the pairs as a table, too.
+"""
+
+import argparse
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eigenguard.config import TrainConfig
+from eigenguard.models import create_model
+from eigenguard.pipeline.components import resolve
+from eigenguard.run_directory import atomic_write_bytes
+
+PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
+
+
+@cache
+def forward_macs(model: str, width: float, in_channels: int, image_size: int, classes: int) -> int:
+    """Multiply-accumulates of one image's forward pass (convolutions and linear layers)."""
+    net = create_model(model, in_channels=in_channels, num_classes=classes, width=width).eval()
+    total = 0
+
+    def count(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += out.numel() * per_output
+        elif isinstance(module, torch.nn.Linear):
+            total += out.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    with torch.no_grad():
+        net(torch.zeros(1, in_channels, image_size, image_size))
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def compute_of(config: dict[str, Any], images: int) -> float:
+    # Fashion-MNIST: 1 channel, 10 classes (the only dataset the ladder runs on)
+    return forward_macs(config["model"], config["width"], 1, config["image_size"], 10) * images * config["epochs"]
+
+
+def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_rung: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for cell in cells:
+        if cell["status"] != "done":
+            continue
+        c, m = cell["config"], cell["metrics"]
+        if c["dataset"] != "fashion-mnist" or c["seed"] != 0:
+            continue
+        defense = c["defense"]["name"]
+        if defense == "eigenguard" and c["defense"] != PAPER_GUARD:
+            continue
+        if defense not in ("none", "eigenguard"):
+            continue
+        rung = (c["attack"]["name"], c["epochs"], c["width"], m["train_images"])
+        by_rung.setdefault(rung, {})[defense] = cell
+    out = []
+    quick = compute_of({"model": "resnet18", "width": 0.25, "image_size": 32, "epochs": 12}, 20000)
+    for (attack, epochs, width, images), both in sorted(by_rung.items()):
+        if set(both) != {"none", "eigenguard"}:
+            continue
+        plain, guard = both["none"]["metrics"], both["eigenguard"]["metrics"]
+        out.append(
+            {
+                "attack": attack,
+                "rung": f"w{width:g} {images // 1000}k e{epochs}",
+                "compute": compute_of(both["none"]["config"], images) / quick,
+                "acc_none": plain["acc"],
+                "acc_guard": guard["acc"],
+                "cost_points": 100 * (plain["acc"] - guard["acc"]),
+                "asr_guard": guard["asr"],
+                "asr_none": plain["asr"],
+            }
+        )
+    return out
+
+
+def figure(rows: list[dict[str, Any]], title: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=150, constrained_layout=True)
+    for attack in sorted({r["attack"] for r in rows}):
+        mine = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["compute"])
+        xs = [r["compute"] for r in mine]
+        for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
+            ax.plot(xs, [scale * r[key] for r in mine], marker="o", label=attack)
+            for r in mine:
+                ax.annotate(r["rung"], (r["compute"], scale * r[key]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+    axes[0].set_ylabel("ACC cost of EigenGuard (points)")
+    axes[1].set_ylabel("ASR with EigenGuard, per-sample (%)")
+    axes[1].set_ylim(-3, 103)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training compute (x the quick profile)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exports", nargs="+", type=Path, help="grids exported by benchmarks/export_grid.py")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = p.parse_args()
+    cells: dict[str, dict[str, Any]] = {}
+    for path in args.exports:
+        for cell in json.loads(path.read_text())["cells"]:
+            cells[cell["key"]] = cell  # the same cell in two grids counts once
+    rows = pairs(list(cells.values()))
+    if not rows:
+        raise SystemExit("no rung has both its no-defense and its EigenGuard cell finished")
+    print("| attack | rung | compute | ACC none | ACC guard | cost (points) | ASR guard |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['attack']} | {r['rung']} | {r['compute']:.2f}x | {100 * r['acc_none']:.1f}% | "
+              f"{100 * r['acc_guard']:.1f}% | {r['cost_points']:.1f} | {100 * r['asr_guard']:.1f}% |")  # fmt: skip
+    atomic_write_bytes(args.out, figure(rows, "EigenGuard's cost against scale (Fashion-MNIST, seed 0)"))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
