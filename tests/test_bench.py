@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import socket
 import sqlite3
+import statistics
 from pathlib import Path
 
 import pytest
@@ -263,7 +264,7 @@ def fixture_store(path: Path) -> ResultStore:
 def test_report_renders_paper_layouts(tmp_path: Path) -> None:
     written = write_report(fixture_store(tmp_path / "r.sqlite"), tmp_path / "report")
     names = sorted(p.name for p in written)
-    assert names == ["cells.csv", "rate-curve.png", "rate.csv", "report.html", "report.md", "t3.csv"]
+    assert names == ["cells.csv", "rate-curve.png", "rate.csv", "report.html", "report.md", "t3-heatmap.png", "t3.csv"]
     md = (tmp_path / "report" / "report.md").read_text()
     # Table 3 layout: dataset x metric x attack rows, defense columns; per-sample protocol first
     assert md.index("t3 (per-sample protocol)") < md.index("t3 (paper protocol)")
@@ -275,10 +276,27 @@ def test_report_renders_paper_layouts(tmp_path: Path) -> None:
     # the paper protocol replaces EigenGuard's numbers only
     assert "| fashion-mnist | ACC | badnets | 81.0 ± 1.4 | 81.0 ± 1.4 | 50.0 ± 0.0 |" in md
     assert (tmp_path / "report" / "rate-curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report" / "t3-heatmap.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "per-sample protocol" in page
     cells = (tmp_path / "report" / "cells.csv").read_text().splitlines()
     assert len(cells) == 1 + 12 + 2 and cells[0].startswith("grid,key,status")
+
+
+def test_table3_heatmaps_show_asr_and_the_acc_change_per_protocol(tmp_path: Path) -> None:
+    from eigenguard.bench.report import table3_maps
+
+    store = fixture_store(tmp_path / "r.sqlite")
+    records = store.records("t3")
+    rows, cols, asr, acc, relative = table3_maps(records, "per-sample")
+    assert rows == ["badnets", "blend"] and cols == ["none", "ft", "eigenguard"] and relative
+    assert acc[0] == [0.0, 0.0, 0.0]  # every defense at the no-defense ACC (81.0 over the seeds)
+    expected = [statistics.fmean(100 * r["asr"] for r in records if r["status"] == "done"
+                                 and r["labels"]["attack"] == "blend" and r["labels"]["defense"] == "ft")]  # fmt: skip
+    assert asr[1][1] == pytest.approx(expected[0])  # the failed seed is left out of the mean
+    _, _, asr_paper, acc_paper, _ = table3_maps(records, "paper")
+    assert acc_paper[0][2] == pytest.approx(50.0 - 81.0) and asr_paper[0][2] == pytest.approx(25.0)
+    assert acc_paper[0][:2] == acc[0][:2]  # unguarded models: the same under both protocols
 
 
 def test_report_cli_errors(tmp_path: Path) -> None:

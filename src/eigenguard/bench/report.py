@@ -6,6 +6,8 @@ Layouts (a grid's `report.layout`):
 - table5: rows insertion point, columns attack x (ACC, ASR) (Table 5);
 - curve: rows the x field (`report.x`: poison_rate, k, ...), columns attack x metric, plus a PNG of the
   ACC and ASR curves (Figure 3);
+- table3 also gets a PNG of heatmaps, attack x defense: ASR, and ACC's change against no defense, under
+  both protocols;
 - flat: one row per setting, every varying axis a column.
 
 Every value is mean +- std over the seeds (the std only when there are several; n is in the caption).
@@ -13,8 +15,8 @@ Each grid gets two tables: first the per-sample protocol (each test image evalua
 deployed model sees, the honest number for EigenGuard), then the paper's batch protocol (clean test
 batches for ACC, all-triggered batches for ASR). Models without a guard have no batch dependence, so
 their numbers are the same under both. Output: <out>/report.md, <out>/<grid>.csv (the tables),
-<out>/cells.csv (every cell), <out>/<grid>-curve.png, and <out>/report.html, one self-contained page
-with the tables and the plots embedded.
+<out>/cells.csv (every cell), <out>/<grid>-curve.png or <out>/<grid>-heatmap.png, and <out>/report.html,
+one self-contained page with the tables and the plots embedded.
 """
 
 import base64
@@ -199,6 +201,75 @@ def curve_png(records: list[dict[str, Any]], x: str, title: str) -> bytes:
     return buffer.getvalue()
 
 
+def table3_maps(
+    records: list[dict[str, Any]], protocol: str
+) -> tuple[list[str], list[str], list[list[float]], list[list[float]], bool]:
+    """What the Table 3 heatmaps show under `protocol`: row labels (attacks, with the dataset when there
+    are several), column labels (defenses), ASR in % and ACC in % (minus the same row's no-defense ACC,
+    in points, when there is a no-defense column: the last value says which), means over seeds, NaN where
+    nothing has run."""
+    done = [r for r in records if r["status"] == "done"]
+    several_datasets = len({field_value(r, "dataset") for r in done}) > 1
+
+    def row_of(r: dict[str, Any]) -> str:
+        return (f"{field_value(r, 'dataset')} / " if several_datasets else "") + field_value(r, "attack")
+
+    rows, cols = _ordered([row_of(r) for r in done]), _ordered([field_value(r, "defense") for r in done])
+    acc_key, asr_key = PROTOCOLS[protocol]
+
+    def mean_of(row: str, col: str, key: str, fallback: str) -> float:
+        values = []
+        for r in done:
+            if row_of(r) == row and field_value(r, "defense") == col:
+                value = r.get(key) if r.get(key) is not None else r.get(fallback)  # unguarded: one protocol
+                if value is not None:
+                    values.append(100 * value)
+        return statistics.fmean(values) if values else float("nan")
+
+    asr = [[mean_of(a, d, asr_key, "asr") for d in cols] for a in rows]
+    acc = [[mean_of(a, d, acc_key, "acc") for d in cols] for a in rows]
+    relative = "none" in cols
+    if relative:
+        acc = [[v - line[cols.index("none")] for v in line] for line in acc]
+    return rows, cols, asr, acc, relative
+
+
+def heatmap_png(records: list[dict[str, Any]], title: str) -> bytes:
+    """Table 3 as pictures (`table3_maps`): ASR and ACC's change, attack x defense, the per-sample
+    protocol above, the paper's batch protocol below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols, *_ = table3_maps(records, "per-sample")
+    size = (2.2 + 2.2 * len(cols), 1.2 + 1.1 * len(rows))
+    fig, axes = plt.subplots(2, 2, figsize=size, dpi=150, constrained_layout=True)
+    for i, protocol in enumerate(PROTOCOLS):
+        _, _, asr, acc, relative = table3_maps(records, protocol)
+        span = max([5.0, *(abs(v) for line in acc for v in line if v == v)]) if relative else 100.0
+        maps = (
+            (axes[i][0], asr, "Reds", 0.0, 100.0, f"ASR (%), {protocol}", "{:.1f}"),
+            (axes[i][1], acc, "RdBu" if relative else "Greens", -span if relative else 0.0, span,
+             f"ACC change vs no defense (points), {protocol}" if relative else f"ACC (%), {protocol}",
+             "{:+.1f}" if relative else "{:.1f}"),
+        )  # fmt: skip
+        for ax, values, cmap, low, high, name, number in maps:
+            ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto")
+            for y, line in enumerate(values):
+                for x, v in enumerate(line):
+                    if v == v:  # not NaN: the cell has run
+                        ax.text(x, y, number.format(v), ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=7)
+            ax.set_yticks(range(len(rows)), rows, fontsize=7)
+            ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _axis_label(x: str) -> str:
     return {"poison_rate": "poison rate (fraction)", "defense.k": "k (top directions flattened)"}.get(x, x)
 
@@ -237,9 +308,15 @@ def write_report(store: ResultStore, out: Path, grids: list[str] | None = None) 
         path = out / f"{grid['name']}.csv"
         atomic_write_text(path, buffer.getvalue())
         written.append(path)
-        if grid["layout"] == "curve" and any(r["status"] == "done" for r in records):
-            png = curve_png(records, grid["x"], f"{grid['name']}: {grid['description']}".strip(": "))
-            path = out / f"{grid['name']}-curve.png"
+        title = f"{grid['name']}: {grid['description']}".strip(": ")
+        png, suffix = None, ""
+        if any(r["status"] == "done" for r in records):
+            if grid["layout"] == "curve":
+                png, suffix = curve_png(records, grid["x"], title), "curve"
+            elif grid["layout"] == "table3":
+                png, suffix = heatmap_png(records, title), "heatmap"
+        if png is not None:
+            path = out / f"{grid['name']}-{suffix}.png"
             atomic_write_bytes(path, png)
             written.append(path)
             markdown += [f"![{grid['name']}]({path.name})", ""]
