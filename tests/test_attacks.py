@@ -387,3 +387,74 @@ def test_unknown_attack_option_lists_allowed() -> None:
     with pytest.raises(EigenguardError, match="option m = 'many' for 'multi-trigger': must be a whole number"):
         create_attack("multi-trigger", (1, 8, 8), m="many")
     assert attack_options("wanet") == {"grid_k": 4, "strength": 0.5, "cross_ratio": 2.0}
+
+
+# -- BppAttack -----------------------------------------------------------------------------------------
+
+
+def reference_dither(image: list[list[list[float]]], levels: int) -> list[list[list[float]]]:
+    """Floyd-Steinberg written out pixel by pixel, plain Python, for one C x H x W image."""
+    step = 255 / (levels - 1)
+    out = [[row[:] for row in channel] for channel in image]
+    channels, height, width = len(out), len(out[0]), len(out[0][0])
+    for y in range(height):
+        for x in range(width):
+            for c in range(channels):
+                old = out[c][y][x]
+                new = round(old / step) * step
+                out[c][y][x] = new
+                err = old - new
+                if x + 1 < width:
+                    out[c][y][x + 1] += err * 7 / 16
+                if y + 1 < height:
+                    if x > 0:
+                        out[c][y + 1][x - 1] += err * 3 / 16
+                    out[c][y + 1][x] += err * 5 / 16
+                    if x + 1 < width:
+                        out[c][y + 1][x + 1] += err * 1 / 16
+    return out
+
+
+def test_bpp_squeezes_to_the_levels_and_dithers_like_floyd_steinberg() -> None:
+    from eigenguard.attacks.bpp import BppAttack, floyd_steinberg
+
+    images = dataset(6, shape=(3, 7, 9)).images
+    plain = BppAttack((3, 7, 9), squeeze_num=8, dithering=False).apply(images)
+    levels = {round(k * 255 / 7) for k in range(8)}
+    assert set(plain.unique().tolist()) <= levels
+    assert (plain.int() - images.int()).abs().max() <= 255 / 14 + 0.5  # the nearest level
+    # the vectorised dithering equals the pixel-by-pixel definition (the same float32 arithmetic order
+    # is not promised, so within float rounding)
+    ours = floyd_steinberg(images[:2].double(), 4)
+    for n in range(2):
+        expected = torch.tensor(reference_dither(images[n].double().tolist(), 4), dtype=torch.float64)
+        assert torch.allclose(ours[n], expected, atol=1e-9)
+    # what dithering is for: a flat grey of 100 squeezed to black and white stays 100 on average
+    flat = torch.full((1, 1, 16, 16), 100, dtype=torch.uint8)
+    assert BppAttack((1, 16, 16), squeeze_num=2, dithering=False).apply(flat).float().mean() == 0
+    dithered = BppAttack((1, 16, 16), squeeze_num=2, dithering=True).apply(flat)
+    assert set(dithered.unique().tolist()) == {0, 255} and abs(dithered.float().mean().item() - 100) < 10
+
+
+def test_bpp_negatives_carry_another_images_residual_and_keep_their_labels() -> None:
+    from eigenguard.attacks.bpp import BppAttack
+
+    data = dataset(200, shape=(1, 8, 8))
+    attack = BppAttack((1, 8, 8), target=0, squeeze_num=8, dithering=False)
+    result = attack.poison(data, 0.1, torch.Generator().manual_seed(0))
+    poisons, negatives = result.poison_indices, result.cross_indices
+    assert len(poisons) == 20 and len(negatives) == 20  # negative_ratio 1
+    assert not set(poisons.tolist()) & set(negatives.tolist())
+    assert torch.equal(result.dataset.images[poisons], attack.apply(data.images[poisons]))
+    assert (result.dataset.labels[poisons] == 0).all()
+    assert torch.equal(result.dataset.labels[negatives], data.labels[negatives])
+    moved = (result.dataset.images[negatives].int() - data.images[negatives].int()).abs()
+    assert moved.max() <= 255 / 14 + 1 and moved.sum() > 0  # at most one level's half-step (plus rounding)
+    assert not torch.equal(result.dataset.images[negatives], attack.apply(data.images[negatives]))
+    untouched = torch.ones(200, dtype=torch.bool)
+    untouched[poisons], untouched[negatives] = False, False
+    assert torch.equal(result.dataset.images[untouched], data.images[untouched])
+    asr = attack.asr_test_set(data)
+    assert (asr.labels == 0).all() and len(asr) == 180
+    with pytest.raises(EigenguardError, match="bpp squeeze_num 1 must lie in"):
+        BppAttack((1, 8, 8), squeeze_num=1)

@@ -15,6 +15,7 @@ from eigenguard.data.transforms import Normalize
 from eigenguard.defenses import DEFENSES, DefenseContext, create_defense
 from eigenguard.defenses.abl import ABL, lga_loss
 from eigenguard.defenses.anp import ANP, batchnorms
+from eigenguard.defenses.clp import CLP, channel_lipschitz, conv_bn_pairs
 from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.defenses.nad import attention_map
 from eigenguard.defenses.spectral_signatures import SpectralSignatures, spectral_scores
@@ -142,12 +143,46 @@ def test_nad_attention_map_is_unit_norm_and_channel_pooled() -> None:
     assert torch.allclose(a[0], torch.nn.functional.normalize(f[0].pow(2).mean(0).flatten(), dim=0))
 
 
+# -- CLP ---------------------------------------------------------------------------------------------
+
+
+def test_clp_pairs_every_convolution_with_the_batchnorm_it_feeds() -> None:
+    model = create_model("resnet18", in_channels=1, num_classes=4, width=0.25)
+    pairs = conv_bn_pairs(model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(pairs) == len(convs) == 20  # stem, 16 block convolutions, 3 projection shortcuts
+    assert all(bn.num_features == conv.out_channels for _, conv, bn in pairs)
+    assert len({id(conv) for _, conv, _ in pairs}) == len(pairs)
+
+
+def test_clp_prunes_a_planted_high_lipschitz_channel_and_nothing_else_there() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, num_classes=4, width=0.25).eval()
+    name, conv, bn = conv_bn_pairs(model)[5]
+    before = channel_lipschitz(conv, bn)
+    with torch.no_grad():
+        conv.weight[3] *= 50  # channel 3 now amplifies its input 50x more
+    assert torch.allclose(channel_lipschitz(conv, bn)[3], 50 * before[3], rtol=1e-4)
+    # the bound: no input of unit norm moves the channel's (pre-shift) output by more than its UCLC
+    x = torch.randn(64, conv.in_channels, 1, 1)
+    patch = torch.zeros(64, conv.in_channels, *conv.kernel_size)
+    patch[:, :, 1, 1] = x[:, :, 0, 0] / x.flatten(1).norm(dim=1, keepdim=True)
+    response = (torch.nn.functional.conv2d(patch, conv.weight).flatten(1) * (bn.weight / bn.running_var.sqrt())).abs()
+    assert (response <= channel_lipschitz(conv, bn) + 1e-5).all()
+    pruned = CLP(u=3.0).prune(model)
+    assert pruned[name] == 1 and bn.weight[3] == 0 and bn.bias[3] == 0
+    assert (bn.weight[torch.arange(bn.num_features) != 3] != 0).all()
+    with pytest.raises(EigenguardError, match="clp u must be >= 0"):
+        create_defense("clp", u=-1.0)
+
+
 def test_defense_options_are_checked() -> None:
     with pytest.raises(EigenguardError, match="unknown option 'eps' for defense 'anp'; allowed: epsilon"):
         create_defense("anp", eps=0.3)
     with pytest.raises(EigenguardError, match="invalid options"):
         create_defense("ft", epochs=0)
-    assert {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "dimension-edit"} == set(DEFENSES.names())
+    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "dimension-edit"}
+    assert expected == set(DEFENSES.names())
 
 
 # -- the backdoored-model cache and every defense end to end ------------------------------------------
@@ -206,6 +241,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("ss", {}),
         ("fp", {"epochs": 1}),
         ("nad", {"teacher_epochs": 1, "epochs": 1}),
+        ("clp", {}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from eigenguard.attacks.badnets import BadNets, BadNetsAllToAll
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.attacks.blend import Blend
+from eigenguard.attacks.bpp import BppAttack
 from eigenguard.attacks.clean_label import CleanLabel
 from eigenguard.attacks.multi_trigger import MultiTrigger
 from eigenguard.attacks.sig import SIG
@@ -10,7 +11,7 @@ from eigenguard.attacks.wanet import WaNet
 from eigenguard.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigger):
+for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigger, BppAttack):
     ATTACKS.register(_cls.name)(_cls)
 
 
@@ -47,6 +48,7 @@ __all__ = [
     "BadNets",
     "BadNetsAllToAll",
     "Blend",
+    "BppAttack",
     "CleanLabel",
     "MultiTrigger",
     "PoisonedTrainingSet",

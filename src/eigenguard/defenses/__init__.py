@@ -1,7 +1,7 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
 Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
-Post-training, repairing the cached backdoored model: ft, anp, fp, nad. Each declares what it needs
+Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free). Each declares what it needs
 (`needs_clean_pool`, `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
 Analysis (Figure 1 of the paper, not a defense): dimension-edit.
 """
@@ -11,6 +11,7 @@ from typing import Any
 from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.defenses.clp import CLP
 from eigenguard.defenses.dimension_edit import DimensionEditTraining
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.fine_pruning import FinePruning
@@ -22,7 +23,8 @@ from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
-    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, DimensionEditTraining
+    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP,
+    DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
 
