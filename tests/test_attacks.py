@@ -115,7 +115,7 @@ def test_asr_test_set() -> None:
 
 
 def test_registry_errors_list_allowed() -> None:
-    with pytest.raises(EigenguardError, match="unknown attack 'nope'; allowed: badnets, badnets-all2all, blend, clb"):
+    with pytest.raises(EigenguardError, match="unknown attack 'nope'; allowed: adap-blend, adap-patch, badnets, badnets-all2all, blend, bpp, clb"):
         create_attack("nope", (3, 8, 8))
     assert {"badnets", "blend"} <= set(ATTACKS.names())
 
@@ -458,3 +458,60 @@ def test_bpp_negatives_carry_another_images_residual_and_keep_their_labels() -> 
     assert (asr.labels == 0).all() and len(asr) == 180
     with pytest.raises(EigenguardError, match="bpp squeeze_num 1 must lie in"):
         BppAttack((1, 8, 8), squeeze_num=1)
+
+
+# -- Adap-Blend and Adap-Patch ---------------------------------------------------------------------------
+
+
+def test_adap_blend_payload_and_cover_carry_half_the_trigger_and_tests_the_whole() -> None:
+    from eigenguard.attacks.adap_blend import AdapBlend
+
+    data = dataset(1000, shape=(1, 32, 32))
+    attack = AdapBlend((1, 32, 32), target=0, seed=3)
+    result = attack.poison(data, 0.01, torch.Generator().manual_seed(0))
+    payload, cover = result.poison_indices, result.cross_indices
+    assert len(payload) == 10 and len(cover) == 3  # rate 0.01 here; cover_rate 0.003 of 1000
+    assert not set(payload.tolist()) & set(cover.tolist())
+    assert (result.dataset.labels[payload] == 0).all() and (data.labels[payload] != 0).all()
+    assert torch.equal(result.dataset.labels[cover], data.labels[cover]) and (data.labels[cover] != 0).all()
+    t, x = attack.pattern.float(), data.images.float()
+    full = (x + 0.15 * (t - x)).round()
+    for i in [*payload.tolist(), *cover.tolist()]:
+        out = result.dataset.images[i].float()
+        blended = torch.isclose(out, full[i]) & ~torch.isclose(full[i], x[i])
+        untouched = torch.isclose(out, x[i])
+        assert (blended | untouched).all()
+        # per 8 x 8 block: all blended or all untouched, and exactly 8 of the 16 blocks blended
+        blocks = blended[0].reshape(4, 8, 4, 8).any(dim=(1, 3))
+        assert int(blocks.sum()) == 8, blocks
+    test = attack.apply(data.images[:5])
+    assert torch.equal(test, (x[:5] + 0.2 * (t - x[:5])).round().to(torch.uint8))
+
+
+def test_adap_patch_quarters_get_one_trigger_each_and_the_test_trigger_is_pasted() -> None:
+    from eigenguard.attacks.adap_patch import AdapPatch
+
+    data = dataset(2000, shape=(3, 32, 32))
+    attack = AdapPatch((3, 32, 32), target=0)
+    result = attack.poison(data, 0.004, torch.Generator().manual_seed(0))
+    payload, cover = result.poison_indices, result.cross_indices
+    assert len(payload) == 8 and len(cover) == 12
+    assert torch.equal(result.dataset.labels[cover], data.labels[cover])
+    for group in (payload, cover):
+        for n, i in enumerate(group.tolist()):
+            j = n * 4 // len(group)  # the quarter it falls in
+            out, x = result.dataset.images[i].float(), data.images[i].float()
+            m = attack.masks[j].float()
+            expected = (x + attack.alphas[j] * m * (attack.patterns[j].float() - x)).round()
+            assert torch.equal(out, expected)
+            assert torch.equal(out[:, ~attack.masks[j]], x[:, ~attack.masks[j]])
+    assert int(attack.masks[0].sum()) == 25 and int(attack.masks[2].sum()) == 36 and int(attack.masks[3].sum()) == 64
+    assert 100 < int(attack.masks[1].sum()) < 169
+    test = attack.apply(data.images[:4])
+    assert torch.equal(
+        test[:, :, 29:, 29:],
+        torch.tensor(((255, 0, 255), (0, 255, 0), (255, 0, 255)), dtype=torch.uint8).expand(4, 3, 3, 3),
+    )
+    assert torch.equal(test[:, :, 27:29, 27:], attack.patterns[0][:, 27:29, 27:].expand(4, 3, 2, 5))
+    assert torch.equal(test[:, :, 27:29, :5], attack.patterns[0][:, 27:29, 27:].expand(4, 3, 2, 5))  # its copy
+    assert torch.equal(test[:, :, ~attack.test_mask], data.images[:4][:, :, ~attack.test_mask])

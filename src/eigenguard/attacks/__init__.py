@@ -1,5 +1,7 @@
 """Backdoor attacks. Adding one = one file with an `Attack` subclass + one `ATTACKS` entry below."""
 
+from eigenguard.attacks.adap_blend import AdapBlend
+from eigenguard.attacks.adap_patch import AdapPatch
 from eigenguard.attacks.badnets import BadNets, BadNetsAllToAll
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.attacks.blend import Blend
@@ -11,7 +13,7 @@ from eigenguard.attacks.wanet import WaNet
 from eigenguard.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigger, BppAttack):
+for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigger, BppAttack, AdapBlend, AdapPatch):
     ATTACKS.register(_cls.name)(_cls)
 
 
@@ -44,6 +46,8 @@ def create_attack(
 __all__ = [
     "ATTACKS",
     "SIG",
+    "AdapBlend",
+    "AdapPatch",
     "Attack",
     "BadNets",
     "BadNetsAllToAll",

@@ -123,6 +123,20 @@ class Attack:
         poisoned = ImageDataset(images, labels, train.classes, train.mean, train.std)
         return PoisonedTrainingSet(poisoned, chosen, train.labels.clone())
 
+    def cross_samples(
+        self, result: PoisonedTrainingSet, count: int, generator: torch.Generator, *, target_class: bool = True
+    ) -> torch.Tensor:
+        """Up to `count` training samples outside the poisons (outside the target class too, unless
+        `target_class`), drawn uniformly with `generator`, sorted, on the data's device: the samples an
+        attack modifies but leaves with their true labels (WaNet's noise mode, Bpp's negatives, the
+        adaptive attacks' regularisation samples)."""
+        eligible = ~result.is_poisoned.cpu()
+        if not target_class:
+            eligible &= result.original_labels.cpu() != self.target
+        others = torch.nonzero(eligible).flatten()
+        chosen = others[torch.randperm(len(others), generator=generator)[: min(count, len(others))]]
+        return chosen.sort().values.to(result.dataset.images.device)
+
     def asr_test_set(self, test: ImageDataset) -> ImageDataset:
         """Every test image whose label the backdoor would change, triggered, labelled with the backdoor label.
 

@@ -94,15 +94,14 @@ class BppAttack(Attack):
 
     def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
         result = super().poison(train, rate, generator)
-        others = torch.nonzero(~result.is_poisoned.cpu()).flatten()
-        n_negative = min(round(self.negative_ratio * len(result.poison_indices)), len(others))
+        negatives = self.cross_samples(result, round(self.negative_ratio * len(result.poison_indices)), generator)
+        n_negative = len(negatives)
         if n_negative == 0:
             return result
-        negatives = others[torch.randperm(len(others), generator=generator)[:n_negative]].sort().values
         # the residual of another training image: a random one, shifted by one where it drew the image itself
         sources = torch.randint(0, len(train), (n_negative,), generator=generator)
+        sources = sources.to(train.images.device)
         sources = torch.where(sources == negatives, (sources + 1) % len(train), sources)
-        negatives, sources = negatives.to(train.images.device), sources.to(train.images.device)
         shifted = train.images[negatives].float() + self.residuals(train.images[sources])
         result.dataset.images[negatives] = shifted.round().clamp(0, 255).to(torch.uint8)
         result.cross_indices = negatives

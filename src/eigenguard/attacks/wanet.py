@@ -68,12 +68,9 @@ class WaNet(Attack):
 
     def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
         result = super().poison(train, rate, generator)
-        n_cross = min(round(self.cross_ratio * len(result.poison_indices)), len(train) - len(result.poison_indices))
-        if n_cross == 0:
+        cross = self.cross_samples(result, round(self.cross_ratio * len(result.poison_indices)), generator)
+        if len(cross) == 0:
             return result
-        others = torch.nonzero(~result.is_poisoned.cpu()).flatten()
-        cross = others[torch.randperm(len(others), generator=generator)[:n_cross]].sort().values
-        cross = cross.to(train.images.device)
         result.dataset.images[cross] = self.noise_warp(train.images[cross], generator)
         result.cross_indices = cross
         return result
