@@ -176,12 +176,63 @@ def test_clp_prunes_a_planted_high_lipschitz_channel_and_nothing_else_there() ->
         create_defense("clp", u=-1.0)
 
 
+# -- D-BR --------------------------------------------------------------------------------------------
+
+
+def test_dbr_centre_separation_loss() -> None:
+    from eigenguard.defenses.dbr import centre_separation_loss
+
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    assert centre_separation_loss(same, labels, 4) == pytest.approx(0.5)  # 2 x 2 matrix, off-diagonal 1
+    apart = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    assert centre_separation_loss(apart, labels, 4) == pytest.approx(0.0)
+
+
+def test_dbr_rotate_and_shift() -> None:
+    from eigenguard.defenses.dbr import rotate_and_shift
+
+    x = torch.rand(3, 1, 9, 9) * 255
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(rotate_and_shift(x, 0.0, 0.0, g), x, atol=1e-3)
+    moved = rotate_and_shift(x, 180.0, 0.2, g)
+    assert moved.shape == x.shape and not torch.allclose(moved, x)
+
+
+class CornerDetector(nn.Module):
+    """Penultimate features: the image's mean, and a strong response to a bright bottom-right corner (a
+    backdoor feature that a rotation or shift takes away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.stack([x.mean((1, 2, 3)), 50 * x[:, :, -3:, -3:].mean((1, 2, 3))], 1))
+
+
+def test_dbr_sensitivity_flags_planted_poisons() -> None:
+    from eigenguard.defenses.dbr import DBR
+
+    data = tiny_dataset(400)
+    images = data.images // 8  # dim images: a rotation moves a clean corner little
+    poisons = torch.arange(0, 400, 20)  # 20 of 400 = 5%
+    images[poisons, :, -3:, -3:] = 255  # the trigger
+    data = ImageDataset(images, data.labels, data.classes)
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    defense = DBR(poison_ratio=0.05)
+    scores = defense.sensitivity(CornerDetector(), data, ctx)
+    clean, flagged = defense.split(scores)
+    assert set(flagged.tolist()) == set(poisons.tolist())
+    assert len(clean) == 81 and not set(clean.tolist()) & set(poisons.tolist())
+
+
 def test_defense_options_are_checked() -> None:
     with pytest.raises(EigenguardError, match="unknown option 'eps' for defense 'anp'; allowed: epsilon"):
         create_defense("anp", eps=0.3)
     with pytest.raises(EigenguardError, match="invalid options"):
         create_defense("ft", epochs=0)
-    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "dimension-edit"}
+    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "d-br", "dimension-edit"}
     assert expected == set(DEFENSES.names())
 
 
@@ -242,6 +293,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("fp", {"epochs": 1}),
         ("nad", {"teacher_epochs": 1, "epochs": 1}),
         ("clp", {}),
+        ("d-br", {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

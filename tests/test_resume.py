@@ -334,3 +334,34 @@ def test_anp_resumes_within_its_mask_optimisation(
         train(anp(cut), progress=False, resume=True)
     assert steps == [12]  # continued from iteration 10, not from the start
     assert_same_run(whole, cut)
+
+
+def test_dbr_resumes_within_its_backdoor_removal(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # D-BR's 3 removal epochs checkpoint as the phase "d-br"; cut after the second
+    def dbr(out: Path) -> TrainConfig:
+        defense = {"name": "d-br", "sd_epochs": 1, "intra_epochs": 1, "epochs": 3, "batch_size": 32}
+        return config(mnist_root, out, defense).model_copy(update={"cache_dir": str(tmp_path / "cache")})
+
+    whole = train(dbr(tmp_path / "whole"), progress=False).run_dir
+    cut, save = tmp_path / "cut", Checkpoints.save_phase
+    steps: list[int] = []
+
+    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        steps.append(step)
+        if step == 2:
+            raise Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", stopping_save)
+        with pytest.raises(Interrupt):
+            train(dbr(cut), progress=False)
+        steps.clear()
+        m.setattr(
+            Checkpoints, "save_phase", lambda self, name, step, *a: (save(self, name, step, *a), steps.append(step))
+        )
+        train(dbr(cut), progress=False, resume=True)
+    assert steps == [3]  # the removal continued from epoch 2
+    assert_same_run(whole, cut)

@@ -1,6 +1,7 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
 Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
+Poisoned-data repair without clean data: d-br (finds the poisons by their features' sensitivity).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free). Each declares what it needs
 (`needs_clean_pool`, `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
 Analysis (Figure 1 of the paper, not a defense): dimension-edit.
@@ -12,6 +13,7 @@ from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.clp import CLP
+from eigenguard.defenses.dbr import DBR
 from eigenguard.defenses.dimension_edit import DimensionEditTraining
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.fine_pruning import FinePruning
@@ -23,7 +25,7 @@ from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
-    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP,
+    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR,
     DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
