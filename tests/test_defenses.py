@@ -2,6 +2,7 @@
 backdoored-model cache, and every defense end to end through the pipeline."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -227,12 +228,62 @@ def test_dbr_sensitivity_flags_planted_poisons() -> None:
     assert len(clean) == 81 and not set(clean.tolist()) & set(poisons.tolist())
 
 
+# -- ASD ---------------------------------------------------------------------------------------------
+
+
+def test_asd_symmetric_ce_and_sharpen() -> None:
+    from eigenguard.defenses.asd import sharpen, symmetric_ce
+
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), torch.tensor([0, 2])
+    p = logits.softmax(1)
+    expected = 0.1 * -p[[0, 1], labels].log() + -math.log(1e-4) * (1 - p[[0, 1], labels])
+    assert torch.allclose(symmetric_ce(logits, labels), expected)
+    q = sharpen(torch.tensor([[0.6, 0.3, 0.1]]), 0.5)
+    assert (
+        torch.allclose(q.sum(1), torch.ones(1)) and q[0, 0] > 0.6 and torch.allclose(q, torch.tensor([[36, 9, 1]]) / 46)
+    )
+
+
+def test_asd_split_follows_its_three_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eigenguard.defenses.asd import ASD
+
+    data = tiny_dataset(400)  # 4 classes of 100
+    ctx = tiny_context(data, tiny_dataset(64, seed=1))
+    asd = ASD(clean_fraction=0.5)
+    losses = iter([])
+    monkeypatch.setattr(ASD, "losses", lambda self, model, d, c: next(losses))
+    monkeypatch.setattr(ASD, "_virtual_epoch", lambda self, virtual, c: None)
+    model = nn.Linear(1, 1)
+    base = torch.arange(400, dtype=torch.float32).flip(0)  # the highest indices have the lowest loss
+    losses = iter([base])
+    # stage 1 (epochs 0-3 of 8): step (12 * 2) // 4 = 6 -> 6 * 10 * 100 / 5000 = 1.2 -> 1 per class
+    chosen = asd.clean_pool(model, 2, 8, ctx)
+    assert [int(data.labels[i]) for i in chosen] == [0, 1, 2, 3] and chosen.tolist() == [396, 397, 398, 399]
+    losses = iter([base])  # stage 2 (epochs 4-5): the lowest-loss half
+    assert asd.clean_pool(model, 4, 8, ctx).tolist() == list(range(200, 400))
+    # stage 3 (epochs 6-7): the half whose loss fell least under the virtual model
+    fell = torch.zeros(400)
+    fell[:200] = 5.0  # the first 200 fell by 5, the rest by 0
+    losses = iter([base, base - fell])
+    assert asd.clean_pool(model, 6, 8, ctx).tolist() == list(range(200, 400))
+
+
+def test_asd_seeds_are_the_defenders_clean_images() -> None:
+    from eigenguard.defenses.asd import ASD
+
+    clean = tiny_dataset(64, seed=1)
+    ctx = tiny_context(tiny_dataset(100), clean)
+    seeds = ASD(seeds_per_class=3).seeds(ctx)
+    assert len(seeds) == 12 and torch.bincount(seeds.labels).tolist() == [3, 3, 3, 3]
+    assert all(any(torch.equal(img, c) for c in clean.images) for img in seeds.images)
+
+
 def test_defense_options_are_checked() -> None:
     with pytest.raises(EigenguardError, match="unknown option 'eps' for defense 'anp'; allowed: epsilon"):
         create_defense("anp", eps=0.3)
     with pytest.raises(EigenguardError, match="invalid options"):
         create_defense("ft", epochs=0)
-    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "d-br", "dimension-edit"}
+    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "d-br", "asd", "dimension-edit"}
     assert expected == set(DEFENSES.names())
 
 
@@ -294,6 +345,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("nad", {"teacher_epochs": 1, "epochs": 1}),
         ("clp", {}),
         ("d-br", {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}),
+        ("asd", {"epochs": 4, "iterations": 2}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

@@ -365,3 +365,33 @@ def test_dbr_resumes_within_its_backdoor_removal(
         train(dbr(cut), progress=False, resume=True)
     assert steps == [3]  # the removal continued from epoch 2
     assert_same_run(whole, cut)
+
+
+def test_asd_resumes_after_its_last_checkpointed_epoch(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def asd(out: Path) -> TrainConfig:
+        defense = {"name": "asd", "epochs": 4, "iterations": 2, "batch_size": 16}
+        return config(mnist_root, out, defense).model_copy(update={"clean_samples": 40})
+
+    whole = train(asd(tmp_path / "whole"), progress=False).run_dir
+    cut, save = tmp_path / "cut", Checkpoints.save_phase
+    steps: list[int] = []
+
+    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        steps.append(step)
+        if step == 3:  # within stage 3, after its first meta-split
+            raise Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", stopping_save)
+        with pytest.raises(Interrupt):
+            train(asd(cut), progress=False)
+        steps.clear()
+        m.setattr(
+            Checkpoints, "save_phase", lambda self, name, step, *a: (save(self, name, step, *a), steps.append(step))
+        )
+        train(asd(cut), progress=False, resume=True)
+    assert steps == [4]
+    assert_same_run(whole, cut)

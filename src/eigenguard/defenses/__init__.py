@@ -1,9 +1,10 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
-Training-time: none, eigenguard, abl, ss (ss reads the backdoored model's features, then retrains).
-Poisoned-data repair without clean data: d-br (finds the poisons by their features' sensitivity).
-Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free). Each declares what it needs
-(`needs_clean_pool`, `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
+Training-time: none, eigenguard, abl, asd (10 clean seeds per class), ss (ss reads the backdoored model's
+features, then retrains).
+Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free), d-br (no clean
+data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
+`needs_backdoored`: base.py) and owns its options (`eigenguard list`).
 Analysis (Figure 1 of the paper, not a defense): dimension-edit.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP
+from eigenguard.defenses.asd import ASD
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.clp import CLP
 from eigenguard.defenses.dbr import DBR
@@ -25,7 +27,7 @@ from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
-    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR,
+    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, ASD,
     DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
