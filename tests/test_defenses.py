@@ -228,6 +228,40 @@ def test_dbr_sensitivity_flags_planted_poisons() -> None:
     assert len(clean) == 81 and not set(clean.tolist()) & set(poisons.tolist())
 
 
+# -- D-ST --------------------------------------------------------------------------------------------
+
+
+def test_dst_consistency_supcon_matches_its_definition() -> None:
+    from eigenguard.defenses.dst import consistency_supcon
+
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)  # 4 images, 2 views
+    labels, clean = torch.tensor([0, 0, 1, 0]), torch.tensor([True, False, True, True])
+    total = 0.0
+    for i in range(8):
+        others = [j for j in range(8) if j != i]
+        denominator = math.log(sum(math.exp(float(z[i] @ z[j]) / 0.1) for j in others))
+        same_label = [j for j in others if labels[j % 4] == labels[i % 4]]
+        positives = same_label if clean[i % 4] else [(i + 4) % 8]
+        total += -sum(float(z[i] @ z[j]) / 0.1 - denominator for j in positives) / len(positives)
+    assert consistency_supcon(z, labels, clean, 0.1).item() == pytest.approx(0.1 / 0.07 * total / 8, rel=1e-5)
+
+
+def test_contrastive_augmentations() -> None:
+    from eigenguard.data.transforms import color_jitter, random_resized_crop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(random_resized_crop(x, g, scale=(1.0, 1.0), ratio=(1.0, 1.0)), x)
+    assert torch.equal(color_jitter(x, g, p=0.0, grayscale_p=0.0), x)
+    grey = color_jitter(x, g, p=0.0, grayscale_p=1.0)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    jittered = color_jitter(x, g, p=1.0, grayscale_p=0.0)
+    assert jittered.dtype == torch.uint8 and not torch.equal(jittered, x)
+    crops = random_resized_crop(x, g)
+    assert crops.shape == x.shape and not torch.equal(crops, x)
+
+
 # -- ASD ---------------------------------------------------------------------------------------------
 
 
@@ -283,7 +317,21 @@ def test_defense_options_are_checked() -> None:
         create_defense("anp", eps=0.3)
     with pytest.raises(EigenguardError, match="invalid options"):
         create_defense("ft", epochs=0)
-    expected = {"none", "eigenguard", "ft", "anp", "abl", "ss", "fp", "nad", "clp", "d-br", "asd", "dimension-edit"}
+    expected = {
+        "none",
+        "eigenguard",
+        "ft",
+        "anp",
+        "abl",
+        "ss",
+        "fp",
+        "nad",
+        "clp",
+        "d-br",
+        "d-st",
+        "asd",
+        "dimension-edit",
+    }
     assert expected == set(DEFENSES.names())
 
 
@@ -346,6 +394,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("clp", {}),
         ("d-br", {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}),
         ("asd", {"epochs": 4, "iterations": 2}),
+        ("d-st", {"sd_epochs": 1, "intra_epochs": 1, "st_epochs": 1, "head_epochs": 1, "st_batch_size": 64}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

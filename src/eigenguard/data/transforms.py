@@ -1,8 +1,10 @@
 """Data augmentation as batched tensor ops on the training device: no PIL, no per-sample loop.
 
-Both functions take and return uint8 batches (B, C, H, W) and draw from an explicit generator that
+Every function takes and returns uint8 batches (B, C, H, W) and draws from an explicit generator that
 lives on the batch's device, so a seeded run is reproducible.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,68 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def random_resized_crop(
+    images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:  # fmt: skip
+    """A random box per image (area a fraction in `scale` of the image, aspect ratio log-uniform in `ratio`,
+    clipped to the image) resized back to H x W, bilinear: the contrastive crop (SimCLR, SupCon). uint8
+    in and out. The box is drawn once, not rejection-sampled as torchvision's, then clipped."""
+    b, _, h, w = images.shape
+    device = images.device
+    area = torch.empty(b, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(b, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_ratio.exp()
+    box_w = (area * aspect).sqrt().clamp(max=1.0)  # fractions of the width and height
+    box_h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, device=device, generator=generator) * 2 - 1) * (1 - box_w)  # centre, [-1, 1] units
+    cy = (torch.rand(b, device=device, generator=generator) * 2 - 1) * (1 - box_h)
+    zero = torch.zeros_like(cx)
+    theta = torch.stack([torch.stack([box_w, zero, cx], 1), torch.stack([zero, box_h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [b, images.shape[1], h, w], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def color_jitter(
+    images: torch.Tensor, generator: torch.Generator, brightness: float = 0.4, contrast: float = 0.4,
+    saturation: float = 0.4, hue: float = 0.1, p: float = 0.8, grayscale_p: float = 0.2,
+) -> torch.Tensor:  # fmt: skip
+    """SimCLR's colour distortion as batch tensor ops, uint8 in and out: with probability `p` a random
+    brightness, contrast and saturation factor in [1 - x, 1 + x] and a hue rotation of up to `hue` of a
+    turn (in YIQ space; for 3 channels), applied in that fixed order (torchvision shuffles it); then with
+    probability `grayscale_p` the image turns grey. Single-channel images get brightness and contrast."""
+    b, c = images.shape[:2]
+    device = images.device
+    x = images.float() / 255
+
+    def factor(spread: float) -> torch.Tensor:
+        return torch.empty(b, 1, 1, 1, device=device).uniform_(1 - spread, 1 + spread, generator=generator)
+
+    def grey(v: torch.Tensor) -> torch.Tensor:
+        if c != 3:
+            return v
+        return (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:]).expand_as(v)
+
+    on = (torch.rand(b, 1, 1, 1, device=device, generator=generator) < p).float()
+    y = (x * factor(brightness)).clamp(0, 1)
+    mean = grey(y).mean((1, 2, 3), keepdim=True)
+    y = (mean + factor(contrast) * (y - mean)).clamp(0, 1)
+    if c == 3:
+        y = (grey(y) + factor(saturation) * (y - grey(y))).clamp(0, 1)
+        angle = torch.empty(b, device=device).uniform_(-hue, hue, generator=generator) * 2 * math.pi
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=device)
+        yiq = torch.einsum("ij,bjhw->bihw", to_yiq, y)
+        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+        i, q = yiq[:, 1] * cos - yiq[:, 2] * sin, yiq[:, 1] * sin + yiq[:, 2] * cos
+        yiq = torch.stack([yiq[:, 0], i, q], 1)
+        y = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+    x = on * y + (1 - on) * x
+    gray = (torch.rand(b, 1, 1, 1, device=device, generator=generator) < grayscale_p).float()
+    x = gray * grey(x) + (1 - gray) * x
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 class Normalize:

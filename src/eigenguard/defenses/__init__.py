@@ -1,7 +1,7 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
-Training-time: none, eigenguard, abl, asd (10 clean seeds per class), ss (ss reads the backdoored model's
-features, then retrains).
+Training-time: none, eigenguard, abl, asd (10 clean seeds per class), d-st (no clean data), ss (ss reads
+the backdoored model's features, then retrains).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free), d-br (no clean
 data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
 `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
@@ -17,6 +17,7 @@ from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.clp import CLP
 from eigenguard.defenses.dbr import DBR
 from eigenguard.defenses.dimension_edit import DimensionEditTraining
+from eigenguard.defenses.dst import DST
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.fine_pruning import FinePruning
 from eigenguard.defenses.finetune import FineTuning
@@ -27,7 +28,7 @@ from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
-    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, ASD,
+    NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, DST, ASD,
     DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
