@@ -516,3 +516,40 @@ def test_adap_patch_quarters_get_one_trigger_each_and_the_test_trigger_is_pasted
     assert torch.equal(test[:, :, 27:29, 27:], attack.patterns[0][:, 27:29, 27:].expand(4, 3, 2, 5))
     assert torch.equal(test[:, :, 27:29, :5], attack.patterns[0][:, 27:29, 27:].expand(4, 3, 2, 5))  # its copy
     assert torch.equal(test[:, :, ~attack.test_mask], data.images[:4][:, :, ~attack.test_mask])
+
+
+# -- Input-aware -------------------------------------------------------------------------------------------
+
+
+def test_input_aware_networks_and_losses() -> None:
+    from eigenguard.attacks.input_aware import TriggerGenerator, diversity, threshold
+
+    for channels, width, steps in ((1, 16, 2), (3, 32, 3)):
+        g = TriggerGenerator(channels, channels, width, steps)
+        out = g(torch.rand(2, channels, 32, 32))
+        assert out.shape == (2, channels, 32, 32) and out.min() > 0 and out.max() < 1
+    assert threshold(torch.tensor(0.4)) < 0.02 and threshold(torch.tensor(0.6)) > 0.98
+    a, b = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    assert diversity(a, b, a, 0.5 * b).item() == pytest.approx(2.0, rel=1e-5)  # |a-b| = 1, |pa-pb| = 0.5
+
+
+def test_input_aware_poisons_carry_their_own_trigger_and_cross_samples_anothers(tmp_path: Path) -> None:
+    from eigenguard.attacks.input_aware import InputAware
+
+    data = dataset(200, shape=(1, 16, 16))
+    options = {"mask_epochs": 1, "generator_epochs": 1, "batch_size": 20, "surrogate_width": 0.125}
+    attack = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options)
+    result = attack.poison(data, 0.1, torch.Generator().manual_seed(0))
+    poisons, cross = result.poison_indices, result.cross_indices
+    assert len(poisons) == 20 and len(cross) == 20 and not set(poisons.tolist()) & set(cross.tolist())
+    assert torch.equal(result.dataset.images[poisons], attack.apply(data.images[poisons]))
+    assert (result.dataset.labels[poisons] == 0).all()
+    assert torch.equal(result.dataset.labels[cross], data.labels[cross])
+    assert not torch.equal(result.dataset.images[cross], attack.apply(data.images[cross]))  # someone else's trigger
+    assert attack.pattern_net is not None
+    with torch.no_grad():
+        p = attack.pattern_net(data.images[:2].float() / 255)
+    assert not torch.allclose(p[0], p[1])  # input-specific
+    again = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options)
+    second = again.poison(data, 0.1, torch.Generator().manual_seed(0))
+    assert again.describe()["cache_hit"] is True and torch.equal(second.dataset.images, result.dataset.images)

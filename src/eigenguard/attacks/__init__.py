@@ -7,13 +7,26 @@ from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.attacks.blend import Blend
 from eigenguard.attacks.bpp import BppAttack
 from eigenguard.attacks.clean_label import CleanLabel
+from eigenguard.attacks.input_aware import InputAware
 from eigenguard.attacks.multi_trigger import MultiTrigger
 from eigenguard.attacks.sig import SIG
 from eigenguard.attacks.wanet import WaNet
 from eigenguard.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-for _cls in (BadNets, BadNetsAllToAll, Blend, SIG, CleanLabel, WaNet, MultiTrigger, BppAttack, AdapBlend, AdapPatch):
+for _cls in (
+    BadNets,
+    BadNetsAllToAll,
+    Blend,
+    SIG,
+    CleanLabel,
+    WaNet,
+    MultiTrigger,
+    BppAttack,
+    AdapBlend,
+    AdapPatch,
+    InputAware,
+):
     ATTACKS.register(_cls.name)(_cls)
 
 
@@ -54,6 +67,7 @@ __all__ = [
     "Blend",
     "BppAttack",
     "CleanLabel",
+    "InputAware",
     "MultiTrigger",
     "PoisonedTrainingSet",
     "WaNet",
