@@ -395,3 +395,36 @@ def test_asd_resumes_after_its_last_checkpointed_epoch(
         train(asd(cut), progress=False, resume=True)
     assert steps == [4]
     assert_same_run(whole, cut)
+
+
+def test_dst_resumes_within_its_feature_extractor(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dst(out: Path) -> TrainConfig:
+        defense = {"name": "d-st", "sd_epochs": 1, "intra_epochs": 1, "st_epochs": 3, "head_epochs": 2,
+                   "st_batch_size": 64}  # fmt: skip
+        return config(mnist_root, out, defense)
+
+    whole = train(dst(tmp_path / "whole"), progress=False).run_dir
+    cut, save = tmp_path / "cut", Checkpoints.save_phase
+    saved: list[tuple[str, int]] = []
+
+    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        saved.append((name, step))
+        if (name, step) == ("st-extractor", 2):
+            raise Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", stopping_save)
+        with pytest.raises(Interrupt):
+            train(dst(cut), progress=False)
+        saved.clear()
+        m.setattr(
+            Checkpoints,
+            "save_phase",
+            lambda self, name, step, *a: (save(self, name, step, *a), saved.append((name, step))),
+        )
+        train(dst(cut), progress=False, resume=True)
+    assert saved == [("st-extractor", 3), ("st-head", 1), ("st-head", 2)]
+    assert_same_run(whole, cut)

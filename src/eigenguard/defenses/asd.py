@@ -33,7 +33,6 @@ The epoch loop checkpoints after every epoch as the run's phase "asd".
 """
 
 import copy
-import json
 import math
 from typing import Any
 
@@ -201,21 +200,7 @@ class ASD(Defense):
         model = t.new_model(num_classes=data.num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         seeds = self.seeds(ctx)
-        start, saved = 0, t.resumed_phase(self.name)
-        if saved is not None:  # interrupted after epoch `start`
-            start = saved.step
-            model.load_state_dict({k[6:]: v for k, v in saved.tensors.items() if k.startswith("model.")})
-            state = optimizer.state_dict()
-            state["state"] = {}
-            for key, value in saved.tensors.items():
-                if key.startswith("adam."):
-                    index, name = key[5:].split(".", 1)
-                    state["state"].setdefault(int(index), {})[name] = value
-            optimizer.load_state_dict(state)
-            t.generator.set_state(saved.generators["batches"])
-            torch.set_rng_state(saved.generators["torch-global"])
-            for row in json.loads(saved.tensors["log"].cpu().numpy().tobytes().decode()):
-                t.log(row)
+        start = t.load_phase_state(self.name, {"model": model}, {"adam": optimizer})  # resumed: after epoch `start`
         poisoned = torch.zeros(len(data), dtype=torch.bool, device=data.images.device)
         poisoned[ctx.poison_indices] = True
         report: dict[str, Any] = {"iterations": iterations, "epochs": epochs}
@@ -229,19 +214,14 @@ class ASD(Defense):
                 data.classes, data.mean, data.std,
             )  # fmt: skip
             loss = self.mixmatch_epoch(model, optimizer, labelled, data.images[rest], epoch, epochs, iterations, ctx)
-            row = {
-                "phase": self.name,
-                "epoch": epoch + 1,
-                "train_loss": round(loss, 6),
-                "clean_pool": len(labelled),
-                "clean_pool_poisoned": int(poisoned[chosen].sum()),
-            }  # fmt: skip  (ground truth: the log only)
-            t.log(row)
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-            for i, p in enumerate(model.parameters()):
-                for name, value in optimizer.state[p].items():
-                    tensors[f"adam.{i}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            rows = [r for r in t.history if r.get("phase") == self.name]
-            tensors["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
-            t.checkpoint_phase(self.name, epoch + 1, epochs, tensors, {"batches": t.generator})
+            t.log(
+                {
+                    "phase": self.name,
+                    "epoch": epoch + 1,
+                    "train_loss": round(loss, 6),
+                    "clean_pool": len(labelled),
+                    "clean_pool_poisoned": int(poisoned[chosen].sum()),
+                }
+            )  # fmt: skip  (ground truth: the log only)
+            t.save_phase_state(self.name, epoch + 1, epochs, {"model": model}, {"adam": optimizer})
         return model, report

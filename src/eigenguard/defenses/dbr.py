@@ -25,7 +25,6 @@ less than 4%), and its two fits each start a fresh SGD momentum. BR checkpoints 
 run's phase "d-br". The split's precision and recall against the true poisons are reported.
 """
 
-import json
 import math
 from typing import Any
 
@@ -148,43 +147,18 @@ class DBR(Defense):
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
-        start, saved = 0, t.resumed_phase(self.name)
-        if saved is not None:
-            start = saved.step
-            model.load_state_dict(
-                {k.removeprefix("model."): v for k, v in saved.tensors.items() if k.startswith("model.")}
-            )
-            state = optimizer.state_dict()
-            params = range(len(list(model.parameters())))
-            state["state"] = {
-                i: {"momentum_buffer": saved.tensors[f"momentum.{i}"]}
-                for i in params
-                if f"momentum.{i}" in saved.tensors
-            }
-            optimizer.load_state_dict(state)
-            t.generator.set_state(saved.generators["batches"])
-            torch.set_rng_state(saved.generators["torch-global"])
-            for row in json.loads(saved.tensors["log"].cpu().numpy().tobytes().decode()):
-                t.log(row)  # the BR epochs logged before the interruption
+        start = t.load_phase_state(self.name, {"model": model}, {"sgd": optimizer})  # resumed: after epoch `start`
         crop = CROP_PAD if t.config.augment else 0
         common = {"batch_size": self.batch_size, "normalize": t.normalize, "generator": t.generator, "crop_pad": crop,
                   "flip": t.flip and t.config.augment, "amp": t.amp}  # fmt: skip
-        rows: list[dict[str, Any]] = []
         for epoch in range(start + 1, self.epochs + 1):
             up = train_one_epoch(
                 model, optimizer, scheduler, poisoned.images, poisoned.labels, loss_fn=ascent_loss, **common
             )
             down = train_one_epoch(model, optimizer, scheduler, clean.images, clean.labels, **common)
-            row = {"phase": self.name, "epoch": epoch, "train_loss": round(down["train_loss"], 6),
-                   "unlearn_loss": round(-up["train_loss"], 6)}  # fmt: skip
-            t.log(row)
-            rows = [r for r in t.history if r.get("phase") == self.name]
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-            for i, p in enumerate(model.parameters()):
-                if "momentum_buffer" in optimizer.state[p]:
-                    tensors[f"momentum.{i}"] = optimizer.state[p]["momentum_buffer"]
-            tensors["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
-            t.checkpoint_phase(self.name, epoch, self.epochs, tensors, {"batches": t.generator})
+            t.log({"phase": self.name, "epoch": epoch, "train_loss": round(down["train_loss"], 6),
+                   "unlearn_loss": round(-up["train_loss"], 6)})  # fmt: skip
+            t.save_phase_state(self.name, epoch, self.epochs, {"model": model}, {"sgd": optimizer})
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         # a resumed run passes through here again: the SD fits load from their checkpoints, the scores are

@@ -17,8 +17,8 @@ The last epoch's model is returned (the official classifier script keeps the bes
 Our choices: the SupCon loss's positives follow the official mask, including its asymmetry (a clean
 anchor also counts same-label uncertain images as positives; an uncertain anchor does not). The hue jitter
 is a rotation in YIQ space (data/transforms.py). Budget: the official 200 epochs are the default; the quick
-grids run a reduced `st_epochs`, said in their reports. The extractor's epochs are not checkpointed
-within this phase (the whole phase is redone on resume); the SD fits are.
+grids run a reduced `st_epochs`, said in their reports. Both stages checkpoint after every epoch (run
+phases "st-extractor" and "st-head"); a resumed run redoes only the split (the SD fits load from theirs).
 """
 
 import math
@@ -106,7 +106,7 @@ class DST(DBR):
         projection = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128)).to(t.device)
         params = [p for n, p in model.named_parameters() if not any(p is q for q in last.parameters())]
         optimizer = torch.optim.SGD([*params, *projection.parameters()], lr=self.st_lr, momentum=0.9, weight_decay=1e-4)
-        steps = max(1, len(self._batches(len(data), ctx))) if len(data) else 1
+        steps = max(1, len(data) // min(self.st_batch_size, max(len(data), 1)))  # batches per epoch
         total, warmup = self.st_epochs * steps, min(10, self.st_epochs // 2) * steps
 
         def lr_at(step: int) -> float:
@@ -118,10 +118,12 @@ class DST(DBR):
 
         flag = torch.zeros(len(data), dtype=torch.bool, device=t.device)
         flag[clean] = True
+        modules, optimizers = {"model": model, "projection": projection}, {"sgd": optimizer}
+        start = t.load_phase_state("st-extractor", modules, optimizers)  # resumed: after epoch `start`
         model.train()
-        step = 0
+        step = start * steps
         with FeatureTap({"features": last}, inputs=True) as tap:
-            for epoch in range(1, self.st_epochs + 1):
+            for epoch in range(start + 1, self.st_epochs + 1):
                 losses = []
                 for idx in self._batches(len(data), ctx):
                     for group in optimizer.param_groups:
@@ -138,6 +140,7 @@ class DST(DBR):
                 t.log(
                     {"phase": "st-extractor", "epoch": epoch, "train_loss": round(sum(losses) / max(len(losses), 1), 6)}
                 )
+                t.save_phase_state("st-extractor", epoch, self.st_epochs, modules, optimizers)
 
     def head(
         self, model: nn.Module, data: ImageDataset, clean: torch.Tensor, poisoned: torch.Tensor, ctx: DefenseContext
@@ -153,8 +156,9 @@ class DST(DBR):
         optimizer = torch.optim.SGD(last.parameters(), lr=self.head_lr, momentum=0.9, weight_decay=0.0)
         used = torch.cat([clean, poisoned])
         is_clean = torch.cat([torch.ones_like(clean, dtype=torch.bool), torch.zeros_like(poisoned, dtype=torch.bool)])
+        start = t.load_phase_state("st-head", {"head": last}, {"sgd": optimizer})
         model.eval()  # the extractor frozen, BatchNorm statistics included
-        for epoch in range(1, self.head_epochs + 1):
+        for epoch in range(start + 1, self.head_epochs + 1):
             losses = []
             for batch in self._batches(len(used), ctx):
                 idx, c = used[batch], is_clean[batch]
@@ -166,6 +170,7 @@ class DST(DBR):
                 optimizer.step()
                 losses.append(float(loss.detach()))
             t.log({"phase": "st-head", "epoch": epoch, "train_loss": round(sum(losses) / max(len(losses), 1), 6)})
+            t.save_phase_state("st-head", epoch, self.head_epochs, {"head": last}, {"sgd": optimizer})
         for p in model.parameters():
             p.requires_grad_(True)
 

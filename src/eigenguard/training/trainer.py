@@ -7,6 +7,7 @@ is one row of the run's log.csv, tagged with its phase; ACC and ASR are measured
 epochs and at the end of every fit.
 """
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict, Unpack
@@ -153,6 +154,55 @@ class Trainer:
     ) -> None:
         if self.checkpoints is not None:
             self.checkpoints.save_phase(name, step, steps, tensors, generators)
+
+    def save_phase_state(
+        self,
+        name: str,
+        step: int,
+        steps: int,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+    ) -> None:
+        """Checkpoint a defense's own training loop after `step` of `steps` (its epochs): the modules' weights,
+        the optimizers' state, this trainer's random streams and the log rows of phase `name` so far."""
+        if self.checkpoints is None:
+            return
+        tensors = {f"module.{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}
+        for o, optimizer in optimizers.items():
+            for i, values in optimizer.state_dict()["state"].items():
+                for key, value in values.items():
+                    tensors[f"optimizer.{o}.{i}.{key}"] = (
+                        value if isinstance(value, torch.Tensor) else torch.tensor(value)
+                    )
+        rows = [r for r in self.history if r.get("phase") == name]
+        tensors["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+        self.checkpoints.save_phase(name, step, steps, tensors, {"batches": self.generator})
+
+    def load_phase_state(
+        self, name: str, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+    ) -> int:
+        """Restore what `save_phase_state` saved when resuming (0 when there is nothing: start the loop at the
+        beginning); returns the step reached. The phase's log rows are logged again."""
+        saved = self.resumed_phase(name)
+        if saved is None:
+            return 0
+        for m, module in modules.items():
+            prefix = f"module.{m}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in saved.tensors.items() if k.startswith(prefix)})
+        for o, optimizer in optimizers.items():
+            state = optimizer.state_dict()
+            prefix = f"optimizer.{o}."
+            state["state"] = {}
+            for key, value in saved.tensors.items():
+                if key.startswith(prefix):
+                    index, field = key[len(prefix) :].split(".", 1)
+                    state["state"].setdefault(int(index), {})[field] = value
+            optimizer.load_state_dict(state)
+        self.generator.set_state(saved.generators["batches"])
+        torch.set_rng_state(saved.generators["torch-global"])
+        for row in json.loads(saved.tensors["log"].cpu().numpy().tobytes().decode()):
+            self.log(row)
+        return saved.step
 
     # -- training ---------------------------------------------------------------------------------
 
