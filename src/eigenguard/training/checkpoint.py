@@ -120,7 +120,6 @@ class Checkpoints:
                 if midway.extra is not None:
                     tensors["midway.extra"] = midway.extra
                 tensor_file = f"fit-{index}.epoch-{epoch}.step-{at.step}.safetensors"
-            atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
             record = {
                 "format": FORMAT,
                 "fit": index,
@@ -147,16 +146,33 @@ class Checkpoints:
                     "seconds": midway.seconds,
                 },
             }
-            manifest = self.path / f"fit-{index}.json"
-            previous = self._tensor_file(manifest)
-            atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
-            if previous and previous != tensor_file:
-                (self.path / previous).unlink(missing_ok=True)
+            self._commit(f"fit-{index}.json", tensor_file, tensors, record)
         except OSError as e:  # a full disk, a read-only or vanished directory: the previous one is intact
             raise EigenguardError(
                 f"could not write the checkpoint of epoch {epoch} in '{self.path}' ({e.strerror or e}); "
                 f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
             ) from None
+
+    def _commit(self, manifest_name: str, tensor_file: str, tensors: dict[str, torch.Tensor], record: dict) -> None:
+        """The tensors first, then the manifest naming them (the commit point), then the previous tensors go."""
+        atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
+        manifest = self.path / manifest_name
+        previous = self._tensor_file(manifest)
+        atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
+        if previous and previous != tensor_file:
+            (self.path / previous).unlink(missing_ok=True)
+
+    def _read(self, manifest: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """A manifest and its tensors (None where there is no manifest); unreadable: one EigenguardError."""
+        if not manifest.is_file():
+            return None
+        try:
+            record = json.loads(manifest.read_text())
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
+            return record, load_file(str(self.path / record["tensors"]), device=str(device))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
 
     def _tensor_file(self, manifest: Path) -> str | None:
         if not manifest.is_file():
@@ -168,16 +184,10 @@ class Checkpoints:
 
     def state(self, index: int, device: torch.device) -> FitState | None:
         """Fit `index`'s last complete checkpoint, or None where it never reached an epoch's end."""
-        manifest = self.path / f"fit-{index}.json"
-        if not manifest.is_file():
+        read = self._read(self.path / f"fit-{index}.json", device)
+        if read is None:
             return None
-        try:
-            record = json.loads(manifest.read_text())
-            if not isinstance(record, dict) or record.get("format") != FORMAT:
-                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
-            tensors = load_file(str(self.path / record["tensors"]), device=str(device))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
+        record, tensors = read
         model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         state: dict[int, dict[str, Any]] = {int(p): dict(v) for p, v in record["optimizer"]["state"].items()}
         for key, value in tensors.items():
@@ -216,13 +226,8 @@ class Checkpoints:
             saved |= {f"generator.{k}": g.get_state() for k, g in generators.items()}
             saved["generator.torch-global"] = torch.get_rng_state()
             tensor_file = f"phase-{name}.step-{step}.safetensors"
-            atomic_save_tensors(self.path / tensor_file, saved, {"format": str(FORMAT)})
-            manifest = self.path / f"phase-{name}.json"
-            previous = self._tensor_file(manifest)
             record = {"format": FORMAT, "phase": name, "step": step, "steps": steps, "tensors": tensor_file}
-            atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
-            if previous and previous != tensor_file:
-                (self.path / previous).unlink(missing_ok=True)
+            self._commit(f"phase-{name}.json", tensor_file, saved, record)
         except OSError as e:
             raise EigenguardError(
                 f"could not write the checkpoint of {name} step {step} in '{self.path}' ({e.strerror or e}); "
@@ -232,15 +237,13 @@ class Checkpoints:
     def phase(self, name: str, device: torch.device) -> PhaseState | None:
         """Phase `name`'s last complete checkpoint, or None where it has none."""
         manifest = self.path / f"phase-{name}.json"
-        if not manifest.is_file():
+        read = self._read(manifest, device)
+        if read is None:
             return None
+        record, tensors = read
         try:
-            record = json.loads(manifest.read_text())
-            if not isinstance(record, dict) or record.get("format") != FORMAT:
-                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
-            tensors = load_file(str(self.path / record["tensors"]), device=str(device))
             step, steps = int(record["step"]), int(record["steps"])
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
         return PhaseState(
             step=step,
