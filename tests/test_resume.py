@@ -3,6 +3,7 @@ ends with the weights, metrics and log of the uninterrupted run, bit for bit (wa
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -297,6 +298,29 @@ def test_a_post_training_defense_resumes_within_its_own_phase(
     assert_same_run(whole, cut)
 
 
+def cut_within_a_phase(
+    monkeypatch: pytest.MonkeyPatch, run: Callable[[bool], object], stop: tuple[str, int]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Run (`run(False)`) until the phase checkpoint `stop` (phase name, step) is written, then resume
+    (`run(True)`); returns the phase checkpoints written before the cut and by the resumed run."""
+    save, before, after = Checkpoints.save_phase, [], []
+
+    def recording(self: Checkpoints, name: str, step: int, *args: object) -> None:
+        save(self, name, step, *args)
+        (after if resuming else before).append((name, step))
+        if not resuming and (name, step) == stop:
+            raise Interrupt
+
+    resuming = False
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save_phase", recording)
+        with pytest.raises(Interrupt):
+            run(False)
+        resuming = True
+        run(True)
+    return before, after
+
+
 def test_anp_resumes_within_its_mask_optimisation(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -308,62 +332,25 @@ def test_anp_resumes_within_its_mask_optimisation(
         )
 
     whole = train(anp(tmp_path / "whole"), progress=False).run_dir  # fills the backdoored model's cache
-    cut, save = tmp_path / "cut", Checkpoints.save_phase
-    steps: list[int] = []
-
-    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
-        steps.append(step)
-        if step == 10:
-            raise Interrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", stopping_save)
-        with pytest.raises(Interrupt):
-            train(anp(cut), progress=False)
-    assert steps == [5, 10]
-    assert json.loads((cut / "checkpoint" / "phase-anp.json").read_text())["step"] == 10
-    steps.clear()
-
-    def recording_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
-        steps.append(step)
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", recording_save)
-        train(anp(cut), progress=False, resume=True)
-    assert steps == [12]  # continued from iteration 10, not from the start
+    cut = tmp_path / "cut"
+    before, after = cut_within_a_phase(monkeypatch, lambda resume: train(anp(cut), progress=False, resume=resume),
+                                       ("anp", 10))  # fmt: skip
+    assert before == [("anp", 5), ("anp", 10)] and after == [("anp", 12)]  # continued from iteration 10
     assert_same_run(whole, cut)
 
 
 def test_dbr_resumes_within_its_backdoor_removal(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # D-BR's 3 removal epochs checkpoint as the phase "d-br"; cut after the second
     def dbr(out: Path) -> TrainConfig:
         defense = {"name": "d-br", "sd_epochs": 1, "intra_epochs": 1, "epochs": 3, "batch_size": 32}
         return config(mnist_root, out, defense).model_copy(update={"cache_dir": str(tmp_path / "cache")})
 
     whole = train(dbr(tmp_path / "whole"), progress=False).run_dir
-    cut, save = tmp_path / "cut", Checkpoints.save_phase
-    steps: list[int] = []
-
-    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
-        steps.append(step)
-        if step == 2:
-            raise Interrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", stopping_save)
-        with pytest.raises(Interrupt):
-            train(dbr(cut), progress=False)
-        steps.clear()
-        m.setattr(
-            Checkpoints, "save_phase", lambda self, name, step, *a: (save(self, name, step, *a), steps.append(step))
-        )
-        train(dbr(cut), progress=False, resume=True)
-    assert steps == [3]  # the removal continued from epoch 2
+    cut = tmp_path / "cut"
+    _, after = cut_within_a_phase(monkeypatch, lambda resume: train(dbr(cut), progress=False, resume=resume),
+                                  ("d-br", 2))  # fmt: skip
+    assert after == [("d-br", 3)]  # the removal continued from its epoch 2
     assert_same_run(whole, cut)
 
 
@@ -375,25 +362,10 @@ def test_asd_resumes_after_its_last_checkpointed_epoch(
         return config(mnist_root, out, defense).model_copy(update={"clean_samples": 40})
 
     whole = train(asd(tmp_path / "whole"), progress=False).run_dir
-    cut, save = tmp_path / "cut", Checkpoints.save_phase
-    steps: list[int] = []
-
-    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
-        steps.append(step)
-        if step == 3:  # within stage 3, after its first meta-split
-            raise Interrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", stopping_save)
-        with pytest.raises(Interrupt):
-            train(asd(cut), progress=False)
-        steps.clear()
-        m.setattr(
-            Checkpoints, "save_phase", lambda self, name, step, *a: (save(self, name, step, *a), steps.append(step))
-        )
-        train(asd(cut), progress=False, resume=True)
-    assert steps == [4]
+    cut = tmp_path / "cut"  # cut within stage 3, after its first meta-split
+    _, after = cut_within_a_phase(monkeypatch, lambda resume: train(asd(cut), progress=False, resume=resume),
+                                  ("asd", 3))  # fmt: skip
+    assert after == [("asd", 4)]
     assert_same_run(whole, cut)
 
 
@@ -406,25 +378,8 @@ def test_dst_resumes_within_its_feature_extractor(
         return config(mnist_root, out, defense)
 
     whole = train(dst(tmp_path / "whole"), progress=False).run_dir
-    cut, save = tmp_path / "cut", Checkpoints.save_phase
-    saved: list[tuple[str, int]] = []
-
-    def stopping_save(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
-        saved.append((name, step))
-        if (name, step) == ("st-extractor", 2):
-            raise Interrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", stopping_save)
-        with pytest.raises(Interrupt):
-            train(dst(cut), progress=False)
-        saved.clear()
-        m.setattr(
-            Checkpoints,
-            "save_phase",
-            lambda self, name, step, *a: (save(self, name, step, *a), saved.append((name, step))),
-        )
-        train(dst(cut), progress=False, resume=True)
-    assert saved == [("st-extractor", 3), ("st-head", 1), ("st-head", 2)]
+    cut = tmp_path / "cut"
+    _, after = cut_within_a_phase(monkeypatch, lambda resume: train(dst(cut), progress=False, resume=resume),
+                                  ("st-extractor", 2))  # fmt: skip
+    assert after == [("st-extractor", 3), ("st-head", 1), ("st-head", 2)]
     assert_same_run(whole, cut)
