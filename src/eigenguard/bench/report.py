@@ -259,7 +259,9 @@ def heatmap_png(records: list[dict[str, Any]], title: str) -> bytes:
             for y, line in enumerate(values):
                 for x, v in enumerate(line):
                     if v == v:  # not NaN: the cell has run
-                        ax.text(x, y, number.format(v), ha="center", va="center", fontsize=7)
+                        strong = (abs(v) / high if low < 0 else (v - low) / (high - low)) > 0.65  # a dark cell
+                        ax.text(x, y, number.format(v), ha="center", va="center", fontsize=7,
+                                color="white" if strong else "black")  # fmt: skip
             ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=7)
             ax.set_yticks(range(len(rows)), rows, fontsize=7)
             ax.set_title(name, fontsize=8)
