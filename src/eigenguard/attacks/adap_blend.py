@@ -27,8 +27,7 @@ profile's 20,000.
 
 import torch
 
-from eigenguard.attacks.base import Attack, PoisonedTrainingSet
-from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
 
 
@@ -50,7 +49,7 @@ def piece_masks(
     return torch.einsum("np,phw->nhw", shown, block)
 
 
-class AdapBlend(Attack):
+class AdapBlend(RegularisedAttack):
     name = "adap-blend"
     default_rate = 0.003
 
@@ -98,17 +97,6 @@ class AdapBlend(Attack):
             self.image_shape[1:], self.pieces, round(self.mask_rate * self.pieces), len(images), generator
         )
         return self.blend(images, self.alpha, masks)
-
-    def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
-        result = super().poison(train, rate, generator)  # payload: relabelled; images replaced below
-        payload = result.poison_indices
-        if len(payload):
-            result.dataset.images[payload] = self.training_trigger(train.images[payload], generator)
-        cover = self.cross_samples(result, round(self.cover_rate * len(train)), generator, target_class=False)
-        if len(cover):
-            result.dataset.images[cover] = self.training_trigger(train.images[cover], generator)
-        result.cross_indices = cover
-        return result
 
     def describe(self) -> dict[str, object]:
         return {

@@ -23,15 +23,14 @@ classes; regularisation samples from the other non-target samples, recorded as `
 
 import torch
 
-from eigenguard.attacks.base import Attack, PoisonedTrainingSet
-from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
 
 X_CHECKER = ((255, 0, 255), (0, 255, 0), (255, 0, 255))
 TRAIN_ALPHAS = (0.5, 0.2, 0.5, 0.3)
 
 
-class AdapPatch(Attack):
+class AdapPatch(RegularisedAttack):
     name = "adap-patch"
     default_rate = 0.003
 
@@ -84,25 +83,14 @@ class AdapPatch(Attack):
         """The test-time trigger: both bottom-corner patches and the checker, at `test_alpha` (1: pasted)."""
         return self._stamp(images, self.test_pattern, self.test_mask, self.test_alpha)
 
-    def training_triggers(self, images: torch.Tensor) -> torch.Tensor:
-        """Trigger j on the j-th quarter of `images` (in order), each at its own opacity."""
+    def training_trigger(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Trigger j on the j-th quarter of `images` (in order), each at its own opacity (no randomness)."""
         out = images.clone()
         bounds = [round(j * len(images) / 4) for j in range(5)]
         for j in range(4):
             part = slice(bounds[j], bounds[j + 1])
             out[part] = self._stamp(images[part], self.patterns[j], self.masks[j], self.alphas[j])
         return out
-
-    def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
-        result = super().poison(train, rate, generator)
-        payload = result.poison_indices
-        if len(payload):
-            result.dataset.images[payload] = self.training_triggers(train.images[payload])
-        cover = self.cross_samples(result, round(self.cover_rate * len(train)), generator, target_class=False)
-        if len(cover):
-            result.dataset.images[cover] = self.training_triggers(train.images[cover])
-        result.cross_indices = cover
-        return result
 
     def describe(self) -> dict[str, object]:
         return {

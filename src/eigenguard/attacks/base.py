@@ -155,3 +155,27 @@ class Attack:
             )
         if not 0 <= self.target < data.num_classes:
             raise EigenguardError(f"target class {self.target} is out of range; allowed: 0..{data.num_classes - 1}")
+
+
+class RegularisedAttack(Attack):
+    """An attack whose training-time trigger differs from its test-time one (`apply`), and whose triggered
+    training samples include regularisation samples (`cover_rate` of the training set, drawn outside the
+    payload and the target class) that keep their true labels (Adap-Blend, Adap-Patch). Subclasses set
+    `cover_rate` and implement `training_trigger`."""
+
+    cover_rate: float
+
+    def training_trigger(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The training-time trigger stamped on a uint8 batch (its randomness from `generator`)."""
+        raise NotImplementedError
+
+    def poison(self, train: ImageDataset, rate: float, generator: torch.Generator) -> PoisonedTrainingSet:
+        result = super().poison(train, rate, generator)  # the payload, relabelled; its images replaced here
+        payload = result.poison_indices
+        if len(payload):
+            result.dataset.images[payload] = self.training_trigger(train.images[payload], generator)
+        cover = self.cross_samples(result, round(self.cover_rate * len(train)), generator, target_class=False)
+        if len(cover):
+            result.dataset.images[cover] = self.training_trigger(train.images[cover], generator)
+        result.cross_indices = cover
+        return result

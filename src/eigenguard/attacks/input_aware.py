@@ -39,7 +39,7 @@ from torch import nn
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.cache import cache_root, cached_tensors, digest, fingerprint
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.data.transforms import random_crop, random_flip
+from eigenguard.data.transforms import augment
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
 
@@ -135,12 +135,10 @@ class InputAware(Attack):
         if self.pattern_net is None or self.mask_net is None:
             raise EigenguardError("input-aware: the trigger generators are trained by poison() first")
         self.pattern_net.eval(), self.mask_net.eval()
-        out = []
+        out, net_device = [], next(self.pattern_net.parameters()).device
         for start in range(0, len(images), 512):
-            x = images[start : start + 512].float() / 255
-            s = sources[start : start + 512].float() / 255
-            net_device = next(self.pattern_net.parameters()).device
-            x, s = x.to(net_device), s.to(net_device)
+            x = images[start : start + 512].to(net_device).float() / 255
+            s = sources[start : start + 512].to(net_device).float() / 255
             t = x + (self.pattern_net(s) - x) * threshold(self.mask_net(s))
             out.append((t * 255).round().clamp(0, 255).to(torch.uint8).to(images.device))
         return torch.cat(out) if out else images.clone()
@@ -164,10 +162,6 @@ class InputAware(Attack):
             classifier = create_model("resnet18", in_channels=c, num_classes=classes, width=self.surrogate_width)
         return pattern, mask, classifier.to(device)
 
-    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x = random_crop(x, 5, g)
-        return random_flip(x, g) if self.image_shape[0] == 3 else x
-
     def train_generators(self, train: ImageDataset) -> None:
         device = train.images.device
         g = torch.Generator(device=device).manual_seed(self.seed + 22)
@@ -181,7 +175,7 @@ class InputAware(Attack):
             return [(one[s : s + b], two[s : s + b]) for s in range(0, n - b + 1, b)]
 
         def pixels(idx: torch.Tensor) -> torch.Tensor:
-            return self._augment(train.images[idx], g).float() / 255
+            return augment(train.images[idx], 5, self.image_shape[0] == 3, g).float() / 255
 
         opt_m = torch.optim.Adam(mask.parameters(), lr=0.01, betas=(0.5, 0.9))
         milestones = [round(0.4 * self.mask_epochs), round(0.8 * self.mask_epochs)]

@@ -36,6 +36,14 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def augment(images: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation: a random crop after zero padding by `crop_pad` (0: none), then, with
+    `flip`, a random mirror."""
+    if crop_pad:
+        images = random_crop(images, crop_pad, generator)
+    return random_flip(images, generator) if flip else images
+
+
 def random_resized_crop(
     images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),

@@ -32,9 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from eigenguard.data.transforms import random_crop, random_flip
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.training.fit import CROP_PAD
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -81,23 +79,8 @@ class ANP(Defense):
         optimizer = torch.optim.SGD(masks.values(), lr=self.mask_lr, momentum=0.9)
         pool, t = ctx.clean_pool, ctx.trainer
         gen = t.generator
-        start, saved = 0, t.resumed_phase(self.name)
-        if saved is not None:  # the run was interrupted within this optimisation
-            start = saved.step
-            with torch.no_grad():
-                for n in masks:
-                    masks[n].copy_(saved.tensors[f"mask.{n}"])
-            state = optimizer.state_dict()
-            state["state"] = {i: {"momentum_buffer": saved.tensors[f"momentum.{n}"]} for i, n in enumerate(masks)}
-            optimizer.load_state_dict(state)
-            gen.set_state(saved.generators["batches"])
-            torch.set_rng_state(saved.generators["torch-global"])
+        start = t.load_phase_state(self.name, {}, {"sgd": optimizer}, masks)  # resumed: after iteration `start`
         every = t.phase_every(self.iterations)
-
-        def checkpoint(step: int) -> None:
-            tensors = {f"mask.{n}": m.detach() for n, m in masks.items()}
-            tensors |= {f"momentum.{n}": optimizer.state[m]["momentum_buffer"] for n, m in masks.items()}
-            t.checkpoint_phase(self.name, step, self.iterations, tensors, {"batches": gen})
 
         def forward(x: torch.Tensor, perturbed: bool) -> torch.Tensor:
             overrides = {}
@@ -110,9 +93,7 @@ class ANP(Defense):
         for step in range(start, self.iterations):
             idx = torch.randint(0, len(pool), (min(self.batch_size, len(pool)),), device=device, generator=gen)
             x = pool.images[idx]
-            if t.config.augment:
-                x = random_flip(random_crop(x, CROP_PAD, gen), gen) if t.flip else random_crop(x, CROP_PAD, gen)
-            x, y = t.normalize(x), pool.labels[idx]
+            x, y = t.normalize(t.augment(x)), pool.labels[idx]
             if self.epsilon > 0:
                 with torch.no_grad():
                     for n in delta:
@@ -134,7 +115,7 @@ class ANP(Defense):
                 for m in masks.values():
                     m.clamp_(0, 1)
             if (step + 1) % every == 0 or step + 1 == self.iterations:
-                checkpoint(step + 1)
+                t.save_phase_state(self.name, step + 1, self.iterations, {}, {"sgd": optimizer}, masks)
         return {n: m.detach() for n, m in masks.items()}
 
     @staticmethod

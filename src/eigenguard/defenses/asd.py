@@ -41,10 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.data.transforms import random_crop, random_flip
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.training.evaluate import eval_logits
-from eigenguard.training.fit import CROP_PAD
 
 RCE_LOG = -math.log(1e-4)
 
@@ -126,19 +124,12 @@ class ASD(Defense):
         order = torch.randperm(len(data), generator=t.generator, device=data.images.device)
         for start in range(0, len(data), 128):
             idx = order[start : start + 128]
-            loss = F.cross_entropy(virtual(t.normalize(self._augment(data.images[idx], ctx))), data.labels[idx])
+            loss = F.cross_entropy(virtual(t.normalize(t.augment(data.images[idx]))), data.labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
     # -- MixMatch -----------------------------------------------------------------------------------
-
-    def _augment(self, x: torch.Tensor, ctx: DefenseContext) -> torch.Tensor:
-        t = ctx.trainer
-        if not t.config.augment:
-            return x
-        x = random_crop(x, CROP_PAD, t.generator)
-        return random_flip(x, t.generator) if t.flip else x
 
     def mixmatch_epoch(
         self,
@@ -160,10 +151,10 @@ class ASD(Defense):
         for i in range(iterations):
             li = torch.randint(0, len(labelled), (b,), generator=gen, device=device)
             ui = torch.randint(0, len(unlabelled), (b,), generator=gen, device=device)
-            x = t.normalize(self._augment(labelled.images[li], ctx))
+            x = t.normalize(t.augment(labelled.images[li]))
             y = F.one_hot(labelled.labels[li], classes).float()
-            u1 = t.normalize(self._augment(unlabelled[ui], ctx))
-            u2 = t.normalize(self._augment(unlabelled[ui], ctx))
+            u1 = t.normalize(t.augment(unlabelled[ui]))
+            u2 = t.normalize(t.augment(unlabelled[ui]))
             with torch.no_grad():
                 guess = (model(u1).float().softmax(1) + model(u2).float().softmax(1)) / 2
                 guess = sharpen(guess, self.temperature)

@@ -37,7 +37,6 @@ from eigenguard.defenses.abl import ascent_loss
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.training.features import FeatureTap
-from eigenguard.training.fit import CROP_PAD
 from eigenguard.training.loop import train_one_epoch
 
 
@@ -148,9 +147,9 @@ class DBR(Defense):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
         start = t.load_phase_state(self.name, {"model": model}, {"sgd": optimizer})  # resumed: after epoch `start`
-        crop = CROP_PAD if t.config.augment else 0
-        common = {"batch_size": self.batch_size, "normalize": t.normalize, "generator": t.generator, "crop_pad": crop,
-                  "flip": t.flip and t.config.augment, "amp": t.amp}  # fmt: skip
+        recipe = t.recipe(self.epochs)  # the run's augmentation
+        common = {"batch_size": self.batch_size, "normalize": t.normalize, "generator": t.generator,
+                  "crop_pad": recipe.crop_pad, "flip": recipe.flip, "amp": t.amp}  # fmt: skip
         for epoch in range(start + 1, self.epochs + 1):
             up = train_one_epoch(
                 model, optimizer, scheduler, poisoned.images, poisoned.labels, loss_fn=ascent_loss, **common

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eigenguard.data.transforms import Normalize, random_crop, random_flip
+from eigenguard.data.transforms import Normalize, augment
 
 StepCallback = Callable[[int, float], None]  # (steps done this epoch, mean loss so far)
 
@@ -79,12 +79,8 @@ def train_one_epoch(
         loss_sum, correct = position.loss_sum.clone(), position.correct.clone()
     for step in range(first, steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        x, y = images[idx], labels[idx]
-        if crop_pad:
-            x = random_crop(x, crop_pad, generator)
-        if flip:
-            x = random_flip(x, generator)
-        x = normalize(x)
+        x = normalize(augment(images[idx], crop_pad, flip, generator))
+        y = labels[idx]
         if extra_inputs is not None:
             x = torch.cat([x, extra_inputs.to(x.dtype)])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -19,7 +19,7 @@ from torch import nn
 
 from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.data.transforms import Normalize
+from eigenguard.data.transforms import Normalize, augment
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
 from eigenguard.training.checkpoint import Checkpoints, Midway, PhaseState
@@ -141,6 +141,12 @@ class Trainer:
 
     # -- a defense's own optimisation, checkpointed as a phase (training/checkpoint.py) ------------------
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The run's training augmentation (crop and, for datasets that allow it, flip; none with
+        `augment: false`), drawn from the trainer's generator: for a defense's own training loop."""
+        recipe = self.recipe(1)
+        return augment(images, recipe.crop_pad, recipe.flip, self.generator)
+
     def phase_every(self, steps: int) -> int:
         """How often a phase of `steps` iterations checkpoints: `checkpoint_every`, else every tenth of it."""
         return self.config.checkpoint_every or max(1, steps // 10)
@@ -149,12 +155,6 @@ class Trainer:
         """Phase `name`'s state from before the run was interrupted (None: it starts from its beginning)."""
         return self.checkpoints.phase(name, self.device) if self.checkpoints and self.resume else None
 
-    def checkpoint_phase(
-        self, name: str, step: int, steps: int, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]
-    ) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.save_phase(name, step, steps, tensors, generators)
-
     def save_phase_state(
         self,
         name: str,
@@ -162,30 +162,41 @@ class Trainer:
         steps: int,
         modules: dict[str, nn.Module],
         optimizers: dict[str, torch.optim.Optimizer],
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Checkpoint a defense's own training loop after `step` of `steps` (its epochs): the modules' weights,
-        the optimizers' state, this trainer's random streams and the log rows of phase `name` so far."""
+        """Checkpoint a defense's own training loop after `step` of `steps` (its epochs or iterations): the
+        modules' weights, the optimizers' state, other `tensors` it optimises (ANP's masks), this trainer's
+        random streams and the log rows of phase `name` so far."""
         if self.checkpoints is None:
             return
-        tensors = {f"module.{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}
+        saved = {f"tensor.{k}": v.detach() for k, v in (tensors or {}).items()}
+        saved |= {f"module.{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}
         for o, optimizer in optimizers.items():
             for i, values in optimizer.state_dict()["state"].items():
                 for key, value in values.items():
-                    tensors[f"optimizer.{o}.{i}.{key}"] = (
+                    saved[f"optimizer.{o}.{i}.{key}"] = (
                         value if isinstance(value, torch.Tensor) else torch.tensor(value)
                     )
         rows = [r for r in self.history if r.get("phase") == name]
-        tensors["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
-        self.checkpoints.save_phase(name, step, steps, tensors, {"batches": self.generator})
+        saved["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+        self.checkpoints.save_phase(name, step, steps, saved, {"batches": self.generator})
 
     def load_phase_state(
-        self, name: str, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+        self,
+        name: str,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> int:
         """Restore what `save_phase_state` saved when resuming (0 when there is nothing: start the loop at the
-        beginning); returns the step reached. The phase's log rows are logged again."""
+        beginning); returns the step reached. `tensors` are restored in place; the phase's log rows are
+        logged again."""
         saved = self.resumed_phase(name)
         if saved is None:
             return 0
+        with torch.no_grad():
+            for k, v in (tensors or {}).items():
+                v.copy_(saved.tensors[f"tensor.{k}"])
         for m, module in modules.items():
             prefix = f"module.{m}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in saved.tensors.items() if k.startswith(prefix)})
