@@ -53,6 +53,24 @@ def test_shipped_grids_expand_and_validate(path: Path) -> None:
     assert len({c.key for c in grid.cells}) == len(grid.cells)
 
 
+def test_recorded_cells_keep_their_keys() -> None:
+    # the keys of cells whose results are recorded (benchmarks/results/study-queue.json): an option added to
+    # a component later (EigenGuard's `ranking`, a LATE_OPTIONS entry) leaves them alone at its default
+    cells = {c.labels["cell"]: c for c in load_grid(GRIDS[0].parent / "study-queue.yaml").cells}
+    assert cells["badnets-paper"].key == "3e0840a751498b3e" and cells["blend-none"].key == "0023d6f4db7c3a78"
+    assert "ranking" not in cells["badnets-paper"].config.defense.options
+    raw = {"name": "g", "description": "", "base": {"profile": "quick", "eval_every": 12, "attack": "badnets"}}
+    keys = [
+        parse_grid({**raw, "axes": {"defense": [defense]}}).cells[0].key
+        for defense in (
+            {"name": "eigenguard", "ranking": "pass"},
+            "eigenguard",
+            {"name": "eigenguard", "ranking": "training"},
+        )
+    ]
+    assert keys[0] == keys[1] == cells["badnets-paper"].key != keys[2]
+
+
 def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None:
     raw = tiny_grid(tmp_path, attack=["badnets", "blend"], defense=["none", "ft", "eigenguard"], seed=[0, 1])
     raw["axes"]["budget"] = [{"label": "low", "poison_rate": 0.05}, {"label": "high", "poison_rate": 0.2}]

@@ -232,6 +232,70 @@ def test_anchor_rules() -> None:
         EigenGuardDefense(spectrum="flat")
     with pytest.raises(EigenguardError, match="EigenGuard training 'joint' is not allowed"):
         EigenGuardDefense(training="joint")
+    with pytest.raises(EigenguardError, match="ranking 'eval' is not allowed; allowed: pass, training"):
+        EigenGuardDefense(ranking="eval")
+
+
+def test_training_steps_record_each_samples_loss() -> None:
+    from eigenguard.data.transforms import Normalize
+    from eigenguard.training.loop import train_one_epoch
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (100, 1, 12, 12), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (100,), generator=g)
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    normalize = Normalize((0.5,), (0.25,), torch.device("cpu"))
+    losses = torch.zeros(100)
+    args = (model, optimizer, scheduler, images, labels)
+    stats = train_one_epoch(
+        *args, batch_size=32, normalize=normalize, generator=torch.Generator().manual_seed(1), sample_losses=losses
+    )
+    seen = torch.isfinite(losses)
+    assert int(seen.sum()) == 96 and bool((losses[~seen] == float("inf")).all())  # the dropped batch: +inf
+    assert losses[seen].mean().item() == pytest.approx(stats["train_loss"], rel=1e-5)  # the loss it trained on
+    with pytest.raises(ValueError, match="cannot be combined"):
+        train_one_epoch(
+            *args, batch_size=32, normalize=normalize, generator=torch.Generator(), sample_losses=losses,
+            loss_fn=lambda logits, y, x: logits.sum(),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("ranking", ["pass", "training"])
+def test_anchors_ranked_by_a_pass_or_by_the_training_losses(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranking: str
+) -> None:
+    from eigenguard.defenses import eigenguard as defense_module
+
+    passes, ranked = [], []
+    real_pass, real_pick = defense_module.per_sample_loss, defense_module.pick_by_loss
+
+    def counting_pass(*args, **kwargs):
+        passes.append(1)
+        return real_pass(*args, **kwargs)
+
+    def recording_pick(losses, labels, count, rule):
+        ranked.append(losses.clone())
+        return real_pick(losses, labels, count, rule)
+
+    monkeypatch.setattr(defense_module, "per_sample_loss", counting_pass)
+    monkeypatch.setattr(defense_module, "pick_by_loss", recording_pick)
+    config = TrainConfig(
+        dataset="mnist", data_root=str(mnist_root), width=0.125, epochs=3, batch_size=64, device="cpu",
+        attack="badnets", defense={"name": "eigenguard", "k": 5, "anchor_count": 16, "ranking": ranking},
+        out=str(tmp_path / "g"), eval_every=3,
+    )  # fmt: skip
+    result = train(config, progress=False)
+    assert len(ranked) == 2  # before epochs 2 and 3
+    n = len(ranked[0])
+    if ranking == "pass":
+        assert len(passes) == 2 and all(torch.isfinite(r).all() for r in ranked)
+    else:  # no pass: the losses of the previous epoch's steps, the dropped last batch unranked
+        assert passes == [] and all(int(torch.isfinite(r).sum()) == n - n % 64 for r in ranked)
+        assert not torch.equal(ranked[0], ranked[1])
+        assert result.metrics["defense"]["ranking"] == "training"
 
 
 def trained_guard(**options) -> EigenGuard:

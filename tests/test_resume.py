@@ -74,21 +74,28 @@ def interrupt_after(
     monkeypatch.setattr(Checkpoints, "save", stopping_save)
 
 
-@pytest.mark.parametrize(("epoch", "while_writing"), [(1, False), (2, False), (2, True)])
+RANKED_BY_TRAINING = {"name": "eigenguard", "ranking": "training"}  # its training losses are checkpointed
+
+
+@pytest.mark.parametrize(
+    ("epoch", "while_writing", "defense"),
+    [(1, False, "eigenguard"), (2, False, "eigenguard"), (2, True, "eigenguard"), (1, False, RANKED_BY_TRAINING)],
+    ids=["epoch-1", "epoch-2", "epoch-2-while-writing", "ranked-by-training-epoch-1"],
+)
 def test_guarded_run_resumes_bit_identically(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, while_writing: bool
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, while_writing: bool, defense: object
 ) -> None:
-    whole = train(config(mnist_root, tmp_path / "whole"), progress=False).run_dir
+    whole = train(config(mnist_root, tmp_path / "whole", defense), progress=False).run_dir
     cut = tmp_path / "cut"
     with monkeypatch.context() as m:
         interrupt_after(m, 1, epoch, while_writing)
         with pytest.raises(Interrupt):
-            train(config(mnist_root, cut), progress=False)
+            train(config(mnist_root, cut, defense), progress=False)
     assert not (cut / "metrics.json").exists() and not (cut / ".lock").exists()
     saved = sorted(p.name for p in (cut / "checkpoint").iterdir())
     done = epoch - 1 if while_writing else epoch  # a checkpoint cut short leaves the one before in force
     assert f"fit-1.epoch-{done}.safetensors" in saved
-    train(config(mnist_root, cut), progress=False, resume=True)
+    train(config(mnist_root, cut, defense), progress=False, resume=True)
     assert_same_run(whole, cut)
 
 
@@ -251,9 +258,9 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
 
 
-@pytest.mark.parametrize("defense", ["none", "eigenguard"])
+@pytest.mark.parametrize("defense", ["none", "eigenguard", RANKED_BY_TRAINING], ids=["none", "eigenguard", "ranked"])
 def test_resume_within_an_epoch(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: str
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: object
 ) -> None:
     # checkpoint_every=1: a checkpoint after every step; cut after the first step of epoch 2 (with the
     # guard: after the anchors of epoch 2 were chosen from the model as it was at the epoch's start)
@@ -263,8 +270,8 @@ def test_resume_within_an_epoch(
     whole = train(cfg(tmp_path / "whole"), progress=False).run_dir
     cut, save = tmp_path / "cut", Checkpoints.save
 
-    def stopping_save(self: Checkpoints, *args: object, midway: object = None) -> None:
-        save(self, *args, midway=midway)
+    def stopping_save(self: Checkpoints, *args: object, midway: object = None, **kwargs: object) -> None:
+        save(self, *args, midway=midway, **kwargs)
         if midway is not None and (midway.epoch, midway.at.step) == (2, 1):  # type: ignore[attr-defined]
             raise Interrupt
 

@@ -59,7 +59,9 @@ class Registry(Generic[T]):
                     f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
                 )
             self._check_kind(name, key, value, allowed[key])
-        return {k: _plain(v) for k, v in {**allowed, **options}.items()}
+        late = getattr(self.get(name), "LATE_OPTIONS", ())
+        merged = {**allowed, **options}
+        return {k: _plain(v) for k, v in merged.items() if not (k in late and v == allowed[k])}
 
     def _check_kind(self, name: str, key: str, value: Any, default: Any) -> None:
         """A value must be of its default's kind: a number for a number (an int where a float is fine), a

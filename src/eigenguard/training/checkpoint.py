@@ -22,7 +22,7 @@ A defense's own optimisation that is not a fit (ANP's masks) checkpoints as a ph
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class FitState:
     log: list[dict[str, Any]]  # the run's log rows up to here, every fit's
     counters: dict[str, float]
     midway: Midway | None = None  # set when checkpointed within epoch `epoch + 1`
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the epoch hook's (EpochHook.buffers)
 
     @property
     def finished(self) -> bool:
@@ -100,8 +101,10 @@ class Checkpoints:
         log: list[dict[str, Any]],
         counters: dict[str, float],
         midway: Midway | None = None,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """After `epoch` complete epochs of fit `index` (of `epochs`), or within the next one (`midway`)."""
+        """After `epoch` complete epochs of fit `index` (of `epochs`), or within the next one (`midway`);
+        `buffers`: tensors the fit's epoch hook keeps across steps and epochs (EigenGuard's training losses)."""
         try:
             self.path.mkdir(exist_ok=True)
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -113,6 +116,7 @@ class Checkpoints:
             for name, gen in generators.items():
                 tensors[f"generator.{name}"] = gen.get_state()
             tensors["generator.torch-global"] = torch.get_rng_state()
+            tensors |= {f"buffer.{k}": v for k, v in (buffers or {}).items()}
             tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
             if midway is not None:
                 at = midway.at
@@ -214,6 +218,7 @@ class Checkpoints:
             log=record["log"],
             counters=record["counters"],
             midway=midway,
+            buffers={k.removeprefix("buffer."): v for k, v in tensors.items() if k.startswith("buffer.")},
         )
 
     def save_phase(

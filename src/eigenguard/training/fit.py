@@ -72,6 +72,7 @@ def fit(
     resume: Resume | None = None,
     on_position: PositionCallback | None = None,
     position_every: int = 0,
+    sample_losses: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on uint8 `images` (on the training device) with `recipe`; returns the last
     epoch's stats (train_loss, train_acc on the augmented batches).
@@ -82,6 +83,7 @@ def fit(
     `resume`: continue after `resume.epoch` (the model, the generator and the caller's own state already
     restored; the optimizer and the schedule are restored here). `on_position(epoch, position, optimizer,
     scheduler)` is called every `position_every` steps within an epoch (a checkpoint's chance).
+    `sample_losses`: a buffer every epoch fills with each sample's training loss (loop.train_one_epoch).
     """
     steps_per_epoch = recipe.steps_per_epoch(len(images))
     optimizer = torch.optim.SGD(
@@ -128,6 +130,7 @@ def fit(
             position=position,
             on_position=position_callback,
             position_every=position_every,
+            sample_losses=sample_losses,
         )
         if on_epoch_end:
             on_epoch_end(epoch, stats, optimizer, scheduler)

@@ -54,6 +54,7 @@ def train_one_epoch(
     position: EpochPosition | None = None,
     on_position: Callable[[EpochPosition], None] | None = None,
     position_every: int = 0,
+    sample_losses: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train for one pass over (images, labels); returns mean loss and accuracy on the augmented batches.
 
@@ -65,7 +66,12 @@ def train_one_epoch(
     attention distillation); `inputs` is the normalised batch the model saw.
     `on_position` is called every `position_every` steps (not after the last) with where the epoch is;
     `position` continues an epoch from such a point (the generator restored by the caller).
+    `sample_losses` (one float per sample, on the data's device): each sample's cross-entropy in the step
+    that trained it is written there, in place (EigenGuard's anchors ranked without a pass of their own); a
+    fresh epoch first sets it to +inf, so a sample in the dropped last batch is never among the lowest.
     """
+    if sample_losses is not None and loss_fn is not None:
+        raise ValueError("sample_losses records the cross-entropy; it cannot be combined with another loss_fn")
     model.train()
     n = images.shape[0]
     steps = max(n // batch_size, 1)
@@ -74,6 +80,8 @@ def train_one_epoch(
         loss_sum = torch.zeros((), device=images.device)
         correct = torch.zeros((), device=images.device, dtype=torch.int64)
         seen, first = 0, 0
+        if sample_losses is not None:
+            sample_losses.fill_(float("inf"))
     else:
         order, seen, first = position.order, position.seen, position.step
         loss_sum, correct = position.loss_sum.clone(), position.correct.clone()
@@ -85,7 +93,12 @@ def train_one_epoch(
             x = torch.cat([x, extra_inputs.to(x.dtype)])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, x)
+            if sample_losses is not None:
+                per_sample = F.cross_entropy(logits, y, reduction="none")
+                sample_losses[idx] = per_sample.detach().float()
+                loss = per_sample.mean()
+            else:
+                loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -56,6 +56,11 @@ class EpochHook(Protocol):
         """An epoch resumed from a checkpoint within it: attach the rows `before_epoch` had chosen."""
         ...
 
+    def sample_losses(self) -> torch.Tensor | None:
+        """A buffer (one float per training sample) the training steps fill with each sample's loss, or
+        None; the checkpoints save it and a resumed fit restores it."""
+        ...
+
 
 def format_eval(values: dict[str, Any]) -> str:
     parts = []
@@ -255,6 +260,8 @@ class Trainer:
         self.fits += 1
         index, first_row = self.fits, len(self.history)
         streams = {"batches": self.generator, **(hook.generators() if hook else {})}
+        losses = hook.sample_losses() if hook else None
+        buffers = {} if losses is None else {"sample_losses": losses}
         resume, midway = None, None
         state = self.checkpoints.state(index, self.device) if self.checkpoints and self.resume else None
         if state is not None:  # this fit ran before the run was interrupted: its state at its last epoch's end
@@ -262,6 +269,8 @@ class Trainer:
             for name, gen in streams.items():
                 gen.set_state(state.generators[name])
             torch.set_rng_state(state.generators["torch-global"])
+            for name, buffer in buffers.items():
+                buffer.copy_(state.buffers[name])
             self.history = list(state.log)
             if self._restore_log is not None:
                 self._restore_log(self.history)
@@ -307,7 +316,7 @@ class Trainer:
                 counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
                 self.checkpoints.save(
                     index, done, epochs, model, optimizer, scheduler, streams, self.history,
-                    {**counters, "first_row": first_row}, midway=midway,
+                    {**counters, "first_row": first_row}, midway=midway, buffers=buffers,
                 )  # fmt: skip
 
             def on_position(
@@ -363,5 +372,6 @@ class Trainer:
                 resume=resume,
                 on_position=on_position if self.checkpoints is not None and self.config.checkpoint_every else None,
                 position_every=self.config.checkpoint_every,
+                sample_losses=losses,
             )
         return rows
