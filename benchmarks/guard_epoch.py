@@ -1,12 +1,14 @@
 """Where a guarded training epoch spends its time, in one run: plain and guarded training steps (without and
-with the paper's 100 anchor rows) and the anchors' ranking pass, at the quick profile's shapes (ResNet-18
-at width 0.25, batch 256, 1 x 28 x 28 images, 20,000 training images).
+with the paper's 100 anchor rows, which run with the batch or, `anchor_features=detached`, apart without
+gradient) and the anchors' ranking pass, at the quick profile's shapes (ResNet-18 at width 0.25, batch 256,
+1 x 28 x 28 images, 20,000 training images).
 
     python benchmarks/guard_epoch.py --out bench-results/guard-epoch-cpu.json
 
 Random uint8 images stand in for Fashion-MNIST (the cost does not depend on the pixels). Step times are
 medians of alternating steps, so drift in machine speed hits every variant alike; an epoch estimate is
-steps x step time (+ the ranking pass from the second epoch on, when the anchors are chosen).
+steps x step time (+ the ranking pass from the second epoch on, when the anchors are chosen, unless they
+are ranked by the training losses, `ranking=training`, which costs no pass).
 """
 
 import argparse
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
+from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import guard, inference_mode
 from eigenguard.models import create_model
 from eigenguard.training.evaluate import per_sample_loss
@@ -48,15 +51,22 @@ def main() -> None:
     torch.manual_seed(0)
     guarded = create_model("resnet18", in_channels=1, num_classes=10, width=args.width)
     module = guard(guarded, at="stage1", k=20, momentum=0.7)
-    variants = {"plain": (plain, 0), "guard_no_anchors": (guarded, 0), "guard_anchors": (guarded, args.anchors)}
+    variants = {
+        "plain": (plain, 0, False),
+        "guard_no_anchors": (guarded, 0, False),
+        "guard_anchors": (guarded, args.anchors, False),
+        "guard_anchors_detached": (guarded, args.anchors, True),
+    }
+    source = detached_features(guarded, "stage1", anchors)
     optimizers = {m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, guarded)}
 
-    def step(model: torch.nn.Module, anchor_rows: int) -> float:
+    def step(model: torch.nn.Module, anchor_rows: int, detached: bool) -> float:
         model.train()
-        module.anchor_rows = anchor_rows
+        module.anchor_rows = 0 if detached else anchor_rows
+        module.anchor_source = source if detached else None
         idx = torch.randint(0, args.images, (args.batch_size,), generator=g)
         x = normalize(images[idx])
-        if anchor_rows:
+        if anchor_rows and not detached:
             x = torch.cat([x, anchors])
         start = time.perf_counter()
         loss = F.cross_entropy(model(x), labels[idx])
@@ -67,11 +77,11 @@ def main() -> None:
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(args.steps + 2):
-        for name, (model, rows) in variants.items():
-            t = step(model, rows)
+        for name, (model, rows, detached) in variants.items():
+            t = step(model, rows, detached)
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
-    module.anchor_rows = 0
+    module.anchor_rows, module.anchor_source = 0, None
     start = time.perf_counter()
     with inference_mode([module], "batch"):
         per_sample_loss(guarded, data, normalize, args.batch_size)
@@ -98,6 +108,8 @@ def main() -> None:
             "plain": epoch_plain,
             "guard_first_epoch": steps * step_s["guard_no_anchors"],
             "guard_later_epochs": steps * step_s["guard_anchors"] + ranking,
+            "guard_later_epochs_ranked_by_training": steps * step_s["guard_anchors"],
+            "guard_later_epochs_ranked_by_training_detached": steps * step_s["guard_anchors_detached"],
         },
     }
     record["epoch_ratio_to_plain"] = {k: v / epoch_plain for k, v in record["epoch_estimate_s"].items()}

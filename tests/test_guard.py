@@ -298,6 +298,46 @@ def test_anchors_ranked_by_a_pass_or_by_the_training_losses(
         assert result.metrics["defense"]["ranking"] == "training"
 
 
+def test_detached_anchors_run_apart_from_the_batch() -> None:
+    from eigenguard.defenses.eigenguard import detached_features
+
+    g = torch.Generator().manual_seed(6)
+    batch, anchors = torch.randn(16, 1, 12, 12, generator=g), torch.randn(6, 1, 12, 12, generator=g)
+
+    def model_and_guard() -> tuple[nn.Module, EigenGuard]:
+        torch.manual_seed(0)
+        model = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+        return model, guard(model, at="stage1", k=3)
+
+    def stem_statistics(model: nn.Module) -> list[torch.Tensor]:
+        layers = nn.ModuleList(model.stages_through("stage1"))
+        return [b.running_mean.clone() for b in layers.modules() if isinstance(b, nn.BatchNorm2d)]
+
+    alone, _ = model_and_guard()
+    alone.train()(batch)
+    joint, g_joint = model_and_guard()
+    g_joint.anchor_rows = len(anchors)
+    joint.train()(torch.cat([batch, anchors]))
+    detached, g_detached = model_and_guard()
+    source, seen, io = detached_features(detached, "stage1", anchors), [], []
+    g_detached.anchor_source = lambda: seen.append(source()) or seen[-1]
+    g_detached.register_forward_hook(lambda _m, inputs, output: io.append((inputs[0], output)))
+    detached.train()(batch)
+    assert all(m.training for m in detached.modules())  # the layers' mode is restored
+    # what the model computes for the anchors at inference, at that step (stem and stage 1 unchanged since)
+    expected = detached.eval().features(anchors, "stage1", through_point=False)
+    detached.train()
+    assert len(seen) == 1 and torch.equal(seen[0], expected) and not seen[0].requires_grad
+    (guard_in, guard_out) = io[0]
+    context = torch.cat([g_detached.history, expected.flatten(1)])
+    assert torch.allclose(guard_out.flatten(1), filter_jointly(context, guard_in.flatten(1), 3), atol=1e-5)
+    # the batch's BatchNorm statistics are its own: as without anchors, unlike the joint pass
+    for a, j, d in zip(stem_statistics(alone), stem_statistics(joint), stem_statistics(detached), strict=True):
+        assert torch.allclose(a, d, atol=1e-6) and not torch.allclose(a, j, atol=1e-6)
+    with pytest.raises(EigenguardError, match="anchor_features 'frozen' is not allowed; allowed: joint, detached"):
+        EigenGuardDefense(anchor_features="frozen")
+
+
 def trained_guard(**options) -> EigenGuard:
     module = EigenGuard(k=4, **options).train()
     g = torch.Generator().manual_seed(4)
@@ -411,10 +451,22 @@ def test_bad_options() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"anchor_count": 16}, {"anchors": "clean", "anchor_count": 16, "training": "per-sample", "spectrum": "shrink"}],
-    ids=["paper", "variants"],
+    [
+        {"anchor_count": 16},
+        {"anchors": "clean", "anchor_count": 16, "training": "per-sample", "spectrum": "shrink"},
+        {"anchor_count": 16, "ranking": "training", "anchor_features": "detached"},
+    ],
+    ids=["paper", "variants", "fast-anchors"],
 )
-def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path, options: dict) -> None:
+def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path, options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows, forward = [], EigenGuard.forward
+
+    def counting_forward(self: EigenGuard, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            rows.append((x.shape[0], self.anchor_rows, self.anchor_source is not None))
+        return forward(self, x)
+
+    monkeypatch.setattr(EigenGuard, "forward", counting_forward)
     config = TrainConfig(
         profile="quick",
         dataset="mnist",
@@ -429,6 +481,9 @@ def test_guarded_pipeline_run(mnist_root: Path, tmp_path: Path, options: dict) -
         out=str(tmp_path / "g"),
     )
     result = train(config, progress=False)
+    detached = options.get("anchor_features") == "detached"
+    with_anchors = [r for r in rows if r[1] or r[2]]  # epoch 2's steps
+    assert with_anchors and all(r == ((64, 0, True) if detached else (80, 16, False)) for r in with_anchors)
     m = result.metrics
     assert m["protocol"] == "per-sample" and m["defense"]["name"] == "eigenguard"
     for key in ("acc", "asr", "acc_paper", "asr_paper"):

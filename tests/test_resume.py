@@ -75,6 +75,7 @@ def interrupt_after(
 
 
 RANKED_BY_TRAINING = {"name": "eigenguard", "ranking": "training"}  # its training losses are checkpointed
+FAST_ANCHORS = {**RANKED_BY_TRAINING, "anchor_features": "detached"}  # its anchors are not batch rows
 
 
 @pytest.mark.parametrize(
@@ -258,7 +259,7 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
 
 
-@pytest.mark.parametrize("defense", ["none", "eigenguard", RANKED_BY_TRAINING], ids=["none", "eigenguard", "ranked"])
+@pytest.mark.parametrize("defense", ["none", "eigenguard", FAST_ANCHORS], ids=["none", "eigenguard", "fast-anchors"])
 def test_resume_within_an_epoch(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: object
 ) -> None:

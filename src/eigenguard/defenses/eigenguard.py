@@ -27,8 +27,18 @@ Where the ranked rules get the losses from (`ranking`):
   training  the loss each sample had in the previous epoch's training step (augmented, in training mode, at
             the weights of that step): no extra pass; samples of the dropped last batch are not ranked.
             docs/results/performance.md measures the time saved and whether ACC and ASR move.
+
+How the anchors' features are computed each step (`anchor_features`):
+  joint     the anchors are appended to the batch and run through the layers before the guard with it,
+            in training mode: they take part in those layers' BatchNorm statistics, and the backward pass
+            runs over their rows too (their gradient is zero: the guard detaches them);
+  detached  they run alone through the layers before the guard, without gradient, BatchNorm on its running
+            statistics (as at inference) and not updating them: the batch's statistics are its own and the
+            backward pass never sees the anchors. Cheaper; the anchors' features are what the model at
+            that step computes for them at inference.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,12 +48,33 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard, guard, inference_mode
+from eigenguard.models import Backbone
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.trainer import Trainer
 
 ANCHORS = ("lowest-loss", "lowest-loss-per-class", "median-loss", "random", "clean", "none")
 RANKED = ("lowest-loss", "lowest-loss-per-class", "median-loss")
 RANKINGS = ("pass", "training")
+ANCHOR_FEATURES = ("joint", "detached")
+
+
+def detached_features(model: Backbone, point: str, images: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A function that computes `images`' features at the input of the module at `point` with the model as it
+    is when called: without gradient, BatchNorm on its running statistics (the layers' mode restored)."""
+    layers = model.stages_through(point)
+
+    def features() -> torch.Tensor:
+        modes = [m.training for m in layers]
+        try:
+            for m in layers:
+                m.eval()
+            with torch.no_grad():
+                return model.features(images, point, through_point=False)
+        finally:
+            for m, mode in zip(layers, modes, strict=True):
+                m.train(mode)
+
+    return features
 
 
 def pick_by_loss(losses: torch.Tensor, labels: torch.Tensor, count: int, rule: str) -> torch.Tensor:
@@ -80,9 +111,11 @@ class Anchors:
         trainer: Trainer,
         poisoned: torch.Tensor,
         ranking: str = "pass",
+        detached_from: tuple[Backbone, str] | None = None,
     ):
         self.guards, self.data, self.clean_pool, self.rule, self.count = guards, data, clean_pool, rule, count
         self.trainer, self.poisoned = trainer, poisoned
+        self.detached_from = detached_from  # (model, insertion point): anchor features computed apart
         self.generator = torch.Generator().manual_seed(trainer.config.seed + 11)  # random and clean draws
         self.training_losses = (  # filled by the training steps (ranking "training")
             torch.full((len(data),), float("inf"), device=data.images.device)
@@ -108,20 +141,29 @@ class Anchors:
                 chosen = pick_by_loss(losses, self.data.labels, self.count, self.rule).cpu()
             images = self.data.images[chosen.to(self.data.images.device)]
             poisoned = int(torch.isin(chosen, self.poisoned.cpu()).sum())  # for the log only
+        extra = t.normalize(images)
+        self._attach(extra)
+        return extra, {"anchors_poisoned": poisoned}
+
+    def _attach(self, extra: torch.Tensor | None) -> None:
         for g in self.guards:
-            g.anchor_rows = len(images)
-        return t.normalize(images), {"anchors_poisoned": poisoned}
+            g.anchor_rows, g.anchor_source = 0, None
+            if extra is not None and self.detached_from is None:
+                g.anchor_rows = len(extra)
+            elif extra is not None and self.detached_from is not None:
+                g.anchor_source = detached_features(*self.detached_from, extra)
+
+    def appends_rows(self) -> bool:
+        return self.detached_from is None
 
     def after_epoch(self, epoch: int) -> None:
-        for g in self.guards:
-            g.anchor_rows = 0
+        self._attach(None)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"anchors": self.generator}
 
     def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
-        for g in self.guards:
-            g.anchor_rows = 0 if extra is None else len(extra)
+        self._attach(extra)
 
     def sample_losses(self) -> torch.Tensor | None:
         return self.training_losses
@@ -140,11 +182,13 @@ class EigenGuardDefense(Defense):
       median-loss | random | clean | none; anchor_count: how many (100, the paper's);
     ranking: where the ranked rules take the losses from, pass (a forward pass before each epoch, the paper
       read literally) | training (the previous epoch's training losses, no extra pass).
+    anchor_features: how the anchors' features are computed each step, joint (with the batch, the paper
+      read literally) | detached (alone, without gradient, BatchNorm on its running statistics).
     guard/module.py documents the guard's choices.
     """
 
     name = "eigenguard"
-    LATE_OPTIONS = ("ranking",)  # left out of a cell's key at its default (registry.complete)
+    LATE_OPTIONS = ("ranking", "anchor_features")  # left out of a cell's key at its default (registry.complete)
 
     def __init__(
         self,
@@ -160,17 +204,22 @@ class EigenGuardDefense(Defense):
         anchors: str = "lowest-loss",
         anchor_count: int = 100,
         ranking: str = "pass",
+        anchor_features: str = "joint",
     ) -> None:
         if anchors not in ANCHORS:
             raise EigenguardError(f"anchors '{anchors}' is not allowed; allowed: {', '.join(ANCHORS)}")
         if ranking not in RANKINGS:
             raise EigenguardError(f"ranking '{ranking}' is not allowed; allowed: {', '.join(RANKINGS)}")
+        if anchor_features not in ANCHOR_FEATURES:
+            allowed = ", ".join(ANCHOR_FEATURES)
+            raise EigenguardError(f"anchor_features '{anchor_features}' is not allowed; allowed: {allowed}")
         if not isinstance(anchor_count, int) or isinstance(anchor_count, bool) or anchor_count < 1:
             raise EigenguardError(f"anchor_count {anchor_count!r} must be an integer >= 1 (no anchors: anchors=none)")
         self.at, self.k, self.momentum = at, k, momentum
         self.history_init, self.grad, self.precision = history_init, grad, precision
         self.spectrum, self.floor, self.training = spectrum, floor, training
         self.anchors, self.anchor_count, self.ranking = anchors, anchor_count, ranking
+        self.anchor_features = anchor_features
         self.needs_clean_pool = anchors == "clean"
         # the module's own checks of its options
         EigenGuard(k=k, momentum=momentum, **self._guard_options())
@@ -199,7 +248,7 @@ class EigenGuardDefense(Defense):
         g = self.rebuild(model).to(ctx.trainer.device)
         hook = Anchors(
             [g], ctx.train_set, ctx.clean_pool, self.anchors, self.anchor_count, ctx.trainer, ctx.poison_indices,
-            self.ranking,
+            self.ranking, (model, self.at) if self.anchor_features == "detached" else None,
         )  # fmt: skip
         ctx.trainer.fit(model, ctx.train_set, epochs=ctx.config.epochs, hook=hook)
         return model, {}

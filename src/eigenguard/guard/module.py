@@ -1,6 +1,6 @@
 """The EigenGuard module: an nn.Module that filters the spectrum of the features passing through it."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,7 +52,9 @@ class EigenGuard(nn.Module):
         (the history's decomposition cached, each image's eigenvalues from its secular equation, arrowhead.py)
         or "eigh" (one dense eigh per image, the path it replaced; kept as the reference). The same filter.
     `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
-    100 lowest-loss training samples) that join the decomposition but are not returned.
+    100 lowest-loss training samples) that join the decomposition but are not returned. `anchor_source`:
+    instead, a function called once per training step that returns such samples' features (computed
+    without gradient by the caller, defenses/eigenguard.py), so they need not travel with the batch.
     His has the row count of the first training batch; a later batch with b rows updates His[:b].
     """
 
@@ -93,6 +95,7 @@ class EigenGuard(nn.Module):
         self.history_init, self.grad, self.inference, self.precision = history_init, grad, inference, precision
         self.spectrum, self.training_mode, self.solver = spectrum, training, solver
         self.anchor_rows = 0
+        self.anchor_source: Callable[[], torch.Tensor] | None = None
         self.register_buffer("history", torch.zeros(0, 0))
         self._frozen: tuple[torch.Tensor, int, torch.dtype, FrozenHistory] | None = None
 
@@ -121,10 +124,13 @@ class EigenGuard(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0] - (self.anchor_rows if self.training else 0)
         dtype = PRECISIONS[self.precision]
+        sourced = self.anchor_source() if self.training and self.anchor_source is not None else None
         with torch.autocast(x.device.type, enabled=False):
             flat = x.flatten(1).float()
             if self.training:
                 batch, anchors = flat[:rows], flat[rows:].detach()
+                if sourced is not None:
+                    anchors = torch.cat([anchors, sourced.detach().flatten(1).float()])
                 self._check_width(batch)
                 if self.training_mode == "batch":
                     self._update_history(batch.detach())

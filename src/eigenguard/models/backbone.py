@@ -45,14 +45,28 @@ class Backbone(nn.Module):
             x = self.points[name](stage(x))
         return self.head(x)
 
-    def features(self, x: Tensor, point: str) -> Tensor:
-        """Activations at `point` (after the module inserted there); later stages are not run."""
+    def features(self, x: Tensor, point: str, through_point: bool = True) -> Tensor:
+        """Activations at `point`, after the module inserted there (`through_point=False`: before it, what
+        that module receives); later stages are not run."""
         self._check_point(point)
         for name, stage in self.stages.items():
-            x = self.points[name](stage(x))
+            x = stage(x)
             if name == point:
-                break
+                return self.points[name](x) if through_point else x
+            x = self.points[name](x)
         return x
+
+    def stages_through(self, point: str) -> list[nn.Module]:
+        """The stages up to and including `point`'s, with the modules inserted before it: what computes the
+        input of the module at `point`."""
+        self._check_point(point)
+        modules: list[nn.Module] = []
+        for name, stage in self.stages.items():
+            modules.append(stage)
+            if name == point:
+                return modules
+            modules.append(self.points[name])
+        return modules
 
     def _check_point(self, name: str) -> None:
         if name not in self.points:

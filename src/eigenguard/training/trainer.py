@@ -56,6 +56,11 @@ class EpochHook(Protocol):
         """An epoch resumed from a checkpoint within it: attach the rows `before_epoch` had chosen."""
         ...
 
+    def appends_rows(self) -> bool:
+        """Whether `before_epoch`'s rows are appended to every batch (else the hook uses them itself; either
+        way a checkpoint within the epoch saves them and `resume_epoch` gets them back)."""
+        ...
+
     def sample_losses(self) -> torch.Tensor | None:
         """A buffer (one float per training sample) the training steps fill with each sample's loss, or
         None; the checkpoints save it and a resumed fit restores it."""
@@ -307,7 +312,7 @@ class Trainer:
                     started["t0"] = time.perf_counter()
                     extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
                 started["extra"] = extra
-                return extra
+                return extra if hook is None or hook.appends_rows() else None
 
             def checkpoint(
                 done: int, optimizer: torch.optim.Optimizer, scheduler: Scheduler, midway: Midway | None = None
