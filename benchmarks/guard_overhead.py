@@ -5,7 +5,9 @@ path vs. the literal SVD at the paper's matrix shape ([His; F] = 512 x 65536 for
     python benchmarks/guard_overhead.py --device cuda --out guard-overhead-gpu.json                  # GPU
 
 Step times alternate plain / guarded steps and report medians, so drift in machine speed hits both alike.
-Each guarded step includes the paper's 100 lowest-loss anchor rows unless --anchors 0.
+Each guarded step includes the paper's 100 lowest-loss anchor rows unless --anchors 0: appended to the batch
+(the paper, `guarded`) and, timed in the same alternation, run apart without gradient
+(`defense.anchor_features=detached`, `guarded_detached`).
 """
 
 import argparse
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import filter_rows_gram, filter_rows_svd, guard
 from eigenguard.models import create_model
 
@@ -41,16 +44,19 @@ def step_times(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     anchors = torch.randn(args.anchors, 3, 32, 32, generator=g).to(device)
+    names = ("plain", "guarded", "guarded_detached") if args.anchors else ("plain", "guarded")
     models, steps = {}, {}
-    for name in ("plain", "guarded"):
+    for name in names:
         torch.manual_seed(0)
         model = create_model("resnet18", num_classes=10, width=args.width)
-        if name == "guarded":
-            module = guard(model, at="stage1", k=20, momentum=0.7, precision=args.precision)
-            module.anchor_rows = args.anchors
+        module = guard(model, at="stage1", k=20, momentum=0.7, precision=args.precision) if name != "plain" else None
         model = model.to(device)
         if amp:
             model = model.to(memory_format=torch.channels_last)
+        if name == "guarded":
+            module.anchor_rows = args.anchors
+        elif name == "guarded_detached":
+            module.anchor_source = detached_features(model, "stage1", anchors)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         inputs = torch.cat([x, anchors]) if name == "guarded" and args.anchors else x
 
@@ -64,12 +70,16 @@ def step_times(args: argparse.Namespace, device: torch.device) -> dict[str, floa
         models[name], steps[name] = model, step
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {"plain": [], "guarded": []}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.steps):
-        for name in ("plain", "guarded"):
+        for name in names:
             times[name].append(timed(steps[name], device))
     plain, guarded = statistics.median(times["plain"]), statistics.median(times["guarded"])
-    return {"plain_step_s": plain, "guarded_step_s": guarded, "overhead": guarded / plain - 1.0}
+    out = {"plain_step_s": plain, "guarded_step_s": guarded, "overhead": guarded / plain - 1.0}
+    if "guarded_detached" in times:
+        detached = statistics.median(times["guarded_detached"])
+        out |= {"guarded_detached_step_s": detached, "overhead_detached": detached / plain - 1.0}
+    return out
 
 
 def filter_paths(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
