@@ -15,9 +15,11 @@ from eigenguard.analysis.effective_rank import effective_rank, singular_values
 from eigenguard.analysis.eigen_bands import band_coordinates, neighbour_purity
 from eigenguard.analysis.proposition import check_proposition, check_remark
 from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.analysis.trigger_survival import survival, top_right_singular_vectors
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
 from eigenguard.guard.dimension_edit import DimensionEdit
+from eigenguard.guard.spectral_filter import filter_each_against, filter_jointly
 
 
 def matrix_with_singular_values(s: list[float], n: int = 40, d: int = 60, seed: int = 0) -> torch.Tensor:
@@ -120,6 +122,48 @@ def test_remark_one_beta_above_a_quarter() -> None:
     assert all(r["natural"] == r["remark_predicts_natural"] for r in rows)
 
 
+# -- what of a trigger passes the guard ----------------------------------------------------------------------
+
+
+def test_top_right_singular_vectors_span_the_svds() -> None:
+    h = matrix_with_singular_values([9.0, 5.0, 3.0, 1.0, 0.5], n=30, d=50)
+    v = top_right_singular_vectors(h, 3)
+    assert v.shape == (50, 3) and torch.allclose(v.T @ v, torch.eye(3, dtype=v.dtype), atol=1e-10)
+    reference = torch.linalg.svd(h, full_matrices=False).Vh[:3].T
+    assert torch.allclose(v @ v.T, reference @ reference.T, atol=1e-10)  # the same subspace
+    assert top_right_singular_vectors(h, 40).shape == (50, 5)  # at most the rank
+
+
+def test_a_trigger_outside_the_kept_directions_is_cut_in_training_batches() -> None:
+    g = torch.Generator().manual_seed(2)
+    d, k = 60, 3
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    strong, weak = basis[:, :k], basis[:, k:20]
+
+    def images(n: int) -> torch.Tensor:  # clean content: strong in k directions, weak in 17 more
+        return torch.randn(n, k, generator=g, dtype=torch.float64) @ strong.T * 10 + (
+            torch.randn(n, 17, generator=g, dtype=torch.float64) @ weak.T * 0.3
+        )
+
+    history, clean = images(64), images(40)
+    rows = torch.arange(0, 40, 10)  # a tenth of every batch triggered
+
+    def measure(trigger: torch.Tensor) -> dict[str, float]:
+        triggered = clean + trigger
+        mixed = clean.clone()
+        mixed[rows] = triggered[rows]
+        per_sample = [filter_each_against(history, x, k, solver="eigh") for x in (clean, triggered)]
+        batch = [filter_jointly(history, x, k) for x in (clean, mixed)]
+        return survival(clean, triggered, *per_sample, history, k, *batch, rows)
+
+    # the tail is set to floor * sigma_k whatever its size: a trigger well above that but below sigma_k is cut
+    outside = measure(5 * basis[:, 30])  # a direction no clean image has
+    inside = measure(5 * strong[:, 0])  # along the content the filter keeps
+    assert outside["trigger_share_in_top_k"] < 1e-12 and inside["trigger_share_in_top_k"] > 0.99
+    assert 0.9 < outside["clean_share_in_top_k"] < 1
+    assert outside["batch_trigger_vs_clean_gain"] < 0.05 and inside["batch_trigger_vs_clean_gain"] > 0.5
+
+
 # -- on a trained run ----------------------------------------------------------------------------------------
 
 
@@ -172,6 +216,12 @@ def test_analyze_commands_on_a_run(guarded_run: Path, mnist_root: Path, tmp_path
     ]  # fmt: skip
     result = runner.invoke(app, ["analyze", "erank", str(plain), "--at", "stage9", "--out", str(out)])
     assert result.exit_code == 2 and "insertion point 'stage9' unknown" in result.output
+    result = runner.invoke(app, ["analyze", "survival", str(guarded_run), "--samples", "40", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(next(out.glob("survival_*.json")).read_text())
+    assert row["images"] == 40 and 0 <= row["trigger_share_in_top_k"] <= 1 and row["batch_trigger_passed"] >= 0
+    result = runner.invoke(app, ["analyze", "survival", str(plain), "--out", str(out)])
+    assert result.exit_code == 2 and "has no EigenGuard (defense: none)" in result.output
     result = runner.invoke(app, ["analyze", "proposition", "--trials", "5000", "--beta", "0.3"])
     assert result.exit_code == 0 and "predicted target despite it: 0" in result.output
 

@@ -278,6 +278,23 @@ def analyze_erank(
     typer.echo(text + "\n".join(str(p) for p in paths))
 
 
+@analyze_app.command("survival")
+def analyze_survival(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished guarded run directories (one row each)")],
+    samples: Annotated[int, Opt(help="test images (clean and triggered)")] = 1000,
+    device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
+) -> None:
+    """How much of the trigger gets through the guard, against the clean images' variation."""
+    from eigenguard.analysis.commands import survival_table
+
+    try:
+        text, paths = survival_table(run_dirs, out, samples=samples, device=device)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    typer.echo(text + "\n".join(str(p) for p in paths))
+
+
 @analyze_app.command("tsne")
 def analyze_tsne(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],

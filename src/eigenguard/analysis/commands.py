@@ -13,7 +13,10 @@ import torch
 from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
 from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
 from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.analysis.trigger_survival import survival
+from eigenguard.defenses import DEFENSES
 from eigenguard.errors import EigenguardError
+from eigenguard.guard import find_guards, inference_mode
 from eigenguard.run_directory import atomic_write_bytes, atomic_write_text
 
 
@@ -113,3 +116,75 @@ def tsne_map(
     atomic_write_bytes(paths[0], png)
     atomic_write_text(paths[1], json.dumps(summary, indent=2) + "\n")
     return summary, paths
+
+
+def survival_table(
+    run_dirs: list[Path], out: Path, *, samples: int = 1000, device: str = "cpu"
+) -> tuple[str, list[Path]]:
+    """How much of the trigger gets through each guarded run's EigenGuard, against the clean content
+    (analysis/trigger_survival.py), one row per run."""
+    if samples < 2:
+        raise EigenguardError(f"samples {samples} must be >= 2")
+    rows = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device)
+        guards = find_guards(run.model)
+        if run.config.defense.name != "eigenguard" or len(guards) != 1:
+            raise EigenguardError(f"run '{run_dir}' has no EigenGuard (defense: {run.config.defense.name})")
+        point = _point(run, None)
+        clean, triggered = clean_and_triggered(run, samples)
+        # training's view: batches of the run's size, the poisoned share of each batch's rows triggered
+        step = max(1, round(1 / run.config.poison_rate)) if run.config.poison_rate else len(clean)
+        mixed_rows = torch.arange(0, len(clean), step)
+        mixed = clean.images.clone()
+        mixed[mixed_rows] = triggered.images[mixed_rows]
+        batch_size = run.config.batch_size
+        with inference_mode(guards, "batch"):
+            batch_clean = features_at(run, clean.images, point, batch_size=batch_size)
+            batch_mixed = features_at(run, mixed, point, batch_size=batch_size)
+        measured = survival(
+            features_at(run, clean.images, point, through_point=False),
+            features_at(run, triggered.images, point, through_point=False),
+            features_at(run, clean.images, point),
+            features_at(run, triggered.images, point),
+            guards[0].history.cpu(),
+            guards[0].k,
+            batch_clean,
+            batch_mixed,
+            mixed_rows,
+        )
+        defaults = DEFENSES.options("eigenguard")
+        changed = {k: v for k, v in run.config.defense.options.items() if k in defaults and v != defaults[k]}
+        rows.append(
+            {
+                "run": str(run_dir),
+                "attack": run.config.attack.name,
+                "defense_options": changed,
+                "point": point,
+                "images": len(clean),
+                **measured,
+            }
+        )
+    lines = [
+        "What of the trigger gets through EigenGuard (per-sample inference), against the clean images' variation: "
+        "shares of squared norm, summed over the images (analysis/trigger_survival.py).",
+        "",
+        "| run | attack | guard options | trigger in His's top k | clean in top k | per-sample: trigger passed "
+        "| clean passed | gain | in training batches: trigger passed | clean passed | gain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        options = ", ".join(f"{k}={v}" for k, v in r["defense_options"].items()) or "the paper's"
+        lines.append(
+            f"| {Path(r['run']).name[:16]} | {r['attack']} | {options} | {r['trigger_share_in_top_k']:.3f} "
+            f"| {r['clean_share_in_top_k']:.3f} | {r['trigger_passed']:.3g} | {r['clean_passed']:.3g} "
+            f"| {r['trigger_vs_clean_gain']:.3f} | {r['batch_trigger_passed']:.3g} | {r['batch_clean_passed']:.3g} "
+            f"| {r['batch_trigger_vs_clean_gain']:.3f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150]
+    paths = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
+    return text, paths

@@ -89,9 +89,13 @@ def clean_and_triggered(run: LoadedRun, samples: int) -> tuple[ImageDataset, Ima
 
 
 @torch.no_grad()
-def features_at(run: LoadedRun, images: torch.Tensor, point: str, batch_size: int = 256) -> torch.Tensor:
-    """Flattened activations at insertion point `point` (after any module placed there), float64, (N, D).
+def features_at(
+    run: LoadedRun, images: torch.Tensor, point: str, batch_size: int = 256, through_point: bool = True
+) -> torch.Tensor:
+    """Flattened activations at insertion point `point` (after any module placed there; before it with
+    `through_point=False`), float64, (N, D).
 
     A guarded model runs in its default per-sample inference: each image's features do not depend on the
     others in its batch."""
-    return features(run.model, images, point, run.normalize, batch_size=batch_size).double().cpu()
+    out = features(run.model, images, point, run.normalize, batch_size=batch_size, through_point=through_point)
+    return out.double().cpu()

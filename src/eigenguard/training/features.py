@@ -23,9 +23,11 @@ def features(
     *,
     batch_size: int = 256,
     amp: bool = False,
+    through_point: bool = True,
 ) -> torch.Tensor:
     """Flattened float32 activations (N, D) of uint8 `images` at insertion point `point` (after any module
-    placed there), in eval mode (a guard filters each image alone); the model's mode is restored after."""
+    placed there; `through_point=False`: before it, what that module receives), in eval mode (a guard
+    filters each image alone); the model's mode is restored after."""
     was_training = model.training
     model.eval()
     chunks = []
@@ -33,7 +35,7 @@ def features(
         for start in range(0, len(images), batch_size):
             x = normalize(images[start : start + batch_size])
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                chunks.append(model.features(x, point).float().flatten(1))
+                chunks.append(model.features(x, point, through_point).float().flatten(1))
     finally:
         model.train(was_training)
     return torch.cat(chunks)
