@@ -222,6 +222,15 @@ def test_analyze_commands_on_a_run(guarded_run: Path, mnist_root: Path, tmp_path
     assert row["images"] == 40 and 0 <= row["trigger_share_in_top_k"] <= 1 and row["batch_trigger_passed"] >= 0
     result = runner.invoke(app, ["analyze", "survival", str(plain), "--out", str(out)])
     assert result.exit_code == 2 and "has no EigenGuard (defense: none)" in result.output
+    result = runner.invoke(app, ["analyze", "test-time-guard", str(plain), "--k", "4", "--history-images", "64",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(next(out.glob("test_time_guard_*.json")).read_text())
+    metrics = json.loads((plain / "metrics.json").read_text())
+    assert row["without_guard"]["acc"] == pytest.approx(metrics["acc"]) and row["guard"]["history_images"] == 64
+    assert set(row["with_test_time_guard"]) == {"acc", "asr", "acc_paper", "asr_paper"}
+    result = runner.invoke(app, ["analyze", "test-time-guard", str(guarded_run), "--out", str(out)])
+    assert result.exit_code == 2 and "must be an attacked run without a defense" in result.output
     result = runner.invoke(app, ["analyze", "proposition", "--trials", "5000", "--beta", "0.3"])
     assert result.exit_code == 0 and "predicted target despite it: 0" in result.output
 

@@ -295,6 +295,24 @@ def analyze_survival(
     typer.echo(text + "\n".join(str(p) for p in paths))
 
 
+@analyze_app.command("test-time-guard")
+def analyze_test_time_guard(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished attacked runs without a defense")],
+    k: Annotated[int, Opt(help="the guard's k")] = 20,
+    history_images: Annotated[int, Opt(help="training images that fill His")] = 5120,
+    device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
+) -> None:
+    """EigenGuard inserted after training, nothing retrained: ACC and ASR with and without it."""
+    from eigenguard.analysis.commands import test_time_guard_table
+
+    try:
+        text, paths = test_time_guard_table(run_dirs, out, k=k, history_images=history_images, device=device)
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    typer.echo(text + "\n".join(str(p) for p in paths))
+
+
 @analyze_app.command("tsne")
 def analyze_tsne(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],

@@ -13,6 +13,7 @@ import torch
 from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
 from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
 from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.analysis.test_time_guard import test_time_guard
 from eigenguard.analysis.trigger_survival import survival
 from eigenguard.defenses import DEFENSES
 from eigenguard.errors import EigenguardError
@@ -184,6 +185,34 @@ def survival_table(
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     stem = "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150]
+    paths = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
+    return text, paths
+
+
+def test_time_guard_table(
+    run_dirs: list[Path], out: Path, *, k: int = 20, history_images: int = 5120, device: str = "cpu"
+) -> tuple[str, list[Path]]:
+    """EigenGuard inserted into runs trained without it (analysis/test_time_guard.py), one row per run."""
+    rows = [test_time_guard(r, k=k, history_images=history_images, device=device) for r in run_dirs]
+    lines = [
+        f"EigenGuard (k = {k}) inserted after training, nothing retrained; His from {history_images} training "
+        "images (analysis/test_time_guard.py).",
+        "",
+        "| run | attack | ACC without | ASR without | ACC per-sample | ASR per-sample | ACC paper protocol "
+        "| ASR paper protocol |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        a, b = r["without_guard"], r["with_test_time_guard"]
+        lines.append(
+            f"| {Path(r['run']).name[:16]} | {r['attack']} | {a['acc']:.4f} | {a['asr']:.4f} | {b['acc']:.4f} "
+            f"| {b['asr']:.4f} | {b['acc_paper']:.4f} | {b['asr_paper']:.4f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "test_time_guard_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150]
     paths = [out / f"{stem}.md", out / f"{stem}.json"]
     atomic_write_text(paths[0], text)
     atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
