@@ -1,5 +1,6 @@
 """The `eigenguard` command. Bad input -> one line on stderr, exit code 2, nothing written."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -260,6 +261,15 @@ app.add_typer(analyze_app, name="analyze")
 ANALYSIS_OUT = Path("bench-results/analysis")
 
 
+def _echo_table(make: Callable[[], tuple[str, list[Path]]]) -> None:
+    """Run a table command of analysis/commands.py: print its table and the files it wrote (exit 2 on bad input)."""
+    try:
+        text, paths = make()
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    typer.echo(text + "\n".join(str(p) for p in paths))
+
+
 @analyze_app.command("erank")
 def analyze_erank(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories (one column each)")],
@@ -271,11 +281,7 @@ def analyze_erank(
     """Table 2: effective rank of triggered vs clean features (Eq. 1 as printed, and Roy & Vetterli's)."""
     from eigenguard.analysis.commands import erank_table
 
-    try:
-        text, paths = erank_table(run_dirs, out, at=at, samples=samples, device=device)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
-    typer.echo(text + "\n".join(str(p) for p in paths))
+    _echo_table(lambda: erank_table(run_dirs, out, at=at, samples=samples, device=device))
 
 
 @analyze_app.command("survival")
@@ -288,11 +294,7 @@ def analyze_survival(
     """How much of the trigger gets through the guard, against the clean images' variation."""
     from eigenguard.analysis.commands import survival_table
 
-    try:
-        text, paths = survival_table(run_dirs, out, samples=samples, device=device)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
-    typer.echo(text + "\n".join(str(p) for p in paths))
+    _echo_table(lambda: survival_table(run_dirs, out, samples=samples, device=device))
 
 
 @analyze_app.command("test-time-guard")
@@ -306,11 +308,7 @@ def analyze_test_time_guard(
     """EigenGuard inserted after training, nothing retrained: ACC and ASR with and without it."""
     from eigenguard.analysis.commands import test_time_guard_table
 
-    try:
-        text, paths = test_time_guard_table(run_dirs, out, k=k, history_images=history_images, device=device)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
-    typer.echo(text + "\n".join(str(p) for p in paths))
+    _echo_table(lambda: test_time_guard_table(run_dirs, out, k=k, history_images=history_images, device=device))
 
 
 @analyze_app.command("tsne")

@@ -29,6 +29,15 @@ def _point(run: Any, at: str | None) -> str:
     return point
 
 
+def _write_table(out: Path, stem: str, text: str, rows: list[dict[str, Any]]) -> list[Path]:
+    """A table command's two files: `<stem>.md` (the table) and `<stem>.json` (its rows), written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
+    return paths
+
+
 def erank_table(
     run_dirs: list[Path], out: Path, *, at: str | None = None, samples: int = 1000, device: str = "cpu"
 ) -> tuple[str, list[Path]]:
@@ -67,12 +76,7 @@ def erank_table(
             values = " | ".join(f"{c[f'{name}_{definition}']:.2f}" for c in columns)
             lines.append(f"| {title} | {meaning} | {values} |")
     text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "erank_" + "_".join(Path(r).name for r in run_dirs)[:150]
-    paths = [out / f"{stem}.md", out / f"{stem}.json"]
-    atomic_write_text(paths[0], text)
-    atomic_write_text(paths[1], json.dumps(columns, indent=2) + "\n")
-    return text, paths
+    return text, _write_table(out, "erank_" + "_".join(Path(r).name for r in run_dirs)[:150], text, columns)
 
 
 def tsne_map(
@@ -183,12 +187,7 @@ def survival_table(
             f"| {r['batch_trigger_vs_clean_gain']:.3f} |"
         )
     text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150]
-    paths = [out / f"{stem}.md", out / f"{stem}.json"]
-    atomic_write_text(paths[0], text)
-    atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
-    return text, paths
+    return text, _write_table(out, "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150], text, rows)
 
 
 def test_time_guard_table(
@@ -211,9 +210,5 @@ def test_time_guard_table(
             f"| {b['asr']:.4f} | {b['acc_paper']:.4f} | {b['asr_paper']:.4f} |"
         )
     text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
     stem = "test_time_guard_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150]
-    paths = [out / f"{stem}.md", out / f"{stem}.json"]
-    atomic_write_text(paths[0], text)
-    atomic_write_text(paths[1], json.dumps(rows, indent=2) + "\n")
-    return text, paths
+    return text, _write_table(out, stem, text, rows)
