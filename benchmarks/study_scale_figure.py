@@ -24,6 +24,7 @@ from eigenguard.models import create_model
 from eigenguard.pipeline.components import resolve
 from eigenguard.run_directory import atomic_write_bytes
 
+GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in points, per-sample ASR)
 PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
 
 
@@ -109,7 +110,12 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
                             textcoords="offset points")  # fmt: skip
     axes[0].set_ylabel("ACC cost of EigenGuard (points)")
     axes[1].set_ylabel("ASR with EigenGuard, per-sample (%)")
+    axes[0].set_ylim(0, max(r["cost_points"] for r in rows) * 1.15)  # from zero: the goal and the gap to it
     axes[1].set_ylim(-3, 103)
+    for ax, goal, text in ((axes[0], GOAL_COST, "goal: <= 3 points"), (axes[1], 100 * GOAL_ASR, "goal: <= 10%")):
+        ax.axhline(goal, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(text, (0.4, goal), xycoords=("axes fraction", "data"), fontsize=6, color="grey",
+                    xytext=(0, 2), textcoords="offset points")  # fmt: skip
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("training compute (x the quick profile)")
