@@ -216,10 +216,14 @@ def test_analyze_commands_on_a_run(guarded_run: Path, mnist_root: Path, tmp_path
     ]  # fmt: skip
     result = runner.invoke(app, ["analyze", "erank", str(plain), "--at", "stage9", "--out", str(out)])
     assert result.exit_code == 2 and "insertion point 'stage9' unknown" in result.output
-    result = runner.invoke(app, ["analyze", "survival", str(guarded_run), "--samples", "40", "--out", str(out)])
+    args = ["analyze", "survival", str(guarded_run), "--samples", "40", "--top", "2", "--top", "4", "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(next(out.glob("survival_*.json")).read_text())
     assert row["images"] == 40 and 0 <= row["trigger_share_in_top_k"] <= 1 and row["batch_trigger_passed"] >= 0
+    shares = row["shares_in_top"]
+    assert shares["4"]["trigger"] == pytest.approx(row["trigger_share_in_top_k"])  # the guard's own k = 4
+    assert shares["2"]["trigger"] <= shares["4"]["trigger"] and "| K = 2 | K = 4 |" in result.output
     result = runner.invoke(app, ["analyze", "survival", str(plain), "--out", str(out)])
     assert result.exit_code == 2 and "has no EigenGuard (defense: none)" in result.output
     result = runner.invoke(app, ["analyze", "test-time-guard", str(plain), "--k", "4", "--history-images", "64",

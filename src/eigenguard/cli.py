@@ -288,13 +288,16 @@ def analyze_erank(
 def analyze_survival(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished guarded run directories (one row each)")],
     samples: Annotated[int, Opt(help="test images (clean and triggered)")] = 1000,
+    top: Annotated[list[int] | None, Opt(help="also the shares in His's top K, for this K (repeatable)")] = None,
     device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
     out: Annotated[Path, Opt(help="output directory")] = ANALYSIS_OUT,
 ) -> None:
     """How much of the trigger gets through the guard, against the clean images' variation."""
     from eigenguard.analysis.commands import survival_table
 
-    _echo_table(lambda: survival_table(run_dirs, out, samples=samples, device=device))
+    if any(kk < 1 for kk in top or []):
+        raise _fail(f"--top {min(top or [])} must be >= 1")
+    _echo_table(lambda: survival_table(run_dirs, out, samples=samples, device=device, other_ks=tuple(top or [])))
 
 
 @analyze_app.command("test-time-guard")

@@ -124,7 +124,7 @@ def tsne_map(
 
 
 def survival_table(
-    run_dirs: list[Path], out: Path, *, samples: int = 1000, device: str = "cpu"
+    run_dirs: list[Path], out: Path, *, samples: int = 1000, device: str = "cpu", other_ks: tuple[int, ...] = ()
 ) -> tuple[str, list[Path]]:
     """How much of the trigger gets through each guarded run's EigenGuard, against the clean content
     (analysis/trigger_survival.py), one row per run."""
@@ -157,6 +157,7 @@ def survival_table(
             batch_clean,
             batch_mixed,
             mixed_rows,
+            other_ks,
         )
         defaults = DEFENSES.options("eigenguard")
         changed = {k: v for k, v in run.config.defense.options.items() if k in defaults and v != defaults[k]}
@@ -186,6 +187,14 @@ def survival_table(
             f"| {r['trigger_vs_clean_gain']:.3f} | {r['batch_trigger_passed']:.3g} | {r['batch_clean_passed']:.3g} "
             f"| {r['batch_trigger_vs_clean_gain']:.3f} |"
         )
+    if other_ks:
+        lines += ["", "Share of the trigger's (and the clean variation's) squared norm in His's top K:", ""]
+        lines += ["| run | attack | " + " | ".join(f"K = {kk}" for kk in other_ks) + " |"]
+        lines += ["|---|---|" + "---|" * len(other_ks)]
+        for r in rows:
+            cells = (r["shares_in_top"][str(kk)] for kk in other_ks)
+            shares = " | ".join(f"{c['trigger']:.3f} ({c['clean']:.3f})" for c in cells)
+            lines.append(f"| {Path(r['run']).name[:16]} | {r['attack']} | {shares} |")
     text = "\n".join(lines) + "\n"
     return text, _write_table(out, "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150], text, rows)
 

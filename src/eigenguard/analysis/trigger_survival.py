@@ -21,6 +21,8 @@ f - mean(f) at the input and g - mean(g) at the output. Two questions, each answ
 docs/results/eigenguard-study.md uses it to ask why Blend survives the filter and BadNets does not.
 """
 
+from typing import Any
+
 import torch
 
 
@@ -53,9 +55,12 @@ def survival(
     batch_clean_out: torch.Tensor | None = None,
     batch_mixed_out: torch.Tensor | None = None,
     mixed_rows: torch.Tensor | None = None,
-) -> dict[str, float]:
+    other_ks: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """The measures of the module docstring for N images' (N x D) features, flattened. The batch measure:
-    the guard's batch-mode outputs of the clean images and of the same batches with `mixed_rows` triggered."""
+    the guard's batch-mode outputs of the clean images and of the same batches with `mixed_rows` triggered.
+    `other_ks`: the two shares also for the top K of His for each K given (`shares_in_top`: K -> the pair),
+    where the trigger would live for a guard with another k (the same trained features)."""
     basis = top_right_singular_vectors(history, k)
     trigger_in, trigger_out = (triggered_in - clean_in).double(), (triggered_out - clean_out).double()
     clean_var_in = (clean_in - clean_in.mean(0)).double()
@@ -82,4 +87,9 @@ def survival(
         "trigger_vs_clean_gain": (trigger_passed / clean_passed) ** 0.5 if clean_passed > 0 else float("nan"),
         "trigger_to_clean_norm_in": float(trigger_in.norm() / clean_var_in.norm()),
         **batch,
+        "shares_in_top": {
+            str(kk): {"trigger": share_in(trigger_in, b), "clean": share_in(clean_var_in, b), "k": b.shape[1]}
+            for kk in other_ks
+            for b in [top_right_singular_vectors(history, kk)]
+        },
     }
