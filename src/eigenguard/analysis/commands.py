@@ -12,7 +12,7 @@ import torch
 
 from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
 from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
-from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run, poison_step
 from eigenguard.analysis.test_time_guard import test_time_guard
 from eigenguard.analysis.trigger_survival import survival
 from eigenguard.defenses import DEFENSES
@@ -130,7 +130,7 @@ def survival_table(
     (analysis/trigger_survival.py), one row per run."""
     if samples < 2:
         raise EigenguardError(f"samples {samples} must be >= 2")
-    rows = []
+    rows, defaults = [], DEFENSES.options("eigenguard")
     for run_dir in run_dirs:
         run = load_run(run_dir, device)
         guards = find_guards(run.model)
@@ -139,8 +139,7 @@ def survival_table(
         point = _point(run, None)
         clean, triggered = clean_and_triggered(run, samples)
         # training's view: batches of the run's size, the poisoned share of each batch's rows triggered
-        step = max(1, round(1 / run.config.poison_rate)) if run.config.poison_rate else len(clean)
-        mixed_rows = torch.arange(0, len(clean), step)
+        mixed_rows = torch.arange(0, len(clean), poison_step(len(clean), run.config.poison_rate))
         mixed = clean.images.clone()
         mixed[mixed_rows] = triggered.images[mixed_rows]
         batch_size = run.config.batch_size
@@ -159,7 +158,6 @@ def survival_table(
             mixed_rows,
             other_ks,
         )
-        defaults = DEFENSES.options("eigenguard")
         changed = {k: v for k, v in run.config.defense.options.items() if k in defaults and v != defaults[k]}
         rows.append(
             {

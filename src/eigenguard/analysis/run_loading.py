@@ -88,6 +88,12 @@ def clean_and_triggered(run: LoadedRun, samples: int) -> tuple[ImageDataset, Ima
     return clean, triggered
 
 
+def poison_step(n: int, rate: float | None) -> int:
+    """Every how many of n images one is triggered so that a `rate` share of them is, spread evenly as the
+    poisons among a training batch's images (n, i.e. only the first, when the rate is 0 or unset)."""
+    return max(1, round(1 / rate)) if rate else n
+
+
 @torch.no_grad()
 def features_at(
     run: LoadedRun, images: torch.Tensor, point: str, batch_size: int = 256, through_point: bool = True

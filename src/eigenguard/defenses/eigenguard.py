@@ -146,12 +146,11 @@ class Anchors:
         return extra, {"anchors_poisoned": poisoned}
 
     def _attach(self, extra: torch.Tensor | None) -> None:
+        """Hand the epoch's anchors (None: none) to the guards: as batch rows, or as a detached source."""
+        joint = extra is not None and self.detached_from is None
+        source = None if extra is None or self.detached_from is None else detached_features(*self.detached_from, extra)
         for g in self.guards:
-            g.anchor_rows, g.anchor_source = 0, None
-            if extra is not None and self.detached_from is None:
-                g.anchor_rows = len(extra)
-            elif extra is not None and self.detached_from is not None:
-                g.anchor_source = detached_features(*self.detached_from, extra)
+            g.anchor_rows, g.anchor_source = len(extra) if joint else 0, source
 
     def appends_rows(self) -> bool:
         return self.detached_from is None

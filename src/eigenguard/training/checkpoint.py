@@ -66,7 +66,7 @@ class FitState:
     log: list[dict[str, Any]]  # the run's log rows up to here, every fit's
     counters: dict[str, float]
     midway: Midway | None = None  # set when checkpointed within epoch `epoch + 1`
-    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the epoch hook's (EpochHook.buffers)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the epoch hook's (EpochHook.sample_losses)
 
     @property
     def finished(self) -> bool:
