@@ -3,7 +3,7 @@ against the training compute of each rung of the scale ladder.
 
     python benchmarks/study_scale_figure.py benchmarks/results/study-queue.json --out docs/results/study-scale.png
 
-Reads exported grids (benchmarks/export_grid.py), any number, and pairs their finished cells by rung (epochs,
+Reads exported grids (`eigenguard export`), any number, and pairs their finished cells by rung (epochs,
 width, training images) and attack: the no-defense cell with the cell of the paper's EigenGuard (every guard
 option at its default). Compute is the forward multiply-accumulates of one image through the model, times
 the images trained (epochs x training images), relative to the quick profile's (width 0.25, 12 epochs,
@@ -130,7 +130,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("exports", nargs="+", type=Path, help="grids exported by benchmarks/export_grid.py")
+    p.add_argument("exports", nargs="+", type=Path, help="grids written by `eigenguard export`")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
     cells: dict[str, dict[str, Any]] = {}

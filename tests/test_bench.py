@@ -1,5 +1,6 @@
 """The benchmark harness: grids, the results store, resume, failure isolation, concurrency, reports, Ray."""
 
+import csv
 import json
 import multiprocessing
 import os
@@ -12,11 +13,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from eigenguard.bench.exchange import read_export
 from eigenguard.bench.executors import LocalExecutor
 from eigenguard.bench.grid import load_grid, parse_grid
 from eigenguard.bench.report import write_report
 from eigenguard.bench.runner import run_grid
-from eigenguard.bench.store import ResultStore
+from eigenguard.bench.store import SCHEMA, ResultStore
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
 
@@ -69,6 +71,14 @@ def test_recorded_cells_keep_their_keys() -> None:
         )
     ]
     assert keys[0] == keys[1] == cells["badnets-paper"].key != keys[2]
+
+
+@pytest.mark.parametrize("name", ["study-queue.json", "study-filter.json"])
+def test_committed_exports_import_under_this_version(name: str) -> None:
+    # every finished cell of the raw JSON behind docs/results/ still gives its recorded key from its config,
+    # so `eigenguard import` takes it and `eigenguard bench` does not run it again
+    record = read_export(GRIDS[0].parent.parent / "benchmarks" / "results" / name)
+    assert sum(c["status"] == "done" for c in record["cells"]) >= 7
 
 
 def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None:
@@ -195,6 +205,8 @@ def test_run_resume_and_failure_isolation(mnist_root: Path, tmp_path: Path) -> N
         r = records[name]
         assert r["status"] == "done" and r["acc"] is not None and r["versions"]["torch"]
         assert (Path(r["run_dir"]) / "metrics.json").exists()
+        with (Path(r["run_dir"]) / "log.csv").open() as f:  # the per-epoch log, kept in the store too
+            assert r["log"] and r["log"] == list(csv.DictReader(f))
     # complete or absent: only finished run directories, nothing left half-written
     assert not list((runs / ".partial").iterdir())
     assert len([p for p in runs.iterdir() if p.name not in ("logs", ".partial")]) == 3
@@ -325,6 +337,85 @@ def test_report_cli_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--store", str(tmp_path / "r.sqlite"), "--grid", "t9"])
     assert result.exit_code == 2 and "grid 't9' is not in" in result.output
     assert not (tmp_path / "bench-results").exists()
+
+
+def test_export_import_round_trip_moves_results_between_stores(tmp_path: Path) -> None:
+    runner = CliRunner()
+    source = fixture_store(tmp_path / "a.sqlite")
+    t3 = source.records("t3")
+    first = t3[0]["key"]
+    with sqlite3.connect(tmp_path / "a.sqlite") as db:  # one cell with a per-epoch log, as run_cell records
+        db.execute("UPDATE cells SET log = ? WHERE key = ?", (json.dumps([{"epoch": "1", "acc": "0.5"}]), first))
+    source.close()
+    out = tmp_path / "t3.json"
+    result = runner.invoke(app, ["export", "t3", "--out", str(out), "--store", str(tmp_path / "a.sqlite")])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(out.read_text())
+    assert [c["key"] for c in exported["cells"]] == [r["key"] for r in t3]  # grid order, failed cell too
+    assert exported["cells"][0]["log"] == [{"epoch": "1", "acc": "0.5"}]
+
+    result = runner.invoke(app, ["import", str(out), "--store", str(tmp_path / "b.sqlite")])
+    assert result.exit_code == 0 and "11 cells imported, 0 already in the store, 1 unfinished" in result.output
+    target = ResultStore(tmp_path / "b.sqlite")
+    failed = next(r["key"] for r in t3 if r["status"] == "failed")
+    assert target.status(failed) is None  # not imported: `eigenguard bench` runs it
+    # what the runner would skip: every finished cell is done here, with the same numbers
+    grid = parse_grid(
+        {
+            "name": "t3",
+            "report": {"layout": "table3"},
+            "base": {"profile": "quick"},
+            "axes": {"attack": ["badnets", "blend"], "defense": ["none", "ft", "eigenguard"], "seed": [0, 1]},
+        }
+    )
+    assert [target.status(c.key) for c in grid.cells].count("done") == 11
+    again = tmp_path / "again.json"
+    target.close()
+    runner.invoke(app, ["export", "t3", "--out", str(again), "--store", str(tmp_path / "b.sqlite")])
+    done = [c for c in exported["cells"] if c["status"] == "done"]
+    assert json.loads(again.read_text())["cells"] == done  # exact: config, metrics, log, versions, times
+    result = runner.invoke(app, ["import", str(out), "--store", str(tmp_path / "b.sqlite")])
+    assert "0 cells imported, 11 already in the store" in result.output
+
+
+def test_import_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
+    runner = CliRunner()
+    fixture_store(tmp_path / "a.sqlite").close()
+    out = tmp_path / "t3.json"
+    runner.invoke(app, ["export", "t3", "--out", str(out), "--store", str(tmp_path / "a.sqlite")])
+    record = json.loads(out.read_text())
+    record["cells"][1]["config"]["seed"] = 7  # a result claimed for a configuration that gives another key
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(record))
+    (tmp_path / "notjson.json").write_text("{")
+    (tmp_path / "list.json").write_text("[]")
+    store = tmp_path / "b.sqlite"
+    for path, says in (
+        (edited, f"not the recorded {record['cells'][1]['key']}"),
+        (tmp_path / "notjson.json", "is not JSON"),
+        (tmp_path / "list.json", "is not a grid export"),
+        (tmp_path / "missing.json", "cannot read"),
+    ):
+        result = runner.invoke(app, ["import", str(out), str(path), "--store", str(store)])
+        assert result.exit_code == 2 and says in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not store.exists()  # the good file before it was not imported either
+    result = runner.invoke(
+        app, ["export", "t9", "--out", str(tmp_path / "x.json"), "--store", str(tmp_path / "a.sqlite")]
+    )
+    assert result.exit_code == 2 and "grid 't9' is not in" in result.output and "t3" in result.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_store_from_before_the_log_column_gains_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old_schema = SCHEMA.replace(",\n    log TEXT\n", "\n")
+    assert "log TEXT" not in old_schema
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO cells (key, config, status, metrics) VALUES ('k', '{}', 'done', '{\"acc\": 0.5}')")
+    store = ResultStore(path)
+    assert store.records()[0]["log"] is None and store.records()[0]["metrics"] == {"acc": 0.5}
 
 
 def test_bench_cli_dry_run_and_bad_input(mnist_root: Path, tmp_path: Path) -> None:

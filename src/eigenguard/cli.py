@@ -1,5 +1,6 @@
 """The `eigenguard` command. Bad input -> one line on stderr, exit code 2, nothing written."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -252,6 +253,54 @@ def report(
         raise _fail(str(e)) from None
     for path in written:
         typer.echo(str(path))
+
+
+@app.command("export")
+def export_results(
+    grid: Annotated[str, typer.Argument(help="the grid's name (its YAML file's name: field)")],
+    out: Annotated[Path, Opt(help="the JSON file to write")],
+    store: Annotated[Path, Opt(help="results database (SQLite)")] = Path("bench-results/results.sqlite"),
+) -> None:
+    """A grid's cells as one JSON file (config, metrics, per-epoch log, versions): raw numbers to commit."""
+    from eigenguard.bench.exchange import export_grid
+    from eigenguard.bench.store import ResultStore
+    from eigenguard.run_directory import atomic_write_text
+
+    try:
+        if not store.exists():
+            raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
+        results = ResultStore(store, read_only=True)
+        record = export_grid(results, grid)
+        results.close()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"{len(record['cells'])} cells -> {out}")
+
+
+@app.command("import")
+def import_results(
+    files: Annotated[list[Path], typer.Argument(help="JSON files written by `eigenguard export`")],
+    store: Annotated[Path, Opt(help="results database (SQLite)")] = Path("bench-results/results.sqlite"),
+) -> None:
+    """Record exported cells as done in this store: `eigenguard bench` then runs only the rest."""
+    from eigenguard.bench.exchange import import_export, read_export
+    from eigenguard.bench.store import ResultStore
+
+    try:
+        for path in files:  # every file checked before any is written
+            read_export(path)
+        results = ResultStore(store)
+        for path in files:
+            s = import_export(results, path)
+            typer.echo(
+                f"{path}: grid {s.grid}: {s.imported} cells imported, {s.kept} already in the store, "
+                f"{s.unfinished} unfinished (not imported)"
+            )
+        results.close()
+    except EigenguardError as e:
+        raise _fail(str(e)) from None
 
 
 analyze_app = typer.Typer(

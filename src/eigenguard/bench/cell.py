@@ -9,6 +9,7 @@ removed): one bad cell never stops a grid. The same function runs in a local wor
 task.
 """
 
+import csv
 import platform
 import shutil
 import time
@@ -74,7 +75,9 @@ def run_cell(
             partial / "config.yaml", yaml.safe_dump({**cfg.model_dump(), "out": str(final)}, sort_keys=False)
         )
         partial.rename(final)
-        result = {"status": "done", "metrics": run.metrics, "run_dir": str(final), "error": None}
+        log_csv = final / "log.csv"  # its rows go to the store too: a result outlives its run directory
+        log = list(csv.DictReader(log_csv.open(newline=""))) if log_csv.is_file() else []
+        result = {"status": "done", "metrics": run.metrics, "run_dir": str(final), "error": None, "log": log}
     except Exception as e:  # isolation is the point: record it, let the grid go on
         shutil.rmtree(partial, ignore_errors=True)
         tail = "".join(traceback.format_exception(e)[-3:]).strip()

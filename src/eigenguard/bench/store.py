@@ -4,7 +4,8 @@ Tables:
 - cells: key (the cell's config hash), config (JSON), status (running | done | failed), the metrics under
   both evaluation protocols (acc, asr: per-sample; acc_paper, asr_paper: the paper's batch protocol, guarded
   models only), the whole metrics.json, wall time, run directory, error, versions (eigenguard, torch,
-  python, device), owner (host:pid of the process running it), attempts, start and finish times;
+  python, device), owner (host:pid of the process running it), attempts, start and finish times, and the
+  per-epoch log (log.csv's rows as JSON), so a result outlives its run directory (bench/exchange.py);
 - grids: each grid ever run (name, report layout, description, axes);
 - grid_cells: which cells belong to which grid, in grid order, with their axis labels.
 
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS cells (
     owner TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    log TEXT
 );
 CREATE TABLE IF NOT EXISTS grids (
     name TEXT PRIMARY KEY, layout TEXT NOT NULL, x TEXT, description TEXT, source TEXT, axes TEXT
@@ -85,8 +87,15 @@ class ResultStore:
             self._db.execute("PRAGMA busy_timeout=60000")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
             self._db.executescript(SCHEMA)  # IF NOT EXISTS: idempotent, and safe for concurrent openers
+            self._add_log_column()
         except sqlite3.DatabaseError as e:
             raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
+
+    def _add_log_column(self) -> None:
+        """Stores written before the log column existed get it (empty for their cells)."""
+        with self._write() as db:
+            if "log" not in {r["name"] for r in db.execute("PRAGMA table_info(cells)")}:
+                db.execute("ALTER TABLE cells ADD COLUMN log TEXT")
 
     def _open_read_only(self) -> None:
         # With no -wal file beside it nobody is writing and the file holds every commit: open it immutable,
@@ -172,7 +181,8 @@ class ResultStore:
         with self._write() as db:
             db.execute(
                 "UPDATE cells SET status = ?, acc = ?, asr = ?, acc_paper = ?, asr_paper = ?, protocol = ?, "
-                "metrics = ?, wall_seconds = ?, run_dir = ?, error = ?, versions = ?, finished_at = ? WHERE key = ?",
+                "metrics = ?, wall_seconds = ?, run_dir = ?, error = ?, versions = ?, finished_at = ?, log = ? "
+                "WHERE key = ?",
                 (
                     result["status"],
                     metrics.get("acc"),
@@ -186,8 +196,53 @@ class ResultStore:
                     result.get("error"),
                     json.dumps(result.get("versions") or {}),
                     now(),
+                    json.dumps(result["log"]) if result.get("log") is not None else None,
                     key,
                 ),
+            )
+
+    def insert_done(self, cell: dict[str, Any]) -> bool:
+        """Record a cell finished elsewhere (bench/exchange.py: an exported grid's cell, already checked):
+        key, config, metrics, log, wall_seconds, versions, started_at, finished_at. A cell this store holds
+        as done, or running in a live process, is left as it is (False)."""
+        metrics = cell["metrics"]
+        with self._write() as db:
+            row = db.execute("SELECT status, owner FROM cells WHERE key = ?", (cell["key"],)).fetchone()
+            if row is not None and (
+                row["status"] == "done" or (row["status"] == "running" and owner_alive(row["owner"]))
+            ):
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO cells (key, config, status, acc, asr, acc_paper, asr_paper, protocol, "
+                "metrics, wall_seconds, run_dir, error, versions, owner, attempts, started_at, finished_at, log) "
+                "VALUES (?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, 1, ?, ?, ?)",
+                (
+                    cell["key"],
+                    json.dumps(cell["config"], sort_keys=True),
+                    metrics.get("acc"),
+                    metrics.get("asr"),
+                    metrics.get("acc_paper"),
+                    metrics.get("asr_paper"),
+                    metrics.get("protocol"),
+                    json.dumps(metrics),
+                    cell.get("wall_seconds"),
+                    json.dumps(cell.get("versions") or {}),
+                    cell.get("started_at"),
+                    cell.get("finished_at"),
+                    json.dumps(cell["log"]) if cell.get("log") is not None else None,
+                ),
+            )
+        return True
+
+    def add_to_grid(self, name: str, description: str | None, members: list[tuple[str, dict[str, str]]]) -> None:
+        """Make `members` (key, labels) cells of grid `name`, after the ones it has. A grid this store does
+        not know yet is recorded with the flat layout; running its YAML file records its own."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO grids VALUES (?, 'flat', NULL, ?, '', '{}')", (name, description or ""))
+            start = db.execute("SELECT COUNT(*) FROM grid_cells WHERE grid = ?", (name,)).fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO grid_cells VALUES (?, ?, ?, ?)",
+                [(name, key, start + i, json.dumps(labels)) for i, (key, labels) in enumerate(members)],
             )
 
     def release(self, key: str) -> None:
@@ -240,6 +295,7 @@ def _parsed(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     for name in ("config", "metrics", "labels", "versions"):
         d[name] = json.loads(d[name]) if d[name] else {}
+    d["log"] = json.loads(d["log"]) if d.get("log") else None  # None: not recorded (a store from before the column)
     return d
 
 

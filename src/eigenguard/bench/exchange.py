@@ -1,0 +1,100 @@
+"""A grid's results as one JSON file, and back: results move between machines and outlive their store.
+
+    eigenguard export study-filter --out benchmarks/results/study-filter.json
+    eigenguard import benchmarks/results/study-filter.json     # on another machine, into its store
+
+The file holds, per cell: key, labels, status, error, the full configuration, metrics.json, the per-epoch
+log (log.csv's rows), wall time, versions and start / finish times; results pages cite it as raw numbers.
+Importing records its finished cells as done, so `eigenguard bench GRID.yaml` runs only the rest and
+`eigenguard report` shows them; their run directories (weights, checkpoints) stay where they were made.
+Each cell's key is recomputed from its configuration under this version: a cell whose configuration no
+longer gives its key (a hand-edited file, or a result definition that has changed since) is refused, and
+so is the whole file, before anything is written. A cell the store already holds as done is kept as it is.
+"""
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eigenguard.bench.grid import cell_key
+from eigenguard.bench.store import ResultStore
+from eigenguard.config import make_config
+from eigenguard.errors import EigenguardError
+from eigenguard.pipeline.components import resolve
+from eigenguard.version import __version__
+
+CELL_FIELDS = ("key", "labels", "status", "error", "config", "metrics", "log", "wall_seconds", "versions",
+               "started_at", "finished_at")  # fmt: skip
+
+
+def export_grid(store: ResultStore, grid: str) -> dict[str, Any]:
+    """Grid `grid`'s cells, in grid order, as the exchange file's record."""
+    known = {g["name"]: g for g in store.grids()}
+    if grid not in known:
+        allowed = ", ".join(known) or "(none: run `eigenguard bench GRID.yaml` first)"
+        raise EigenguardError(f"grid '{grid}' is not in results store '{store.path}'; it holds: {allowed}")
+    cells = []
+    for r in store.records(grid):
+        log = r["log"]
+        if log is None and r["run_dir"]:  # a store from before the log column: read the run directory's
+            log_path = Path(r["run_dir"]) / "log.csv"
+            log = list(csv.DictReader(log_path.open(newline=""))) if log_path.is_file() else None
+        cells.append({**{k: r[k] for k in CELL_FIELDS if k != "log"}, "log": log})
+    return {"grid": grid, "description": known[grid]["description"], "cells": cells}
+
+
+@dataclass
+class ImportSummary:
+    grid: str
+    imported: int  # recorded as done now
+    kept: int  # already done (or running) in this store: left as they were
+    unfinished: int  # failed or running when exported: not imported, `eigenguard bench` runs them
+
+
+def read_export(path: Path) -> dict[str, Any]:
+    """An exchange file, its structure and every finished cell's key checked; an EigenguardError names the
+    first problem."""
+    try:
+        record = json.loads(path.read_text())
+    except OSError as e:
+        raise EigenguardError(f"cannot read '{path}': {e.strerror or e}") from None
+    except ValueError as e:
+        raise EigenguardError(f"'{path}' is not JSON ({e}); give a file written by `eigenguard export`") from None
+    if not (isinstance(record, dict) and isinstance(record.get("grid"), str) and isinstance(record.get("cells"), list)):
+        raise EigenguardError(f"'{path}' is not a grid export (it needs 'grid' and 'cells'); see `eigenguard export`")
+    for i, cell in enumerate(record["cells"]):
+        where = f"'{path}', cell {i}"
+        if not isinstance(cell, dict) or not isinstance(cell.get("key"), str):
+            raise EigenguardError(f"{where}: not a cell (an object with a 'key')")
+        if cell.get("status") != "done":
+            continue
+        for name, kind in (("config", dict), ("metrics", dict), ("labels", dict)):
+            if not isinstance(cell.get(name), kind):
+                raise EigenguardError(f"{where} ({cell['key']}): '{name}' must be an object")
+        if not isinstance(cell["metrics"].get("acc"), int | float):
+            raise EigenguardError(
+                f"{where} ({cell['key']}): metrics.acc must be a number, not {cell['metrics'].get('acc')!r}"
+            )
+        if cell.get("log") is not None and not isinstance(cell["log"], list):
+            raise EigenguardError(f"{where} ({cell['key']}): 'log' must be a list of epoch rows")
+        try:
+            key = cell_key(resolve(make_config(cell["config"])))
+        except EigenguardError as e:
+            raise EigenguardError(f"{where} ({cell['key']}): its config is not valid here: {e}") from None
+        if key != cell["key"]:
+            raise EigenguardError(
+                f"{where}: its config gives key {key} under eigenguard {__version__}, not the recorded "
+                f"{cell['key']}; the file was edited, or what decides this result has changed since: rerun the cell"
+            )
+    return record
+
+
+def import_export(store: ResultStore, path: Path) -> ImportSummary:
+    """Record the finished cells of exchange file `path` in `store`, and make them cells of its grid there."""
+    record = read_export(path)
+    done = [c for c in record["cells"] if c.get("status") == "done"]
+    imported = sum(store.insert_done(c) for c in done)
+    store.add_to_grid(record["grid"], record.get("description"), [(c["key"], c["labels"]) for c in done])
+    return ImportSummary(record["grid"], imported, len(done) - imported, len(record["cells"]) - len(done))
