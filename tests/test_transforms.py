@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from eigenguard.data.split import defense_split
@@ -11,14 +12,31 @@ def reference_crop(images: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.T
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(images))])
 
 
-def test_random_crop_matches_per_image_reference() -> None:
-    images = torch.randint(0, 256, (16, 3, 10, 12), dtype=torch.uint8)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_random_crop_matches_per_image_reference(channels: int) -> None:
+    images = torch.randint(0, 256, (15, channels, 10, 12), dtype=torch.uint8)
     out = random_crop(images, 4, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
-    dy = torch.randint(0, 9, (16,), generator=g)
-    dx = torch.randint(0, 9, (16,), generator=g)
+    dy = torch.randint(0, 9, (15,), generator=g)
+    dx = torch.randint(0, 9, (15,), generator=g)
     assert out.dtype == torch.uint8 and out.shape == images.shape
     assert torch.equal(out, reference_crop(images, 4, dy, dx))
+    # channels_last for colour; one channel with plain NCHW strides, not the ambiguous (HW, 1, W, 1) that
+    # oneDNN's CPU backward corrupts memory on at odd batch sizes (AVX-512, torch 2.14.1)
+    expected = images.contiguous(memory_format=torch.channels_last) if channels > 1 else images.contiguous()
+    assert out.stride() == expected.stride()
+
+
+def test_a_one_channel_training_step_at_an_odd_batch_size() -> None:
+    # the crash random_crop's strides avoid: it took the process down on an AVX-512 machine (batch 27)
+    from eigenguard.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, num_classes=10, width=0.125)
+    x = random_crop(torch.randint(0, 256, (27, 1, 28, 28), dtype=torch.uint8), 2, torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(model(x.float() / 255), torch.randint(0, 10, (27,)))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_random_flip_flips_about_half() -> None:

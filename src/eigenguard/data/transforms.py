@@ -14,7 +14,10 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> t
     """Zero-pad by `pad` on every side, then cut a random HxW window per image (the CIFAR crop).
 
     One gather does the whole batch: per-image row and column index grids select the window. The result
-    comes back in channels_last memory order, which is what the convolutions want on GPU anyway.
+    comes back in channels_last memory order, which is what the convolutions want on GPU anyway; with one
+    channel, whose two orders are the same bytes, it gets plain NCHW strides: with the ambiguous strides
+    channels_last gives a one-channel tensor, oneDNN's CPU backward (torch 2.14.1, AVX-512) corrupts memory at
+    odd batch sizes (seen on an Intel Xeon: a ResNet-18 step at batch 27 segfaults; batch 28 does not).
     """
     if pad == 0:
         return images
@@ -27,7 +30,8 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> t
     cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=device)[:, None, None]
     # Advanced indices split by a slice put the broadcast dims first: (B, H, W, C).
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+    window = padded[batch, :, rows, cols]
+    return window.permute(0, 3, 1, 2) if window.shape[-1] > 1 else window.view(b, 1, h, w)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
