@@ -13,7 +13,6 @@ are ranked by the training losses, `ranking=training`, which costs no pass).
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from eigenguard.data.transforms import Normalize
 from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import guard, inference_mode
 from eigenguard.models import create_model
+from eigenguard.pipeline.run import cpu_name
 from eigenguard.training.evaluate import per_sample_loss
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     epoch_plain = steps * step_s["plain"]
     record = {
         "benchmark": "guard_epoch",
-        "device": platform.processor() or platform.machine(),
+        "device": cpu_name(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),

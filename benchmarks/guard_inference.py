@@ -17,7 +17,6 @@ reference with float32's zero-direction threshold (the definition at the guard's
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from eigenguard.data.transforms import Normalize
 from eigenguard.guard import find_guards, guard
 from eigenguard.guard import spectral_filter as sf
 from eigenguard.models import create_model
+from eigenguard.pipeline.run import cpu_name
 from eigenguard.training.evaluate import accuracy
 
 
@@ -164,7 +164,7 @@ def main() -> None:
         + " ".join(str(a) for a in [*(["--runs", *args.runs] if args.runs else []), "--repeats", args.repeats]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        "machine": f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}",
         "timing": [timing(images, 0.25, 2048, args.repeats, None), timing(images, 1.0, 512, args.repeats, None)],
         "agreement": [agreement(images, 0.25, None), agreement(images, 1.0, None)],
     }

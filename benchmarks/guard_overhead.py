@@ -12,7 +12,6 @@ Each guarded step includes the paper's 100 lowest-loss anchor rows unless --anch
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import filter_rows_gram, filter_rows_svd, guard
 from eigenguard.models import create_model
+from eigenguard.pipeline.run import cpu_name
 
 
 def sync(device: torch.device) -> None:
@@ -125,7 +125,7 @@ def main() -> None:
     record = {
         "benchmark": "guard_overhead",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "step": {
