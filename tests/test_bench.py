@@ -357,6 +357,8 @@ def test_export_import_round_trip_moves_results_between_stores(tmp_path: Path) -
     result = runner.invoke(app, ["import", str(out), "--store", str(tmp_path / "b.sqlite")])
     assert result.exit_code == 0 and "11 cells imported, 0 already in the store, 1 unfinished" in result.output
     target = ResultStore(tmp_path / "b.sqlite")
+    (recorded,) = [g for g in target.grids() if g["name"] == "t3"]
+    assert recorded["layout"] == "table3" and set(json.loads(recorded["axes"])) == {"attack", "defense", "seed"}
     failed = next(r["key"] for r in t3 if r["status"] == "failed")
     assert target.status(failed) is None  # not imported: `eigenguard bench` runs it
     # what the runner would skip: every finished cell is done here, with the same numbers
@@ -376,6 +378,16 @@ def test_export_import_round_trip_moves_results_between_stores(tmp_path: Path) -
     assert json.loads(again.read_text())["cells"] == done  # exact: config, metrics, log, versions, times
     result = runner.invoke(app, ["import", str(out), "--store", str(tmp_path / "b.sqlite")])
     assert "0 cells imported, 11 already in the store" in result.output
+    # a file from before the layout was exported: the flat layout, its axes named by the cells' labels, so
+    # the report still has one row per cell
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({k: v for k, v in exported.items() if k not in ("layout", "x", "axes")}))
+    assert runner.invoke(app, ["import", str(older), "--store", str(tmp_path / "c.sqlite")]).exit_code == 0
+    write_report(ResultStore(tmp_path / "c.sqlite", read_only=True), tmp_path / "report", ["t3"])
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "| attack | defense |" in table and table.count("| badnets |") == 2 * 3
+    )  # 3 defenses (seeds averaged), 2 protocols
 
 
 def test_import_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:

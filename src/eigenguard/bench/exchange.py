@@ -3,8 +3,9 @@
     eigenguard export study-filter --out benchmarks/results/study-filter.json
     eigenguard import benchmarks/results/study-filter.json     # on another machine, into its store
 
-The file holds, per cell: key, labels, status, error, the full configuration, metrics.json, the per-epoch
-log (log.csv's rows), wall time, versions and start / finish times; results pages cite it as raw numbers.
+The file holds the grid's name, description and report layout, and per cell: key, labels, status, error,
+the full configuration, metrics.json, the per-epoch log (log.csv's rows), wall time, versions and start /
+finish times; results pages cite it as raw numbers.
 Importing records its finished cells as done, so `eigenguard bench GRID.yaml` runs only the rest and
 `eigenguard report` shows them; their run directories (weights, checkpoints) stay where they were made.
 Each cell's key is recomputed from its configuration under this version: a cell whose configuration no
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eigenguard.bench.grid import cell_key
+from eigenguard.bench.grid import LAYOUTS, cell_key
 from eigenguard.bench.store import ResultStore
 from eigenguard.config import make_config
 from eigenguard.errors import EigenguardError
@@ -42,7 +43,9 @@ def export_grid(store: ResultStore, grid: str) -> dict[str, Any]:
             log_path = Path(r["run_dir"]) / "log.csv"
             log = list(csv.DictReader(log_path.open(newline=""))) if log_path.is_file() else None
         cells.append({**{k: r[k] for k in CELL_FIELDS if k != "log"}, "log": log})
-    return {"grid": grid, "description": known[grid]["description"], "cells": cells}
+    g = known[grid]
+    layout = {"layout": g["layout"], "x": g["x"], "axes": json.loads(g["axes"] or "{}")}
+    return {"grid": grid, "description": g["description"], **layout, "cells": cells}
 
 
 @dataclass
@@ -64,6 +67,8 @@ def read_export(path: Path) -> dict[str, Any]:
         raise EigenguardError(f"'{path}' is not JSON ({e}); give a file written by `eigenguard export`") from None
     if not (isinstance(record, dict) and isinstance(record.get("grid"), str) and isinstance(record.get("cells"), list)):
         raise EigenguardError(f"'{path}' is not a grid export (it needs 'grid' and 'cells'); see `eigenguard export`")
+    if record.get("layout", "flat") not in LAYOUTS:
+        raise EigenguardError(f"'{path}': layout {record['layout']!r} unknown; allowed: {', '.join(LAYOUTS)}")
     for i, cell in enumerate(record["cells"]):
         where = f"'{path}', cell {i}"
         if not isinstance(cell, dict) or not isinstance(cell.get("key"), str):
@@ -96,5 +101,9 @@ def import_export(store: ResultStore, path: Path) -> ImportSummary:
     record = read_export(path)
     done = [c for c in record["cells"] if c.get("status") == "done"]
     imported = sum(store.insert_done(c) for c in done)
-    store.add_to_grid(record["grid"], record.get("description"), [(c["key"], c["labels"]) for c in done])
+    # files written before the layout was exported: the flat layout, the axes named by the cells' labels
+    axes = record.get("axes") or {a: [] for c in record["cells"] for a in c.get("labels") or {}}
+    grid = {"name": record["grid"], "description": record.get("description"), "layout": record.get("layout", "flat"),
+            "x": record.get("x"), "axes": axes}  # fmt: skip
+    store.add_to_grid(grid, [(c["key"], c["labels"]) for c in done])
     return ImportSummary(record["grid"], imported, len(done) - imported, len(record["cells"]) - len(done))

@@ -234,15 +234,19 @@ class ResultStore:
             )
         return True
 
-    def add_to_grid(self, name: str, description: str | None, members: list[tuple[str, dict[str, str]]]) -> None:
-        """Make `members` (key, labels) cells of grid `name`, after the ones it has. A grid this store does
-        not know yet is recorded with the flat layout; running its YAML file records its own."""
+    def add_to_grid(self, grid: dict[str, Any], members: list[tuple[str, dict[str, str]]]) -> None:
+        """Make `members` (key, labels) cells of grid `grid` (name, description, layout, x, axes), after the
+        ones it has. A grid this store knows keeps its own record (its YAML file registered it)."""
+        axes = json.dumps(grid["axes"])
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO grids VALUES (?, 'flat', NULL, ?, '', '{}')", (name, description or ""))
-            start = db.execute("SELECT COUNT(*) FROM grid_cells WHERE grid = ?", (name,)).fetchone()[0]
+            db.execute(
+                "INSERT OR IGNORE INTO grids VALUES (?, ?, ?, ?, '', ?)",
+                (grid["name"], grid["layout"], grid["x"], grid["description"] or "", axes),
+            )
+            start = db.execute("SELECT COUNT(*) FROM grid_cells WHERE grid = ?", (grid["name"],)).fetchone()[0]
             db.executemany(
                 "INSERT OR IGNORE INTO grid_cells VALUES (?, ?, ?, ?)",
-                [(name, key, start + i, json.dumps(labels)) for i, (key, labels) in enumerate(members)],
+                [(grid["name"], key, start + i, json.dumps(labels)) for i, (key, labels) in enumerate(members)],
             )
 
     def release(self, key: str) -> None:
