@@ -73,7 +73,7 @@ def test_recorded_cells_keep_their_keys() -> None:
     assert keys[0] == keys[1] == cells["badnets-paper"].key != keys[2]
 
 
-@pytest.mark.parametrize("name", ["study-queue.json", "study-filter.json"])
+@pytest.mark.parametrize("name", ["study-queue.json", "study-filter.json", "fast-anchors.json"])
 def test_committed_exports_import_under_this_version(name: str) -> None:
     # every finished cell of the raw JSON behind docs/results/ still gives its recorded key from its config,
     # so `eigenguard import` takes it and `eigenguard bench` does not run it again
