@@ -13,7 +13,6 @@ must be otherwise idle: this is a timing.
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from eigenguard.config import make_config
-from eigenguard.pipeline.run import train
+from eigenguard.pipeline.run import cpu_name, train
 from eigenguard.run_directory import atomic_write_text
 
 RUNS = (
@@ -56,10 +55,9 @@ def main() -> None:
     for label, run in runs.items():
         run["last_epoch_over_plain"] = round(run["epoch_seconds"][-1] / plain, 3)
         print(f"{label:45s} last epoch / plain mean ({plain:.1f} s): {run['last_epoch_over_plain']:.2f}x")
-    env = result.metrics.get("environment", {})
     record = {
         "benchmark": __doc__.split("\n\n")[0].replace("\n", " "),
-        "machine": f"{env.get('cpu', platform.processor())}, {env.get('cpu_capability')}, torch {torch.__version__}, "
+        "machine": f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "epochs": args.epochs,
         "plain_epoch_mean_seconds": round(plain, 3),

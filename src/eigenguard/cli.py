@@ -289,11 +289,10 @@ def import_results(
     from eigenguard.bench.store import ResultStore
 
     try:
-        for path in files:  # every file checked before any is written
-            read_export(path)
+        records = [read_export(path) for path in files]  # every file checked before any is written
         results = ResultStore(store)
-        for path in files:
-            s = import_export(results, path)
+        for path, record in zip(files, records, strict=True):
+            s = import_export(results, record)
             typer.echo(
                 f"{path}: grid {s.grid}: {s.imported} cells imported, {s.kept} already in the store, "
                 f"{s.unfinished} unfinished (not imported)"

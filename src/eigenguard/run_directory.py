@@ -97,6 +97,15 @@ LOCK = ".lock"
 STATE = "state.json"
 
 
+def read_log(path: Path) -> list[dict[str, str]] | None:
+    """A run directory's log.csv as rows of text (the fields a row lacks are ''), None without one."""
+    log = path / "log.csv"
+    if not log.is_file():
+        return None
+    with log.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def run_status(path: Path) -> dict[str, Any]:
     """What a run directory says about itself: state (running, interrupted, failed, finished, or unknown for
     a directory without state.json: runs of eigenguard before 0.3), its error, its progress (the fit and

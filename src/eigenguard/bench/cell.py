@@ -9,7 +9,6 @@ removed): one bad cell never stops a grid. The same function runs in a local wor
 task.
 """
 
-import csv
 import platform
 import shutil
 import time
@@ -42,7 +41,7 @@ def run_cell(
 
     from eigenguard.bench.store import ResultStore, this_owner
     from eigenguard.config import TrainConfig
-    from eigenguard.run_directory import atomic_write_text
+    from eigenguard.run_directory import atomic_write_text, read_log
     from eigenguard.version import __version__
 
     results = ResultStore(store) if store else None
@@ -75,8 +74,7 @@ def run_cell(
             partial / "config.yaml", yaml.safe_dump({**cfg.model_dump(), "out": str(final)}, sort_keys=False)
         )
         partial.rename(final)
-        log_csv = final / "log.csv"  # its rows go to the store too: a result outlives its run directory
-        log = list(csv.DictReader(log_csv.open(newline=""))) if log_csv.is_file() else []
+        log = read_log(final) or []  # its rows go to the store too: a result outlives its run directory
         result = {"status": "done", "metrics": run.metrics, "run_dir": str(final), "error": None, "log": log}
     except Exception as e:  # isolation is the point: record it, let the grid go on
         shutil.rmtree(partial, ignore_errors=True)

@@ -13,7 +13,6 @@ longer gives its key (a hand-edited file, or a result definition that has change
 so is the whole file, before anything is written. A cell the store already holds as done is kept as it is.
 """
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from eigenguard.bench.store import ResultStore
 from eigenguard.config import make_config
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.components import resolve
+from eigenguard.run_directory import read_log
 from eigenguard.version import __version__
 
 CELL_FIELDS = ("key", "labels", "status", "error", "config", "metrics", "log", "wall_seconds", "versions",
@@ -40,8 +40,7 @@ def export_grid(store: ResultStore, grid: str) -> dict[str, Any]:
     for r in store.records(grid):
         log = r["log"]
         if log is None and r["run_dir"]:  # a store from before the log column: read the run directory's
-            log_path = Path(r["run_dir"]) / "log.csv"
-            log = list(csv.DictReader(log_path.open(newline=""))) if log_path.is_file() else None
+            log = read_log(Path(r["run_dir"]))
         cells.append({**{k: r[k] for k in CELL_FIELDS if k != "log"}, "log": log})
     g = known[grid]
     layout = {"layout": g["layout"], "x": g["x"], "axes": json.loads(g["axes"] or "{}")}
@@ -96,9 +95,9 @@ def read_export(path: Path) -> dict[str, Any]:
     return record
 
 
-def import_export(store: ResultStore, path: Path) -> ImportSummary:
-    """Record the finished cells of exchange file `path` in `store`, and make them cells of its grid there."""
-    record = read_export(path)
+def import_export(store: ResultStore, record: dict[str, Any]) -> ImportSummary:
+    """Record the finished cells of an exchange file's record (from `read_export`, which checked it) in
+    `store`, and make them cells of its grid there."""
     done = [c for c in record["cells"] if c.get("status") == "done"]
     imported = sum(store.insert_done(c) for c in done)
     # files written before the layout was exported: the flat layout, the axes named by the cells' labels

@@ -92,10 +92,16 @@ class ResultStore:
             raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
 
     def _add_log_column(self) -> None:
-        """Stores written before the log column existed get it (empty for their cells)."""
-        with self._write() as db:
-            if "log" not in {r["name"] for r in db.execute("PRAGMA table_info(cells)")}:
-                db.execute("ALTER TABLE cells ADD COLUMN log TEXT")
+        """Stores written before the log column existed get it (empty for their cells). Checked first without
+        the write lock, which every store opened would otherwise take; again under it, against a second opener."""
+
+        def missing() -> bool:
+            return "log" not in {r["name"] for r in self._db.execute("PRAGMA table_info(cells)")}
+
+        if missing():
+            with self._write() as db:
+                if missing():
+                    db.execute("ALTER TABLE cells ADD COLUMN log TEXT")
 
     def _open_read_only(self) -> None:
         # With no -wal file beside it nobody is writing and the file holds every commit: open it immutable,
@@ -177,26 +183,19 @@ class ResultStore:
 
     def finish(self, key: str, result: dict[str, Any]) -> None:
         """Record a cell's outcome: `result` from bench.cell.run_cell (status done or failed)."""
-        metrics = result.get("metrics") or {}
         with self._write() as db:
             db.execute(
                 "UPDATE cells SET status = ?, acc = ?, asr = ?, acc_paper = ?, asr_paper = ?, protocol = ?, "
-                "metrics = ?, wall_seconds = ?, run_dir = ?, error = ?, versions = ?, finished_at = ?, log = ? "
+                "metrics = ?, log = ?, wall_seconds = ?, run_dir = ?, error = ?, versions = ?, finished_at = ? "
                 "WHERE key = ?",
                 (
                     result["status"],
-                    metrics.get("acc"),
-                    metrics.get("asr"),
-                    metrics.get("acc_paper"),
-                    metrics.get("asr_paper"),
-                    metrics.get("protocol"),
-                    json.dumps(metrics) if metrics else None,
+                    *_outcome_columns(result.get("metrics"), result.get("log")),
                     result.get("wall_seconds"),
                     result.get("run_dir"),
                     result.get("error"),
                     json.dumps(result.get("versions") or {}),
                     now(),
-                    json.dumps(result["log"]) if result.get("log") is not None else None,
                     key,
                 ),
             )
@@ -205,7 +204,6 @@ class ResultStore:
         """Record a cell finished elsewhere (bench/exchange.py: an exported grid's cell, already checked):
         key, config, metrics, log, wall_seconds, versions, started_at, finished_at. A cell this store holds
         as done, or running in a live process, is left as it is (False)."""
-        metrics = cell["metrics"]
         with self._write() as db:
             row = db.execute("SELECT status, owner FROM cells WHERE key = ?", (cell["key"],)).fetchone()
             if row is not None and (
@@ -214,22 +212,16 @@ class ResultStore:
                 return False
             db.execute(
                 "INSERT OR REPLACE INTO cells (key, config, status, acc, asr, acc_paper, asr_paper, protocol, "
-                "metrics, wall_seconds, run_dir, error, versions, owner, attempts, started_at, finished_at, log) "
-                "VALUES (?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, 1, ?, ?, ?)",
+                "metrics, log, wall_seconds, run_dir, error, versions, owner, attempts, started_at, finished_at) "
+                "VALUES (?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, 1, ?, ?)",
                 (
                     cell["key"],
                     json.dumps(cell["config"], sort_keys=True),
-                    metrics.get("acc"),
-                    metrics.get("asr"),
-                    metrics.get("acc_paper"),
-                    metrics.get("asr_paper"),
-                    metrics.get("protocol"),
-                    json.dumps(metrics),
+                    *_outcome_columns(cell["metrics"], cell.get("log")),
                     cell.get("wall_seconds"),
                     json.dumps(cell.get("versions") or {}),
                     cell.get("started_at"),
                     cell.get("finished_at"),
-                    json.dumps(cell["log"]) if cell.get("log") is not None else None,
                 ),
             )
         return True
@@ -292,6 +284,14 @@ class ResultStore:
 
 
 CONFIG_COLUMNS = ("dataset", "model", "attack", "poison_rate", "defense", "seed")
+
+
+def _outcome_columns(metrics: dict[str, Any] | None, log: list[dict[str, Any]] | None) -> tuple[Any, ...]:
+    """A result's columns: acc, asr, acc_paper, asr_paper, protocol, metrics (JSON), log (JSON); NULL where
+    it has none."""
+    m = metrics or {}
+    columns = tuple(m.get(k) for k in ("acc", "asr", "acc_paper", "asr_paper", "protocol"))
+    return (*columns, json.dumps(m) if m else None, json.dumps(log) if log is not None else None)
 
 
 def _parsed(row: sqlite3.Row) -> dict[str, Any]:
