@@ -59,3 +59,38 @@ def test_study_scale_figure_pairs_rungs_and_counts_compute(tmp_path: Path) -> No
     assert 3.5 < rows[1]["compute"] < 4.1  # twice the width: about four times the multiply-accumulates
     png = figure.figure(rows, "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_tradeoff_figure_names_variants_and_measures_cost_against_the_seeds_mean() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import study_tradeoff_figure as figure
+    finally:
+        sys.path.pop(0)
+    paper = figure.resolve(figure.TrainConfig(defense="eigenguard")).defense.model_dump()
+    base = {"dataset": "fashion-mnist", "epochs": 12, "width": 0.25, "attack": {"name": "badnets"}}
+
+    def cell(key: str, defense: dict, acc: float, asr: float, images: int = 20000, **config: object) -> dict:
+        c = {**base, "defense": defense, **config}
+        return {"key": key, "status": "done", "config": c, "metrics": {"acc": acc, "asr": asr, "train_images": images}}
+
+    cells = [
+        cell("a", {"name": "none"}, 0.90, 1.0),
+        cell("b", {"name": "none"}, 0.92, 1.0, seed=1),
+        cell("c", paper, 0.75, 0.08),
+        cell("d", paper, 0.77, 0.04, seed=1),
+        cell("e", {**paper, "floor": 0.1, "k": 40}, 0.895, 0.05),
+        cell("f", {**paper, "anchors": "clean"}, 0.8, 0.5),
+        cell("g", paper, 0.5, 0.5, epochs=24),  # another scale: left out
+        cell("h", paper, 0.5, 0.5, images=60000),  # another training split: left out
+        cell("i", paper, 0.8, 0.9, attack={"name": "blend"}),  # no no-defense blend cell: no point
+        {**cell("j", paper, 0.1, 0.1), "status": "failed"},
+    ]
+    rows = {r["variant"]: r for r in figure.points(cells)}
+    assert set(rows) == {"paper", "k=40, floor=0.1", "anchors=clean (uses clean data)"}
+    p = rows["paper"]
+    assert p["seeds"] == 2 and abs(p["acc"] - 0.76) < 1e-9 and abs(p["asr"] - 0.06) < 1e-9
+    assert abs(p["cost_points"] - 15.0) < 1e-9 and p["none_seeds"] == 2 and p["acc_std"] > 0 and not p["meets_goal"]
+    assert rows["k=40, floor=0.1"]["meets_goal"] and abs(rows["k=40, floor=0.1"]["cost_points"] - 1.5) < 1e-9
+    png = figure.figure(list(rows.values()), "test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
