@@ -12,12 +12,12 @@ pair. Prints the pairs as a table, too.
 """
 
 import argparse
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
+from figure_io import exported_cells, png_bytes
 
 from eigenguard.config import TrainConfig
 from eigenguard.models import create_model
@@ -92,8 +92,6 @@ def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def figure(rows: list[dict[str, Any]], title: str) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,10 +120,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def main() -> None:
@@ -133,11 +128,7 @@ def main() -> None:
     p.add_argument("exports", nargs="+", type=Path, help="grids written by `eigenguard export`")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
-    cells: dict[str, dict[str, Any]] = {}
-    for path in args.exports:
-        for cell in json.loads(path.read_text())["cells"]:
-            cells[cell["key"]] = cell  # the same cell in two grids counts once
-    rows = pairs(list(cells.values()))
+    rows = pairs(exported_cells(args.exports))
     if not rows:
         raise SystemExit("no rung has both its no-defense and its EigenGuard cell finished")
     print("| attack | rung | compute | ACC none | ACC guard | cost (points) | ASR guard |")

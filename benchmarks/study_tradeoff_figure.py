@@ -13,11 +13,12 @@ attack is measured against the same reference. Prints the points as a table, too
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from figure_io import exported_cells, png_bytes
 
 from eigenguard.config import TrainConfig
 from eigenguard.pipeline.components import resolve
@@ -86,8 +87,6 @@ def spread(mean: float, std: float) -> str:
 
 
 def figure(rows: list[dict[str, Any]], title: str) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,10 +121,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
         ax.set_title(attack, fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def main() -> None:
@@ -134,11 +130,7 @@ def main() -> None:
     p.add_argument("--attacks", help="comma-separated attack labels to draw (default: every attack with points)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
-    cells: dict[str, dict[str, Any]] = {}
-    for path in args.exports:
-        for cell in json.loads(path.read_text())["cells"]:
-            cells[cell["key"]] = cell  # the same cell in two grids counts once
-    rows = points(list(cells.values()))
+    rows = points(exported_cells(args.exports))
     if args.attacks:
         wanted = args.attacks.split(",")
         unknown = sorted(set(wanted) - {r["attack"] for r in rows})
