@@ -1,9 +1,16 @@
-"""What the study's figure scripts share: the cells of exported grids in, a PNG out."""
+"""What the study's figure scripts share: the cells of exported grids in, a PNG out, and the two yardsticks
+every figure is read against: the study's goal for a variant and the paper's guard (every option at its default)."""
 
 import io
 import json
 from pathlib import Path
 from typing import Any
+
+from eigenguard.config import TrainConfig
+from eigenguard.pipeline.components import resolve
+
+GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in points, per-sample ASR)
+PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
 
 
 def exported_cells(paths: list[Path]) -> list[dict[str, Any]]:

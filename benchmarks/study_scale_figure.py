@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from figure_io import exported_cells, png_bytes
+from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes
 
-from eigenguard.config import TrainConfig
 from eigenguard.models import create_model
-from eigenguard.pipeline.components import resolve
 from eigenguard.run_directory import atomic_write_bytes
-
-GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in points, per-sample ASR)
-PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
 
 
 @cache
