@@ -8,10 +8,12 @@ width, training images) and attack: the no-defense cell with the cell of the pap
 option at its default). Compute is the forward multiply-accumulates of one image through the model, times
 the images trained (epochs x training images), relative to the quick profile's (width 0.25, 12 epochs,
 20,000 images); the guard's own arithmetic is left out, so the x axis is the same for both cells of a
-pair. Prints the pairs as a table, too.
+pair. Draws question 1's ladder, BadNets and Blend, unless `--attacks` names others (the other attacks'
+base-rung cells are in the same exports). Prints the pairs as a table, too.
 """
 
 import argparse
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_byte
 
 from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
+
+LADDER_ATTACKS = ("badnets", "blend")  # question 1's pairs; the exports hold other attacks' base-rung cells too
 
 
 @cache
@@ -121,11 +125,19 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exports", nargs="+", type=Path, help="grids written by `eigenguard export`")
+    p.add_argument("--attacks", help="comma-separated attack names to draw (default: badnets and blend, the ladder's)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
-    rows = pairs(exported_cells(args.exports))
-    if not rows:
-        raise SystemExit("no rung has both its no-defense and its EigenGuard cell finished")
+    every = pairs(exported_cells(args.exports))
+    present = {r["attack"] for r in every}
+    wanted = args.attacks.split(",") if args.attacks else [a for a in LADDER_ATTACKS if a in present]
+    unknown = sorted(set(wanted) - present)
+    if unknown or not wanted:
+        asked = ",".join(unknown) if unknown else ",".join(LADDER_ATTACKS) + " (the default)"
+        allowed = ", ".join(sorted(present)) or "none (no rung has both its no-defense and EigenGuard cell)"
+        print(f"error: no finished pairs for --attacks {asked}; allowed: {allowed}", file=sys.stderr)
+        sys.exit(2)
+    rows = [r for r in every if r["attack"] in wanted]
     print("| attack | rung | compute | ACC none | ACC guard | cost (points) | ASR guard |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

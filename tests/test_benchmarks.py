@@ -60,6 +60,19 @@ def test_study_scale_figure_pairs_rungs_and_counts_compute(tmp_path: Path) -> No
     png = figure.figure(rows, "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # the command line draws question 1's attacks unless told otherwise, and refuses an attack with no pairs
+    sig = [{**c, "key": c["key"] + "-sig", "config": {**c["config"], "attack": {"name": "sig"}}} for c in cells[:2]]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps({"cells": cells + sig}))
+    script = [sys.executable, str(ROOT / "benchmarks" / "study_scale_figure.py"), str(export)]
+    drawn = subprocess.run([*script, "--out", str(tmp_path / "a.png")], capture_output=True, text=True)
+    assert drawn.returncode == 0 and "| badnets |" in drawn.stdout and "| sig |" not in drawn.stdout
+    refused = subprocess.run(
+        [*script, "--attacks", "cifar", "--out", str(tmp_path / "b.png")], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "cifar" in refused.stderr and "allowed: badnets, sig" in refused.stderr
+    assert not (tmp_path / "b.png").exists()
+
 
 def test_study_tradeoff_figure_names_variants_and_measures_cost_against_the_seeds_mean() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
