@@ -3,6 +3,8 @@ every figure is read against: the study's goal for a variant and the paper's gua
 
 import io
 import json
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +32,24 @@ def png_bytes(fig: Any) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def rows_of_attacks(
+    rows: list[dict[str, Any]], requested: str | None, default: Iterable[str] | None, what: str
+) -> list[dict[str, Any]]:
+    """The rows whose attack is in `requested` (an `--attacks` value, comma-separated); without one, those of
+    `default`'s attacks that have rows (`default` None: every row). An attack asked for that has no rows, or a
+    default with none, is refused: one line on stderr naming it and the attacks that have `what`, exit 2."""
+    present = {r["attack"] for r in rows}
+    if requested:
+        wanted, missing = requested.split(","), sorted(set(requested.split(",")) - present)
+    elif default is not None:
+        wanted = [a for a in default if a in present]
+        missing = [] if wanted else [", ".join(default) + " (the default)"]
+    else:
+        return rows
+    if missing:
+        allowed = ", ".join(sorted(present)) or f"none (no attack has {what})"
+        print(f"error: no {what} for --attacks {', '.join(missing)}; allowed: {allowed}", file=sys.stderr)
+        sys.exit(2)
+    return [r for r in rows if r["attack"] in wanted]

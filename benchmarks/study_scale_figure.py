@@ -13,13 +13,12 @@ base-rung cells are in the same exports). Prints the pairs as a table, too.
 """
 
 import argparse
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes
+from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks
 
 from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
@@ -128,16 +127,7 @@ def main() -> None:
     p.add_argument("--attacks", help="comma-separated attack names to draw (default: badnets and blend, the ladder's)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
-    every = pairs(exported_cells(args.exports))
-    present = {r["attack"] for r in every}
-    wanted = args.attacks.split(",") if args.attacks else [a for a in LADDER_ATTACKS if a in present]
-    unknown = sorted(set(wanted) - present)
-    if unknown or not wanted:
-        asked = ",".join(unknown) if unknown else ",".join(LADDER_ATTACKS) + " (the default)"
-        allowed = ", ".join(sorted(present)) or "none (no rung has both its no-defense and EigenGuard cell)"
-        print(f"error: no finished pairs for --attacks {asked}; allowed: {allowed}", file=sys.stderr)
-        sys.exit(2)
-    rows = [r for r in every if r["attack"] in wanted]
+    rows = rows_of_attacks(pairs(exported_cells(args.exports)), args.attacks, LADDER_ATTACKS, "finished pairs")
     print("| attack | rung | compute | ACC none | ACC guard | cost (points) | ASR guard |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -14,12 +14,11 @@ attack is measured against the same reference. Prints the points as a table, too
 
 import argparse
 import statistics
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes
+from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks
 
 from eigenguard.config import TrainConfig
 from eigenguard.pipeline.components import resolve
@@ -137,15 +136,7 @@ def main() -> None:
     p.add_argument("--attacks", help="comma-separated attack labels to draw (default: every attack with points)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
-    rows = points(exported_cells(args.exports))
-    if args.attacks:
-        wanted = args.attacks.split(",")
-        unknown = sorted(set(wanted) - {r["attack"] for r in rows})
-        if unknown:
-            allowed = ", ".join(sorted({r["attack"] for r in rows}))
-            print(f"error: no points for --attacks {', '.join(unknown)}; allowed: {allowed}", file=sys.stderr)
-            sys.exit(2)
-        rows = [r for r in rows if r["attack"] in wanted]
+    rows = rows_of_attacks(points(exported_cells(args.exports)), args.attacks, None, "points")
     if not rows:
         raise SystemExit("no attack has both a no-defense cell and an EigenGuard cell at the quick profile's scale")
     print("| attack | variant | seeds | ACC | ASR | ACC cost (points) | meets the goal |")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -107,3 +109,20 @@ def test_study_tradeoff_figure_names_variants_and_measures_cost_against_the_seed
     assert rows["k=40, floor=0.1"]["meets_goal"] and abs(rows["k=40, floor=0.1"]["cost_points"] - 1.5) < 1e-9
     png = figure.figure(list(rows.values()), "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_attack_choice_refuses_what_has_no_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from figure_io import rows_of_attacks
+    finally:
+        sys.path.pop(0)
+    rows = [{"attack": "badnets"}, {"attack": "sig"}]
+    assert rows_of_attacks(rows, None, None, "points") == rows
+    assert rows_of_attacks(rows, None, ("badnets", "blend"), "points") == rows[:1]
+    assert rows_of_attacks(rows, "sig", ("badnets",), "points") == rows[1:]
+    for requested, default in (("sig,cifar", None), (None, ("blend",))):
+        with pytest.raises(SystemExit) as stop:
+            rows_of_attacks(rows, requested, default, "points")
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().endswith("allowed: badnets, sig")
