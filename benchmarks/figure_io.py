@@ -5,6 +5,7 @@ import io
 import json
 import sys
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,23 @@ from eigenguard.pipeline.components import resolve
 
 GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in points, per-sample ASR)
 PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
+
+
+def option_changes(chosen: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The options `chosen` sets away from `defaults`, as `name=value` joined by commas."""
+    return ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "name" and defaults.get(k) != v)
+
+
+@cache
+def attack_defaults(name: str) -> dict[str, Any]:
+    """Every option of the attack `name` at its default."""
+    return resolve(TrainConfig(attack=name)).attack.model_dump()
+
+
+def attack_label(attack: dict[str, Any]) -> str:
+    """An attack as the figures name it: its name, and the options it sets away from their defaults."""
+    changed = option_changes(attack, attack_defaults(attack["name"]))
+    return f"{attack['name']} ({changed})" if changed else attack["name"]
 
 
 def exported_cells(paths: list[Path]) -> list[dict[str, Any]]:

@@ -4,12 +4,13 @@ against the training compute of each rung of the scale ladder.
     python benchmarks/study_scale_figure.py benchmarks/results/study-queue.json --out docs/results/study-scale.png
 
 Reads exported grids (`eigenguard export`), any number, and pairs their finished cells by rung (epochs,
-width, training images) and attack: the no-defense cell with the cell of the paper's EigenGuard (every guard
-option at its default). Compute is the forward multiply-accumulates of one image through the model, times
-the images trained (epochs x training images), relative to the quick profile's (width 0.25, 12 epochs,
-20,000 images); the guard's own arithmetic is left out, so the x axis is the same for both cells of a
-pair. Draws question 1's ladder, BadNets and Blend, unless `--attacks` names others (the other attacks'
-base-rung cells are in the same exports). Prints the pairs as a table, too.
+width, training images) and attack (its name and the options it sets away from their defaults, so the
+multi-trigger attack's patch and blend forms are two attacks): the no-defense cell with the cell of the
+paper's EigenGuard (every guard option at its default). Compute is the forward multiply-accumulates of one
+image through the model, times the images trained (epochs x training images), relative to the quick
+profile's (width 0.25, 12 epochs, 20,000 images); the guard's own arithmetic is left out, so the x axis is
+the same for both cells of a pair. Draws question 1's ladder, BadNets and Blend, unless `--attacks` names
+others (the other attacks' base-rung cells are in the same exports). Prints the pairs as a table, too.
 """
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks
+from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, attack_label, exported_cells, png_bytes, rows_of_attacks
 
 from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
@@ -66,7 +67,7 @@ def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if defense not in ("none", "eigenguard"):
             continue
-        rung = (c["attack"]["name"], c["epochs"], c["width"], m["train_images"])
+        rung = (attack_label(c["attack"]), c["epochs"], c["width"], m["train_images"])
         by_rung.setdefault(rung, {})[defense] = cell
     out = []
     quick = compute_of({"model": "resnet18", "width": 0.25, "image_size": 32, "epochs": 12}, 20000)

@@ -14,33 +14,23 @@ attack is measured against the same reference. Prints the points as a table, too
 
 import argparse
 import statistics
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks
+from figure_io import (
+    GOAL_ASR,
+    GOAL_COST,
+    PAPER_GUARD,
+    attack_label,
+    exported_cells,
+    option_changes,
+    png_bytes,
+    rows_of_attacks,
+)
 
-from eigenguard.config import TrainConfig
-from eigenguard.pipeline.components import resolve
 from eigenguard.run_directory import atomic_write_bytes
 
 QUICK_SCALE = {"epochs": 12, "width": 0.25}  # with 20,000 training images: the quick profile
-
-
-def option_changes(chosen: dict[str, Any], defaults: dict[str, Any]) -> str:
-    """The options `chosen` sets away from `defaults`, as `name=value` joined by commas."""
-    return ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "name" and defaults.get(k) != v)
-
-
-@cache
-def attack_defaults(name: str) -> dict[str, Any]:
-    """Every option of the attack `name` at its default."""
-    return resolve(TrainConfig(attack=name)).attack.model_dump()
-
-
-def attack_label(attack: dict[str, Any]) -> str:
-    changed = option_changes(attack, attack_defaults(attack["name"]))
-    return f"{attack['name']} ({changed})" if changed else attack["name"]
 
 
 def variant_label(defense: dict[str, Any]) -> str:

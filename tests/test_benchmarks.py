@@ -62,6 +62,13 @@ def test_study_scale_figure_pairs_rungs_and_counts_compute(tmp_path: Path) -> No
     png = figure.figure(rows, "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # one attack's two forms are two attacks: the multi-trigger patch cells never pair with its blend cells
+    patch, blend = {"name": "multi-trigger"}, {"name": "multi-trigger", "kind": "blend"}
+    forms = [cell("p", {"name": "none"}, 0.9, 1.0, attack=patch), cell("q", guard, 0.8, 0.1, attack=blend)]
+    assert figure.pairs(forms) == []
+    forms += [cell("r", {"name": "none"}, 0.89, 1.0, attack=blend)]
+    assert [r["attack"] for r in figure.pairs(forms)] == ["multi-trigger (kind=blend)"]
+
     # the command line draws question 1's attacks unless told otherwise, and refuses an attack with no pairs
     sig = [{**c, "key": c["key"] + "-sig", "config": {**c["config"], "attack": {"name": "sig"}}} for c in cells[:2]]
     export = tmp_path / "export.json"
@@ -82,7 +89,7 @@ def test_study_tradeoff_figure_names_variants_and_measures_cost_against_the_seed
         import study_tradeoff_figure as figure
     finally:
         sys.path.pop(0)
-    paper = figure.resolve(figure.TrainConfig(defense="eigenguard")).defense.model_dump()
+    paper = dict(figure.PAPER_GUARD)
     base = {"dataset": "fashion-mnist", "epochs": 12, "width": 0.25, "attack": {"name": "badnets"}}
 
     def cell(key: str, defense: dict, acc: float, asr: float, images: int = 20000, **config: object) -> dict:
