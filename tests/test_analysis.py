@@ -14,7 +14,7 @@ from eigenguard import train
 from eigenguard.analysis.effective_rank import effective_rank, singular_values
 from eigenguard.analysis.eigen_bands import band_coordinates, neighbour_purity
 from eigenguard.analysis.proposition import check_proposition, check_remark
-from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run
+from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run, poison_step, poisoned_share
 from eigenguard.analysis.trigger_survival import survival, top_right_singular_vectors
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
@@ -186,6 +186,13 @@ def test_load_run_rebuilds_the_guarded_model(guarded_run: Path) -> None:
     # same logits as the training run's saved model would give: the state dict loaded whole
     metrics = json.loads((guarded_run / "metrics.json").read_text())
     assert metrics["acc"] is not None
+    # training's poisoned share comes from what the run poisoned, not from poison_rate (for CLB and SIG a
+    # share of the target class): a run that poisoned a quarter of its images is measured at a quarter
+    assert poisoned_share(run) == metrics["poisoned_images"] / metrics["train_images"]
+    (guarded_run / "metrics.json").write_text(json.dumps({**metrics, "poisoned_images": metrics["train_images"] // 4}))
+    assert poisoned_share(run) == 0.25 and poison_step(100, poisoned_share(run)) == 4
+    (guarded_run / "metrics.json").unlink()
+    assert poisoned_share(run) == run.config.poison_rate  # no metrics: the configured rate
 
 
 def test_load_run_errors(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
 from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
-from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run, poison_step
+from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run, poison_step, poisoned_share
 from eigenguard.analysis.test_time_guard import test_time_guard
 from eigenguard.analysis.trigger_survival import survival
 from eigenguard.defenses import DEFENSES
@@ -138,8 +138,8 @@ def survival_table(
             raise EigenguardError(f"run '{run_dir}' has no EigenGuard (defense: {run.config.defense.name})")
         point = _point(run, None)
         clean, triggered = clean_and_triggered(run, samples)
-        # training's view: batches of the run's size, the poisoned share of each batch's rows triggered
-        mixed_rows = torch.arange(0, len(clean), poison_step(len(clean), run.config.poison_rate))
+        # training's view: batches of the run's size, the training set's poisoned share of their rows triggered
+        mixed_rows = torch.arange(0, len(clean), poison_step(len(clean), poisoned_share(run)))
         mixed = clean.images.clone()
         mixed[mixed_rows] = triggered.images[mixed_rows]
         batch_size = run.config.batch_size

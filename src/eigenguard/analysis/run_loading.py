@@ -6,6 +6,7 @@ eigenguard 0.1 (flat `attack_options`, `k`, `guard_at`, ...) loads too (config.u
 the training set is not poisoned again: the analyses need only the clean test images and the trigger.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,19 @@ def clean_and_triggered(run: LoadedRun, samples: int) -> tuple[ImageDataset, Ima
     clean = run.test.subset(keep)
     triggered = ImageDataset(run.attack.apply(clean.images), clean.labels, clean.classes, clean.mean, clean.std)
     return clean, triggered
+
+
+def poisoned_share(run: LoadedRun) -> float | None:
+    """The share of the run's training images that were poisoned: metrics.json's poisoned_images over
+    train_images, what training saw. Not config.poison_rate, which for CLB and SIG counts a share of the
+    target class (CLB's working setting: 1.0 of class 0, 10% of the training set). Without metrics.json,
+    the configured rate (None: unset)."""
+    metrics = run.path / "metrics.json"
+    if metrics.is_file():
+        values = json.loads(metrics.read_text())
+        if values.get("train_images"):
+            return values["poisoned_images"] / values["train_images"]
+    return run.config.poison_rate
 
 
 def poison_step(n: int, rate: float | None) -> int:

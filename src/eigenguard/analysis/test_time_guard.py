@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eigenguard.analysis.run_loading import load_run, poison_step
+from eigenguard.analysis.run_loading import load_run, poison_step, poisoned_share
 from eigenguard.config import DEFENSE_NONE
 from eigenguard.data import load_dataset
 from eigenguard.errors import EigenguardError
@@ -51,7 +51,7 @@ def test_time_guard(
     module = guard(model, at=at, k=k, momentum=momentum).to(run.device)
     train_split, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
     images = train_split.images[:history_images].to(run.device)
-    step = poison_step(len(images), cfg.poison_rate)
+    step = poison_step(len(images), poisoned_share(run))
     images[::step] = run.attack.apply(images[::step])
     module.train()  # only the guard: it updates His, the weights and BatchNorm stay as trained
     for start in range(0, len(images) - cfg.batch_size + 1, cfg.batch_size):
