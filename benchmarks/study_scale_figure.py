@@ -125,7 +125,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exports", nargs="+", type=Path, help="grids written by `eigenguard export`")
-    p.add_argument("--attacks", help="comma-separated attack names to draw (default: badnets and blend, the ladder's)")
+    p.add_argument("--attacks", help="comma-separated attack labels, as the table prints them (default: badnets,blend)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args()
     rows = rows_of_attacks(pairs(exported_cells(args.exports)), args.attacks, LADDER_ATTACKS, "finished pairs")
