@@ -16,9 +16,21 @@ GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in p
 PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  # every option at its default
 
 
+# What a cell's setting leaves out: the attack and the defense (named apart), the seed (averaged over), the
+# scale (each figure filters or ranks by it) and bookkeeping that does not change what is trained.
+NOT_SETTING = {"attack", "defense", "seed", "epochs", "width", "train_subset", "profile", "device", "compile",
+               "eval_batch_size", "eval_every", "checkpoint_every", "out", "runs_dir", "cache_dir", "data_root",
+               "download"}  # fmt: skip
+
+
+def option_value(value: Any) -> str:
+    """An option's value as a label prints it: floats to 3 significant digits (epsilon 32/255 reads 0.125)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def option_changes(chosen: dict[str, Any], defaults: dict[str, Any]) -> str:
     """The options `chosen` sets away from `defaults`, as `name=value` joined by commas."""
-    return ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "name" and defaults.get(k) != v)
+    return ", ".join(f"{k}={option_value(v)}" for k, v in chosen.items() if k != "name" and defaults.get(k) != v)
 
 
 @cache
@@ -31,6 +43,24 @@ def attack_label(attack: dict[str, Any]) -> str:
     """An attack as the figures name it: its name, and the options it sets away from their defaults."""
     changed = option_changes(attack, attack_defaults(attack["name"]))
     return f"{attack['name']} ({changed})" if changed else attack["name"]
+
+
+@cache
+def quick_profile(attack: str) -> dict[str, Any]:
+    """The quick profile as it resolves for the attack `attack` (its own poison rate: 80% of the target class
+    for SIG and CLB, 10% of the training set for the rest)."""
+    return resolve(TrainConfig(profile="quick", attack=attack)).model_dump()
+
+
+def setting_label(config: dict[str, Any]) -> str:
+    """A cell's attack and the training it ran under, as the figures name it: the attack label, then the
+    training options set away from the quick profile for that attack (BadNets trained without the crop is
+    `badnets; augment=False`, never one more seed of `badnets`). An option the cell does not record counts as
+    the profile's."""
+    profile = quick_profile(config["attack"]["name"])
+    training = {k: config.get(k, v) for k, v in profile.items() if k not in NOT_SETTING}
+    changed = option_changes(training, profile)
+    return attack_label(config["attack"]) + (f"; {changed}" if changed else "")
 
 
 def exported_cells(paths: list[Path]) -> list[dict[str, Any]]:

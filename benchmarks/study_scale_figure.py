@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, attack_label, exported_cells, png_bytes, rows_of_attacks
+from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks, setting_label
 
 from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
@@ -67,7 +67,7 @@ def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if defense not in ("none", "eigenguard"):
             continue
-        rung = (attack_label(c["attack"]), c["epochs"], c["width"], m["train_images"])
+        rung = (setting_label(c), c["epochs"], c["width"], m["train_images"])
         by_rung.setdefault(rung, {})[defense] = cell
     out = []
     quick = compute_of({"model": "resnet18", "width": 0.25, "image_size": 32, "epochs": 12}, 20000)

@@ -14,6 +14,7 @@ attack is measured against the same reference. Prints the points as a table, too
 
 import argparse
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,11 @@ from figure_io import (
     GOAL_ASR,
     GOAL_COST,
     PAPER_GUARD,
-    attack_label,
     exported_cells,
     option_changes,
     png_bytes,
     rows_of_attacks,
+    setting_label,
 )
 
 from eigenguard.run_directory import atomic_write_bytes
@@ -49,7 +50,7 @@ def points(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if any(c[k] != v for k, v in QUICK_SCALE.items()) or c["defense"]["name"] not in ("none", "eigenguard"):
             continue
-        runs.setdefault((attack_label(c["attack"]), variant_label(c["defense"])), []).append(m)
+        runs.setdefault((setting_label(c), variant_label(c["defense"])), []).append(m)
     out = []
     for (attack, variant), metrics in sorted(runs.items()):
         plain = runs.get((attack, "no defense"))
@@ -82,6 +83,9 @@ def spread(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + (f" +- {100 * std:.1f}" if std else "") + "%"
 
 
+PANELS_PER_ROW = 4  # an attack per panel; more attacks wrap onto further rows, so the page stays readable
+
+
 def figure(rows: list[dict[str, Any]], title: str) -> bytes:
     import matplotlib
 
@@ -90,10 +94,14 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
     from matplotlib.patches import Rectangle
 
     attacks = sorted({r["attack"] for r in rows})
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.0), dpi=150, squeeze=False,
+    columns = min(len(attacks), PANELS_PER_ROW)
+    lines = -(-len(attacks) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(5.2 * columns, 4.0 * lines), dpi=150, squeeze=False,
                              constrained_layout=True)  # fmt: skip
+    for ax in axes.flat[len(attacks) :]:
+        ax.set_visible(False)  # the last row's empty places
     top = max(r["cost_points"] + 100 * r["acc_std"] for r in rows) * 1.15
-    for ax, attack in zip(axes[0], attacks, strict=True):
+    for ax, attack in zip(axes.flat, attacks, strict=False):
         ax.add_patch(Rectangle((0, 0), 100 * GOAL_ASR, GOAL_COST, color="tab:green", alpha=0.15, linewidth=0))
         ax.annotate("goal", (1, GOAL_COST / 2), fontsize=6, color="tab:green", va="center")
         mine = sorted((r for r in rows if r["attack"] == attack), key=lambda r: (r["cost_points"], r["asr"]))
@@ -114,7 +122,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
         ax.set_ylim(min(0.0, *(r["cost_points"] for r in rows)) - 0.5, top)
         ax.set_xlabel("ASR with the guard, per-sample (%)")
         ax.set_ylabel("ACC cost against no defense (points)")
-        ax.set_title(attack, fontsize=8)
+        ax.set_title(textwrap.fill(attack, 70), fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     return png_bytes(fig)

@@ -117,6 +117,17 @@ def test_study_tradeoff_figure_names_variants_and_measures_cost_against_the_seed
     png = figure.figure(list(rows.values()), "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a cell trained otherwise (here without the crop) is its own setting, never one more seed of the attack
+    plain = [cell("k", {"name": "none"}, 0.9, 1.0, augment=False), cell("l", paper, 0.8, 1.0, augment=False)]
+    clb = {"name": "clb", "epsilon": 0.0}
+    plain += [cell("m", {"name": "none"}, 0.85, 0.8, attack=clb), cell("n", paper, 0.8, 1.0, attack=clb)]
+    sig = {"attack": {"name": "sig"}, "poison_rate": 0.8}  # SIG's own rate is the profile's, not a variant
+    plain += [cell("o", {"name": "none"}, 0.9, 0.9, **sig), cell("p", paper, 0.8, 0.2, **sig)]
+    rows = {(r["attack"], r["variant"]): r for r in figure.points(cells + plain)}
+    assert rows["badnets", "paper"]["seeds"] == 2 and rows["badnets; augment=False", "paper"]["seeds"] == 1
+    assert abs(rows["badnets; augment=False", "paper"]["cost_points"] - 10.0) < 1e-9
+    assert ("clb (epsilon=0)", "paper") in rows and ("sig", "paper") in rows
+
 
 def test_figure_attack_choice_refuses_what_has_no_rows(capsys: pytest.CaptureFixture[str]) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
