@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from eigenguard.config import TrainConfig
+from eigenguard.config import MEASUREMENT_FIELDS, PLACEMENT_FIELDS, TrainConfig
 from eigenguard.pipeline.components import resolve
 
 GOAL_COST, GOAL_ASR = 3.0, 0.10  # the study's goal for a variant (ACC cost in points, per-sample ASR)
@@ -17,10 +17,10 @@ PAPER_GUARD = resolve(TrainConfig(defense="eigenguard")).defense.model_dump()  #
 
 
 # What a cell's setting leaves out: the attack and the defense (named apart), the seed (averaged over), the
-# scale (each figure filters or ranks by it) and bookkeeping that does not change what is trained.
-NOT_SETTING = {"attack", "defense", "seed", "epochs", "width", "train_subset", "profile", "device", "compile",
-               "eval_batch_size", "eval_every", "checkpoint_every", "out", "runs_dir", "cache_dir", "data_root",
-               "download"}  # fmt: skip
+# scale (each figure filters or ranks by it), the profile and compile, and what config.py says cannot change
+# the weights trained (where files go, how often a run measures).
+NOT_SETTING = {"attack", "defense", "seed", "epochs", "width", "train_subset", "profile", "compile"}
+NOT_SETTING |= set(PLACEMENT_FIELDS) | set(MEASUREMENT_FIELDS)
 
 
 def option_value(value: Any) -> str:
