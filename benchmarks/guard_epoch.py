@@ -5,6 +5,10 @@ gradient) and the anchors' ranking pass, at the quick profile's shapes (ResNet-1
 
     python benchmarks/guard_epoch.py --out bench-results/guard-epoch-cpu.json
 
+`--per-sample-training` adds the guard trained as per-sample inference filters (`defense.training=per-sample`:
+each training image filtered alone against His and the anchors, one bordered eigh per image; question 4 of
+the EigenGuard study), with the anchors detached; its steps are the slowest, so it is off by default.
+
 Random uint8 images stand in for Fashion-MNIST (the cost does not depend on the pixels). Step times are
 medians of alternating steps, so drift in machine speed hits every variant alike; an epoch estimate is
 steps x step time (+ the ranking pass from the second epoch on, when the anchors are chosen, unless they
@@ -36,6 +40,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--anchors", type=int, default=100)
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    p.add_argument("--per-sample-training", action="store_true", help="also time defense.training=per-sample")
     p.add_argument("--out", type=Path, default=Path("bench-results/guard-epoch-cpu.json"))
     args = p.parse_args()
     device = torch.device("cpu")
@@ -51,17 +56,21 @@ def main() -> None:
     torch.manual_seed(0)
     guarded = create_model("resnet18", in_channels=1, num_classes=10, width=args.width)
     module = guard(guarded, at="stage1", k=20, momentum=0.7)
+    # name: (model, anchor rows, anchors detached, the guard's training mode)
     variants = {
-        "plain": (plain, 0, False),
-        "guard_no_anchors": (guarded, 0, False),
-        "guard_anchors": (guarded, args.anchors, False),
-        "guard_anchors_detached": (guarded, args.anchors, True),
+        "plain": (plain, 0, False, "batch"),
+        "guard_no_anchors": (guarded, 0, False, "batch"),
+        "guard_anchors": (guarded, args.anchors, False, "batch"),
+        "guard_anchors_detached": (guarded, args.anchors, True, "batch"),
     }
+    if args.per_sample_training:
+        variants["guard_anchors_detached_per_sample_training"] = (guarded, args.anchors, True, "per-sample")
     source = detached_features(guarded, "stage1", anchors)
     optimizers = {m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, guarded)}
 
-    def step(model: torch.nn.Module, anchor_rows: int, detached: bool) -> float:
+    def step(model: torch.nn.Module, anchor_rows: int, detached: bool, mode: str) -> float:
         model.train()
+        module.training_mode = mode
         module.anchor_rows = 0 if detached else anchor_rows
         module.anchor_source = source if detached else None
         idx = torch.randint(0, args.images, (args.batch_size,), generator=g)
@@ -77,11 +86,11 @@ def main() -> None:
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(args.steps + 2):
-        for name, (model, rows, detached) in variants.items():
-            t = step(model, rows, detached)
+        for name, (model, rows, detached, mode) in variants.items():
+            t = step(model, rows, detached, mode)
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
-    module.anchor_rows, module.anchor_source = 0, None
+    module.anchor_rows, module.anchor_source, module.training_mode = 0, None, "batch"
     start = time.perf_counter()
     with inference_mode([module], "batch"):
         per_sample_loss(guarded, data, normalize, args.batch_size)
@@ -112,6 +121,9 @@ def main() -> None:
             "guard_later_epochs_ranked_by_training_detached": steps * step_s["guard_anchors_detached"],
         },
     }
+    if args.per_sample_training:  # the filter sees the anchors detached in either mode; the ranking pass stays
+        per_sample = steps * step_s["guard_anchors_detached_per_sample_training"] + ranking
+        record["epoch_estimate_s"]["guard_later_epochs_per_sample_training"] = per_sample
     record["epoch_ratio_to_plain"] = {k: v / epoch_plain for k, v in record["epoch_estimate_s"].items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
