@@ -247,7 +247,15 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     args = ["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--model", "resnet18", "--width", "0.125",
             "--epochs", "20", "--device", "cpu", "--set", f"runs_dir={runs}", "--set", "batch_size=50"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "eigenguard", *args], stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec (then Python raises no KeyboardInterrupt): give the child the default, as a
+    # terminal would, so the test does not depend on how the suite was started
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eigenguard", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(runs.glob("*/checkpoint/fit-1.json")):
         time.sleep(0.05)
