@@ -182,6 +182,23 @@ def test_clb_four_corner_trigger_pixels() -> None:
     assert (out == 7).all()  # nothing else changes
 
 
+@pytest.mark.parametrize("unperturbed", [{"epsilon": 0.0}, {"pgd_steps": 0}], ids=["epsilon-0", "steps-0"])
+def test_clb_without_perturbation_stamps_clean_images_and_trains_no_surrogate(
+    tmp_path: Path, unperturbed: dict[str, float]
+) -> None:
+    data = dataset(200, shape=(1, 12, 12))
+    attack = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **{**TINY_CLB, **unperturbed})
+    out = attack.poison(data, 0.8, torch.Generator().manual_seed(0))
+    idx = out.poison_indices
+    assert len(idx) > 0 and torch.equal(out.dataset.images[idx], attack.apply(data.images[idx]))
+    assert not list(tmp_path.rglob("surrogate-*")) and attack.describe()["surrogate"] is None
+    # the surrogate's recipe does not decide these images, so it does not enter their key
+    other = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **{**TINY_CLB, **unperturbed,
+                       "surrogate_epochs": 3})  # fmt: skip
+    other.poison(data, 0.8, torch.Generator().manual_seed(0))
+    assert other.cache_hit is True and other.cache_file == attack.cache_file
+
+
 def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) -> None:
     data = dataset(200, shape=(1, 12, 12))
     first = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **TINY_CLB)

@@ -24,6 +24,8 @@ Our choices, where Turner et al. and the paper leave them open:
   does not inherit, and in our quick-profile runs the attack then fails (README).
 - PGD: 10 steps of size 2.5 * epsilon / steps (Madry et al.'s rule), from the clean image, untargeted
   (raise the loss of the true label), on the [0, 255] scale so the budget holds after rounding to uint8.
+  With epsilon 0 or pgd_steps 0 nothing is perturbed (the trigger alone on clean target images, the
+  ablation of the hardening): no surrogate is trained, and its recipe leaves the cache key.
 - The trained surrogate is cached too (clb/surrogate-<key>.safetensors, keyed by the training set, the seed
   and the surrogate recipe), so a sweep over the PGD's steps or step size, or over epsilon with
   surrogate_epsilon fixed, trains it once. While it trains it checkpoints after every epoch beside that
@@ -143,8 +145,13 @@ class CleanLabel(Attack):
             "epsilon": self.epsilon,
             "pgd_steps": self.pgd_steps,
             "pgd_step_size": self.pgd_step_size,
-            "surrogate": self.surrogate,
+            "surrogate": self.surrogate if self.perturbs else None,
         }
+
+    @property
+    def perturbs(self) -> bool:
+        """Whether PGD changes the target images at all (epsilon 0 or 0 steps: the images stay clean)."""
+        return self.epsilon > 0 and self.pgd_steps > 0
 
     def cache_key(self, train: ImageDataset, parameters: dict[str, object] | None = None) -> str:
         """A hash of `parameters` (default: everything that decides the perturbed images), the device type
@@ -168,6 +175,8 @@ class CleanLabel(Attack):
 
     def _perturb(self, train: ImageDataset) -> torch.Tensor:
         pool = torch.nonzero(train.labels == self.target).flatten()
+        if not self.perturbs:
+            return train.images[pool].clone()
         model, normalize = self._surrogate(train)
         images = pgd_linf(
             model,
@@ -274,7 +283,7 @@ class CleanLabel(Attack):
             "epsilon": self.epsilon,
             "pgd_steps": self.pgd_steps,
             "pgd_step_size": self.pgd_step_size,
-            "surrogate": self.surrogate,
+            "surrogate": self.surrogate if self.perturbs else None,
             "cache_file": None if self.cache_file is None else str(self.cache_file),
             "cache_hit": self.cache_hit,
             **self.surrogate_report,
