@@ -10,7 +10,9 @@ paper's EigenGuard (every guard option at its default). Compute is the forward m
 image through the model, times the images trained (epochs x training images), relative to the quick
 profile's (width 0.25, 12 epochs, 20,000 images); the guard's own arithmetic is left out, so the x axis is
 the same for both cells of a pair. Draws question 1's ladder, BadNets and Blend, unless `--attacks` names
-others (the other attacks' base-rung cells are in the same exports). Prints the pairs as a table, too.
+others (the other attacks' base-rung cells are in the same exports). One line per attack and knob, from the
+quick profile's rung out along that knob (solid: epochs, dashed: width, dotted: training images), so that
+rungs of different knobs are never joined. Prints the pairs as a table, too.
 """
 
 import argparse
@@ -25,6 +27,9 @@ from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
 
 LADDER_ATTACKS = ("badnets", "blend")  # question 1's pairs; the exports hold other attacks' base-rung cells too
+KNOBS = ("epochs", "width", "images")  # the ladder's knobs; a line per knob runs from the quick profile's rung
+BASE_RUNG = (12, 0.25, 20000)  # the quick profile's epochs, width and training images
+KNOB_STYLES = {"": "-", "epochs": "-", "width": "--", "images": ":"}
 
 
 @cache
@@ -75,9 +80,12 @@ def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if set(both) != {"none", "eigenguard"}:
             continue
         plain, guard = both["none"]["metrics"], both["eigenguard"]["metrics"]
+        rung = (epochs, width, images)
+        moved = [name for name, value, base in zip(KNOBS, rung, BASE_RUNG, strict=True) if value != base]
         out.append(
             {
                 "attack": attack,
+                "knob": "+".join(moved),  # "" for the quick profile's own rung, which starts every knob's line
                 "rung": f"w{width:g} {images // 1000}k e{epochs}",
                 "compute": compute_of(both["none"]["config"], images) / quick,
                 "acc_none": plain["acc"],
@@ -97,12 +105,19 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=150, constrained_layout=True)
-    for attack in sorted({r["attack"] for r in rows}):
-        mine = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["compute"])
-        xs = [r["compute"] for r in mine]
-        for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
-            ax.plot(xs, [scale * r[key] for r in mine], marker="o", label=attack)
-            for r in mine:
+    for colour, attack in enumerate(sorted({r["attack"] for r in rows})):
+        mine = [r for r in rows if r["attack"] == attack]
+        base = [r for r in mine if not r["knob"]]
+        knobs = sorted({r["knob"] for r in mine if r["knob"]})
+        # one line per knob from the quick profile's rung, so that rungs of different knobs are never joined
+        for knob in knobs or [""]:
+            style = KNOB_STYLES.get(knob, "-.")  # a rung that moves two knobs at once (the paper's setting)
+            line = sorted(base + [r for r in mine if r["knob"] == knob and knob], key=lambda r: r["compute"])
+            for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
+                ax.plot([r["compute"] for r in line], [scale * r[key] for r in line], marker="o", color=f"C{colour}",
+                        linestyle=style, label=f"{attack}, {knob}" if knob else attack)  # fmt: skip
+        for r in mine:
+            for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
                 ax.annotate(r["rung"], (r["compute"], scale * r[key]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
     axes[0].set_ylabel("ACC cost of EigenGuard (points)")

@@ -59,6 +59,12 @@ def test_study_scale_figure_pairs_rungs_and_counts_compute(tmp_path: Path) -> No
     assert [r["rung"] for r in rows] == ["w0.25 20k e12", "w0.5 20k e12"]
     assert abs(rows[0]["cost_points"] - 15.0) < 1e-9 and rows[0]["compute"] == 1.0
     assert 3.5 < rows[1]["compute"] < 4.1  # twice the width: about four times the multiply-accumulates
+    assert [r["knob"] for r in rows] == ["", "width"]  # the quick profile's rung starts every knob's line
+    both = [
+        cell("g", {"name": "none"}, 0.9, 1.0, epochs=24, width=0.5),
+        cell("h", guard, 0.8, 0.1, epochs=24, width=0.5),
+    ]
+    assert [r["knob"] for r in figure.pairs(both)] == ["epochs+width"]
     png = figure.figure(rows, "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
