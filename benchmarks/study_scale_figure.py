@@ -23,12 +23,14 @@ from typing import Any
 import torch
 from figure_io import GOAL_ASR, GOAL_COST, PAPER_GUARD, exported_cells, png_bytes, rows_of_attacks, setting_label
 
+from eigenguard.config import TrainConfig
 from eigenguard.models import create_model
 from eigenguard.run_directory import atomic_write_bytes
 
 LADDER_ATTACKS = ("badnets", "blend")  # question 1's pairs; the exports hold other attacks' base-rung cells too
 KNOBS = ("epochs", "width", "images")  # the ladder's knobs; a line per knob runs from the quick profile's rung
-BASE_RUNG = (12, 0.25, 20000)  # the quick profile's epochs, width and training images
+QUICK = TrainConfig(profile="quick")  # the ladder's first rung, which compute is counted against
+BASE_RUNG = (QUICK.epochs, QUICK.width, QUICK.train_subset)  # its epochs, width and training images
 KNOB_STYLES = {"": "-", "epochs": "-", "width": "--", "images": ":"}
 
 
@@ -75,13 +77,14 @@ def pairs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rung = (setting_label(c), c["epochs"], c["width"], m["train_images"])
         by_rung.setdefault(rung, {})[defense] = cell
     out = []
-    quick = compute_of({"model": "resnet18", "width": 0.25, "image_size": 32, "epochs": 12}, 20000)
+    quick = compute_of(QUICK.model_dump(), QUICK.train_subset)
     for (attack, epochs, width, images), both in sorted(by_rung.items()):
         if set(both) != {"none", "eigenguard"}:
             continue
         plain, guard = both["none"]["metrics"], both["eigenguard"]["metrics"]
-        rung = (epochs, width, images)
-        moved = [name for name, value, base in zip(KNOBS, rung, BASE_RUNG, strict=True) if value != base]
+        moved = [
+            name for name, value, base in zip(KNOBS, (epochs, width, images), BASE_RUNG, strict=True) if value != base
+        ]
         out.append(
             {
                 "attack": attack,
@@ -105,6 +108,7 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=150, constrained_layout=True)
+    panels = ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100))  # (axis, row key, to percent)
     for colour, attack in enumerate(sorted({r["attack"] for r in rows})):
         mine = [r for r in rows if r["attack"] == attack]
         base = [r for r in mine if not r["knob"]]
@@ -113,11 +117,11 @@ def figure(rows: list[dict[str, Any]], title: str) -> bytes:
         for knob in knobs or [""]:
             style = KNOB_STYLES.get(knob, "-.")  # a rung that moves two knobs at once (the paper's setting)
             line = sorted(base + [r for r in mine if r["knob"] == knob and knob], key=lambda r: r["compute"])
-            for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
+            for ax, key, scale in panels:
                 ax.plot([r["compute"] for r in line], [scale * r[key] for r in line], marker="o", color=f"C{colour}",
                         linestyle=style, label=f"{attack}, {knob}" if knob else attack)  # fmt: skip
         for r in mine:
-            for ax, key, scale in ((axes[0], "cost_points", 1), (axes[1], "asr_guard", 100)):
+            for ax, key, scale in panels:
                 ax.annotate(r["rung"], (r["compute"], scale * r[key]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
     axes[0].set_ylabel("ACC cost of EigenGuard (points)")
