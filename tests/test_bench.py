@@ -329,6 +329,19 @@ def test_table3_heatmaps_show_asr_and_the_acc_change_per_protocol(tmp_path: Path
     assert acc_paper[0][:2] == acc[0][:2]  # unguarded models: the same under both protocols
 
 
+def test_a_post_training_defense_is_compared_with_the_model_it_repaired(tmp_path: Path) -> None:
+    from eigenguard.bench.report import table3_maps
+
+    records = fixture_store(tmp_path / "r.sqlite").records("t3")
+    for r in records:  # FT repaired a backdoored model at 90% (retrained elsewhere: not the none cell's 81%)
+        if r["status"] == "done" and r["labels"]["defense"] == "ft":
+            r["metrics"]["backdoored_acc"] = 0.90
+    for protocol in ("per-sample", "paper"):
+        _, cols, _, acc, _ = table3_maps(records, protocol)
+        assert acc[0][cols.index("ft")] == pytest.approx(statistics.fmean([80.0 - 90.0, 82.0 - 90.0]))
+        assert acc[0][cols.index("none")] == 0.0 and acc[1][cols.index("ft")] == pytest.approx(80.0 - 90.0)
+
+
 def test_report_cli_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])

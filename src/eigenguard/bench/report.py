@@ -26,6 +26,8 @@ import io
 import itertools
 import json
 import statistics
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,9 +207,11 @@ def table3_maps(
     records: list[dict[str, Any]], protocol: str
 ) -> tuple[list[str], list[str], list[list[float]], list[list[float]], bool]:
     """What the Table 3 heatmaps show under `protocol`: row labels (attacks, with the dataset when there
-    are several), column labels (defenses), ASR in % and ACC in % (minus the same row's no-defense ACC,
-    in points, when there is a no-defense column: the last value says which), means over seeds, NaN where
-    nothing has run."""
+    are several), column labels (defenses), ASR in % and ACC in %, means over seeds, NaN where nothing has
+    run. When there is a no-defense column, ACC becomes its change in points (the last value says so):
+    a post-training defense's against the backdoored model it repaired (`backdoored_acc` in its metrics,
+    the same model as the no-defense cell when both ran on one CPU model), every other cell's against the
+    same row's no-defense ACC."""
     done = [r for r in records if r["status"] == "done"]
     several_datasets = len({field_value(r, "dataset") for r in done}) > 1
 
@@ -217,20 +221,28 @@ def table3_maps(
     rows, cols = _ordered([row_of(r) for r in done]), _ordered([field_value(r, "defense") for r in done])
     acc_key, asr_key = PROTOCOLS[protocol]
 
-    def mean_of(row: str, col: str, key: str, fallback: str) -> float:
-        values = []
-        for r in done:
-            if row_of(r) == row and field_value(r, "defense") == col:
-                value = r.get(key) if r.get(key) is not None else r.get(fallback)  # unguarded: one protocol
-                if value is not None:
-                    values.append(100 * value)
+    def value_of(r: dict[str, Any], key: str, fallback: str) -> float | None:
+        value = r.get(key) if r.get(key) is not None else r.get(fallback)  # unguarded: one protocol
+        return None if value is None else 100 * value
+
+    def mean_of(row: str, col: str, value: Callable[[dict[str, Any]], float | None]) -> float:
+        values = [value(r) for r in done if row_of(r) == row and field_value(r, "defense") == col]
+        values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else float("nan")
 
-    asr = [[mean_of(a, d, asr_key, "asr") for d in cols] for a in rows]
-    acc = [[mean_of(a, d, acc_key, "acc") for d in cols] for a in rows]
+    asr = [[mean_of(a, d, lambda r: value_of(r, asr_key, "asr")) for d in cols] for a in rows]
+    acc = [[mean_of(a, d, lambda r: value_of(r, acc_key, "acc")) for d in cols] for a in rows]
     relative = "none" in cols
     if relative:
-        acc = [[v - line[cols.index("none")] for v in line] for line in acc]
+        plain = {a: acc[i][cols.index("none")] for i, a in enumerate(rows)}
+
+        def change(r: dict[str, Any]) -> float | None:
+            value, repaired = value_of(r, acc_key, "acc"), (r.get("metrics") or {}).get("backdoored_acc")
+            if value is None:
+                return None
+            return value - (plain[row_of(r)] if repaired is None else 100 * repaired)
+
+        acc = [[mean_of(a, d, change) for d in cols] for a in rows]
     return rows, cols, asr, acc, relative
 
 
@@ -251,7 +263,7 @@ def heatmap_png(records: list[dict[str, Any]], title: str) -> bytes:
         maps = (
             (axes[i][0], asr, "Reds", 0.0, 100.0, f"ASR (%), {protocol}", "{:.1f}"),
             (axes[i][1], acc, "RdBu" if relative else "Greens", -span if relative else 0.0, span,
-             f"ACC change vs no defense (points), {protocol}" if relative else f"ACC (%), {protocol}",
+             f"ACC change vs no defense\n(points), {protocol}" if relative else f"ACC (%), {protocol}",
              "{:+.1f}" if relative else "{:.1f}"),
         )  # fmt: skip
         for ax, values, cmap, low, high, name, number in maps:
@@ -265,7 +277,7 @@ def heatmap_png(records: list[dict[str, Any]], title: str) -> bytes:
             ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=7)
             ax.set_yticks(range(len(rows)), rows, fontsize=7)
             ax.set_title(name, fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, width=int(14 * size[0])), fontsize=9)  # narrow grids: wrapped, not cut
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
