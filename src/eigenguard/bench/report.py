@@ -209,9 +209,9 @@ def table3_maps(
     """What the Table 3 heatmaps show under `protocol`: row labels (attacks, with the dataset when there
     are several), column labels (defenses), ASR in % and ACC in %, means over seeds, NaN where nothing has
     run. When there is a no-defense column, ACC becomes its change in points (the last value says so):
-    a post-training defense's against the backdoored model it repaired (`backdoored_acc` in its metrics,
-    the same model as the no-defense cell when both ran on one CPU model), every other cell's against the
-    same row's no-defense ACC."""
+    for a defense given the no-defense model (`needs_backdoored`), against that model (`backdoored_acc` in
+    its metrics; the no-defense cell's own model when both ran on one CPU model, a retrained copy after a
+    cache miss elsewhere), for every other cell against the same row's no-defense ACC."""
     done = [r for r in records if r["status"] == "done"]
     several_datasets = len({field_value(r, "dataset") for r in done}) > 1
 
