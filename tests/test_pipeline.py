@@ -2,6 +2,7 @@
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
     environment = metrics["environment"]
     assert environment["device"] == "cpu" and environment["device_name"] == environment["cpu"] != ""
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # and which code: the checkout's commit, "+dirty" with uncommitted changes under src/
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / ".git").exists():
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert environment["commit"].removesuffix("+dirty") == head.stdout.strip() != ""
+    else:
+        assert environment["commit"] is None
     # 600 train images, 10% held back -> 540 trained on, 54 poisoned
     assert metrics["train_images"] == 540 and metrics["poisoned_images"] == 54
     split = load_file(out / "split.safetensors")

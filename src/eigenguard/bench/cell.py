@@ -87,6 +87,7 @@ def run_cell(
         "python": platform.python_version(),
         "device": (result.get("metrics") or {}).get("environment", {}).get("device_name", platform.machine()),
         "host": platform.node(),
+        "commit": (result.get("metrics") or {}).get("environment", {}).get("commit"),
     }
     if results:
         results.finish(key, result)

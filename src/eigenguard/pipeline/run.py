@@ -6,6 +6,7 @@ purpose are listed in prepare.py and trainer.py.
 """
 
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -222,6 +223,7 @@ def _train_in(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "eigenguard": __version__,
+            "commit": source_commit(),  # which code trained it, when it ran from a git checkout
             "threads": torch.get_num_threads(),
             "flip": data.flip,
             "amp_bf16": trainer.amp,
@@ -253,3 +255,20 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def source_commit() -> str | None:
+    """The git commit of the checkout this package runs from, "+dirty" added when its `src/` has uncommitted
+    changes; None for an installed copy or without git."""
+    root = Path(__file__).resolve().parents[3]  # src/eigenguard/pipeline/run.py -> the checkout
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if changes.stdout.strip() else "")
