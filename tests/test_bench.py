@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -71,6 +72,20 @@ def test_recorded_cells_keep_their_keys() -> None:
         )
     ]
     assert keys[0] == keys[1] == cells["badnets-paper"].key != keys[2]
+
+
+def test_a_number_given_in_another_kind_is_one_setting() -> None:
+    # CLP's u defaults to 3.0: `u: 3` (a YAML int) is the same cell as the default, and so is k: 20.0 for
+    # EigenGuard's int k; the resolved options keep the default's kind
+    raw = {"name": "g", "description": "", "base": {"profile": "quick", "eval_every": 12, "attack": "badnets"}}
+
+    def cell(defense: object) -> Any:
+        return parse_grid({**raw, "axes": {"defense": [defense]}}).cells[0]
+
+    assert cell({"name": "clp", "u": 3}).key == cell("clp").key != cell({"name": "clp", "u": 3.5}).key
+    assert type(cell({"name": "clp", "u": 3}).config.defense.options["u"]) is float
+    assert cell({"name": "eigenguard", "k": 20.0}).key == cell("eigenguard").key
+    assert type(cell({"name": "eigenguard", "k": 20.0}).config.defense.options["k"]) is int
 
 
 @pytest.mark.parametrize("name", ["study-queue.json", "study-filter.json", "fast-anchors.json"])

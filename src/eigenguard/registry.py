@@ -60,7 +60,8 @@ class Registry(Generic[T]):
                 )
             self._check_kind(name, key, value, allowed[key])
         late = getattr(self.get(name), "LATE_OPTIONS", ())
-        merged = {**allowed, **options}
+        given = {k: _as_kind(v, allowed[k]) for k, v in options.items()}  # u: 3 and u: 3.0 are one setting
+        merged = {**allowed, **given}
         return {k: _plain(v) for k, v in merged.items() if not (k in late and v == allowed[k])}
 
     def _check_kind(self, name: str, key: str, value: Any, default: Any) -> None:
@@ -113,3 +114,15 @@ class Registry(Generic[T]):
 
 def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _as_kind(value: Any, default: Any) -> Any:
+    """A checked value in its default's kind: a whole number given for a float option becomes a float and
+    a whole float for an int option an int, so the same setting has one configuration (and one cell key)."""
+    if isinstance(value, bool) or isinstance(default, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int):
+        return int(value)
+    return value

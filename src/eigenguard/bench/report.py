@@ -285,7 +285,12 @@ def heatmap_png(records: list[dict[str, Any]], title: str) -> bytes:
 
 
 def _axis_label(x: str) -> str:
-    return {"poison_rate": "poison rate (fraction)", "defense.k": "k (top directions flattened)"}.get(x, x)
+    labels = {
+        "poison_rate": "poison rate (fraction)",
+        "defense.k": "k (top directions flattened)",
+        "defense.u": "u (CLP prunes channels above mean + u std)",
+    }
+    return labels.get(x, x)
 
 
 def write_report(store: ResultStore, out: Path, grids: list[str] | None = None) -> list[Path]:
