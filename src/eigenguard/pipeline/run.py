@@ -5,6 +5,7 @@ and loaded before the run directory is created, so bad input leaves nothing behi
 purpose are listed in prepare.py and trainer.py.
 """
 
+import functools
 import platform
 import subprocess
 import time
@@ -90,6 +91,7 @@ def train(
     (training/checkpoint.py) and ends as the uninterrupted run would have."""
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
+    source_commit()  # read (and cached) before training: the code this process runs, not a later checkout
 
     # -- 1. check and load everything before writing anything --------------------------------------
     config = resolve(config)  # names checked, every attack and defense option explicit
@@ -223,7 +225,7 @@ def _train_in(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "eigenguard": __version__,
-            "commit": source_commit(),  # which code trained it, when it ran from a git checkout
+            "commit": source_commit(),  # which code trained it (read at the start), from a git checkout
             "threads": torch.get_num_threads(),
             "flip": data.flip,
             "amp_bf16": trainer.amp,
@@ -257,9 +259,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def source_commit() -> str | None:
     """The git commit of the checkout this package runs from, "+dirty" added when its `src/` has uncommitted
-    changes; None for an installed copy or without git."""
+    changes; None for an installed copy or without git. Read once per process (its first run), so a
+    long-lived worker reports the checkout its code was imported from, not one committed meanwhile."""
     root = Path(__file__).resolve().parents[3]  # src/eigenguard/pipeline/run.py -> the checkout
     if not (root / ".git").exists():
         return None
