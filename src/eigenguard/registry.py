@@ -53,22 +53,29 @@ class Registry(Generic[T]):
         the result is plain YAML and JSON). An option it does not take, or a value of the wrong kind (a
         word where the default is a number, ...), is one EigenguardError."""
         allowed = self.options(name, positional)
+        given = self._validated(name, options, allowed)
+        late = getattr(self.get(name), "LATE_OPTIONS", ())
+        merged = {**allowed, **given}
+        return {k: _plain(v) for k, v in merged.items() if not (k in late and v == allowed[k])}
+
+    def _validated(self, name: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
+        """`options`, each checked against entry `name`'s `allowed` options and their defaults, in order."""
+        checked = {}
         for key, value in options.items():
             if key not in allowed:
                 raise EigenguardError(
                     f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
                 )
-            self._check_kind(name, key, value, allowed[key])
-        late = getattr(self.get(name), "LATE_OPTIONS", ())
-        given = {k: _as_kind(v, allowed[k]) for k, v in options.items()}  # u: 3 and u: 3.0 are one setting
-        merged = {**allowed, **given}
-        return {k: _plain(v) for k, v in merged.items() if not (k in late and v == allowed[k])}
+            checked[key] = self._checked(name, key, value, allowed[key])
+        return checked
 
-    def _check_kind(self, name: str, key: str, value: Any, default: Any) -> None:
-        """A value must be of its default's kind: a number for a number (an int where a float is fine), a
-        whole number for an int, true/false for a bool, text for text, a list for a list or tuple."""
+    def _checked(self, name: str, key: str, value: Any, default: Any) -> Any:
+        """`value` in its default's kind, or an EigenguardError: a number for a number (an int where a float
+        is fine), a whole number for an int, true/false for a bool, text for text, a list for a list or
+        tuple. A whole number given for a float becomes a float and a whole float for an int an int, so
+        `u: 3` and `u: 3.0` are one setting (one configuration, one cell key)."""
         if default is None or value is None:
-            return
+            return value
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
@@ -81,11 +88,14 @@ class Registry(Generic[T]):
         elif isinstance(default, tuple | list):
             ok, kind = isinstance(value, tuple | list), "a list"
         else:
-            return
+            return value
         if not ok:
             raise EigenguardError(
                 f"invalid {self.kind} option {key} = {value!r} for '{name}': must be {kind} (default {default!r})"
             )
+        if isinstance(default, bool) or not number:
+            return value
+        return int(value) if isinstance(default, int) else float(value)
 
     def create(
         self,
@@ -99,13 +109,7 @@ class Registry(Generic[T]):
 
         An option it does not take, or a value it rejects, is one EigenguardError naming what is allowed.
         """
-        allowed = self.options(name, positional)
-        for key, value in options.items():
-            if key not in allowed:
-                raise EigenguardError(
-                    f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
-                )
-            self._check_kind(name, key, value, allowed[key])
+        options = self._validated(name, options, self.options(name, positional))
         try:
             return self.get(name)(*args, **(fixed or {}), **options)  # type: ignore[operator]
         except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
@@ -114,15 +118,3 @@ class Registry(Generic[T]):
 
 def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
-
-
-def _as_kind(value: Any, default: Any) -> Any:
-    """A checked value in its default's kind: a whole number given for a float option becomes a float and
-    a whole float for an int option an int, so the same setting has one configuration (and one cell key)."""
-    if isinstance(value, bool) or isinstance(default, bool) or not isinstance(value, int | float):
-        return value
-    if isinstance(default, float):
-        return float(value)
-    if isinstance(default, int):
-        return int(value)
-    return value

@@ -230,19 +230,20 @@ def table3_maps(
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else float("nan")
 
-    asr = [[mean_of(a, d, lambda r: value_of(r, asr_key, "asr")) for d in cols] for a in rows]
-    acc = [[mean_of(a, d, lambda r: value_of(r, acc_key, "acc")) for d in cols] for a in rows]
+    def accuracy(r: dict[str, Any]) -> float | None:
+        return value_of(r, acc_key, "acc")
+
     relative = "none" in cols
-    if relative:
-        plain = {a: acc[i][cols.index("none")] for i, a in enumerate(rows)}
+    plain = {a: mean_of(a, "none", accuracy) for a in rows} if relative else {}
 
-        def change(r: dict[str, Any]) -> float | None:
-            value, repaired = value_of(r, acc_key, "acc"), (r.get("metrics") or {}).get("backdoored_acc")
-            if value is None:
-                return None
-            return value - (plain[row_of(r)] if repaired is None else 100 * repaired)
+    def change(r: dict[str, Any]) -> float | None:
+        value, repaired = accuracy(r), (r.get("metrics") or {}).get("backdoored_acc")
+        if value is None:
+            return None
+        return value - (plain[row_of(r)] if repaired is None else 100 * repaired)
 
-        acc = [[mean_of(a, d, change) for d in cols] for a in rows]
+    asr = [[mean_of(a, d, lambda r: value_of(r, asr_key, "asr")) for d in cols] for a in rows]
+    acc = [[mean_of(a, d, change if relative else accuracy) for d in cols] for a in rows]
     return rows, cols, asr, acc, relative
 
 
