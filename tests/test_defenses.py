@@ -424,6 +424,34 @@ def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: 
     )
 
 
+def test_dst_reuses_dbrs_distinguishing_model_with_the_same_result(mnist_root: Path, tmp_path: Path) -> None:
+    """D-BR and D-ST of one setting train the SD model once; a cache hit gives D-ST the same weights,
+    metrics and log as training it, and another SD option or seed is another entry."""
+    sd = {"sd_epochs": 1, "intra_epochs": 1}
+    dst = {**sd, "st_epochs": 1, "head_epochs": 1, "st_batch_size": 64}
+    alone = train(defended(mnist_root, tmp_path / "alone", tmp_path / "c1", "d-st", dst), progress=False)
+    assert alone.metrics["defense_report"]["sd_cached"] is False
+    shared = tmp_path / "c2"
+    dbr = train(defended(mnist_root, tmp_path / "dbr", shared, "d-br", {**sd, "epochs": 1}), progress=False)
+    assert dbr.metrics["defense_report"]["sd_cached"] is False
+    after = train(defended(mnist_root, tmp_path / "after", shared, "d-st", dst), progress=False)
+    report, first = after.metrics["defense_report"], alone.metrics["defense_report"]
+    assert report.pop("sd_cached") is True and first.pop("sd_cached") is False
+    assert report.pop("sd_seconds") == dbr.metrics["defense_report"]["sd_seconds"] > 0 and first.pop("sd_seconds") > 0
+    assert report == first  # the same split
+    for name in ("alone", "after"):
+        assert "sd-intra" in (tmp_path / name / "log.csv").read_text()
+    wa, wb = (load_file(tmp_path / n / "model.safetensors") for n in ("alone", "after"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (after.metrics["acc"], after.metrics["asr"]) == (alone.metrics["acc"], alone.metrics["asr"])
+    logs = [(tmp_path / n / "log.csv").read_text().splitlines() for n in ("alone", "after")]
+    strip = [[",".join(r.split(",")[:-1]) for r in log] for log in logs]  # epoch_seconds: the last column
+    assert logs[0][0] == logs[1][0] and logs[0][0].endswith("epoch_seconds") and strip[0] == strip[1]
+    train(defended(mnist_root, tmp_path / "other", shared, "d-st", {**dst, "sd_lr": 0.02}), progress=False)
+    train(defended(mnist_root, tmp_path / "seed", shared, "d-st", dst, seed=1), progress=False)
+    assert len(list((shared / "d-br-sd").glob("*.safetensors"))) == 3
+
+
 def test_clean_samples_beyond_the_defense_split_is_an_error_only_for_defenses_that_use_them(
     mnist_root: Path, tmp_path: Path
 ) -> None:

@@ -1,5 +1,6 @@
 """The one cache mechanism for expensive artifacts eigenguard reuses across runs (CLB's surrogate and
-perturbed images, backdoored models), and the keys of grid cells.
+perturbed images, the input-aware generators, D-BR's sample-distinguishment model, backdoored models), and
+the keys of grid cells.
 
 An entry's name hashes everything that decides it: `digest` of its settings (JSON, sorted keys) and, where
 a training set decides it, that set's `fingerprint` (shape, images and labels). Any change gives another

@@ -23,15 +23,28 @@ a defender cannot compute (BackdoorBench also returns the last).
 Our choices: the SD model's lr is constant (the official cosine has T_max = 100 epochs over 12, a fall of
 less than 4%), and its two fits each start a fresh SGD momentum. BR checkpoints after every epoch as the
 run's phase "d-br". The split's precision and recall against the true poisons are reported.
+
+The SD model is cached (cache.py's mechanism, under <cache>/d-br-sd/), so D-BR and D-ST of one setting
+train it once: its key hashes the run's recipe (`plain_weights_values`), the SD options, the poisoned
+training set's fingerprint, the device type and the state of the trainer's batch stream on entry. The
+entry holds the weights, that stream's state after the two fits (with torch's global RNG) and the fits'
+log rows, all restored on a hit, so a hit gives the same model, result and log as training it (tested).
+The report says whether it was a hit (`sd_cached`) and what training it took (`sd_seconds`, measured by
+the run that trained it): the `defense_seconds` of a hit leave that out.
 """
 
+import json
 import math
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eigenguard.cache import cache_root, cached_tensors, digest, fingerprint
+from eigenguard.config import plain_weights_values
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.abl import ascent_loss
 from eigenguard.defenses.base import Defense, DefenseContext
@@ -98,9 +111,39 @@ class DBR(Defense):
 
     # -- 1. sample distinguishment --------------------------------------------------------------
 
-    def distinguishing_model(self, ctx: DefenseContext) -> nn.Module:
+    def distinguishing_model(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
+        """The SD model, from the cache or trained (and stored); with a report: `sd_cached`, `sd_seconds`."""
         t = ctx.trainer
         model = t.new_model(num_classes=ctx.train_set.num_classes, seed_offset=13)
+        stored, hit = cached_tensors(self.sd_entry(ctx), lambda: self.train_distinguishing(model, ctx), t.device)
+        record = {k: stored.pop(k) for k in ("stream:batches", "stream:torch-global", "sd_seconds", "sd_log")}
+        if hit:  # as if trained here: the weights, the random streams after the fits, and the fits' log rows
+            model.load_state_dict(stored)
+            t.generator.set_state(record["stream:batches"].cpu())
+            torch.set_rng_state(record["stream:torch-global"].cpu())
+            for row in json.loads(record["sd_log"].cpu().numpy().tobytes().decode()):
+                t.log(row)
+        return model, {"sd_cached": hit, "sd_seconds": round(float(record["sd_seconds"]), 3)}
+
+    def sd_entry(self, ctx: DefenseContext) -> Path:
+        """The SD model's cache entry: named by everything that decides it (see the module's docstring)."""
+        t = ctx.trainer
+        settings = {
+            "recipe": plain_weights_values(ctx.config),
+            "sd": {"sd_epochs": self.sd_epochs, "intra_epochs": self.intra_epochs, "sd_lr": self.sd_lr},
+            "device": t.device.type,
+            "batches_on_entry": digest(t.generator.get_state().tolist()),
+        }
+        key = digest(settings, fingerprint(ctx.train_set))
+        return cache_root(ctx.config.cache_dir) / "d-br-sd" / f"{key}.safetensors"
+
+    def train_distinguishing(
+        self, model: nn.Module, ctx: DefenseContext
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """SD: `sd_epochs` of plain training without augmentation, then `intra_epochs` of L_intra alone.
+        Returns the weights, the random streams' states after it and its log rows, for the cache."""
+        t = ctx.trainer
+        t0 = time.perf_counter()
         knobs: dict[str, Any] = {"lr": self.sd_lr, "schedule": "constant", "augment": False, "batch_size": 128}
         t.fit(model, ctx.train_set, epochs=self.sd_epochs, phase="sd-train", **knobs)
         if self.intra_epochs:
@@ -112,7 +155,13 @@ class DBR(Defense):
 
             with tap:
                 t.fit(model, ctx.train_set, epochs=self.intra_epochs, phase="sd-intra", loss_fn=intra, **knobs)
-        return model
+        tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        tensors["stream:batches"] = t.generator.get_state()
+        tensors["stream:torch-global"] = torch.get_rng_state()
+        tensors["sd_seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
+        rows = [r for r in t.history if r.get("phase") in ("sd-train", "sd-intra")]
+        tensors["sd_log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+        return tensors, {"defense": self.name}
 
     @torch.no_grad()
     def sensitivity(self, model: nn.Module, data: ImageDataset, ctx: DefenseContext) -> torch.Tensor:
@@ -162,9 +211,10 @@ class DBR(Defense):
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         # a resumed run passes through here again: the SD fits load from their checkpoints, the scores are
         # recomputed (eval mode, seeded), and BR continues from its last epoch
-        sd_model = self.distinguishing_model(ctx)
+        sd_model, sd_report = self.distinguishing_model(ctx)
         clean, poisoned = self.split(self.sensitivity(sd_model, ctx.train_set, ctx))
         del sd_model
         model = ctx.backdoored()
         self.remove(model, ctx.train_set.subset(clean), ctx.train_set.subset(poisoned), ctx)
-        return model, {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.precision_recall(poisoned)}
+        split = {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.precision_recall(poisoned)}
+        return model, {**split, **sd_report}

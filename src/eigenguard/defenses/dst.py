@@ -18,7 +18,8 @@ Our choices: the SupCon loss's positives follow the official mask, including its
 anchor also counts same-label uncertain images as positives; an uncertain anchor does not). The hue jitter
 is a rotation in YIQ space (data/transforms.py). Budget: the official 200 epochs are the default; the quick
 grids run a reduced `st_epochs`, said in their reports. Both stages checkpoint after every epoch (run
-phases "st-extractor" and "st-head"); a resumed run redoes only the split (the SD fits load from theirs).
+phases "st-extractor" and "st-head"); a resumed run redoes only the split (the SD model comes from D-BR's
+cache, shared with D-BR of the same setting).
 """
 
 import math
@@ -175,10 +176,11 @@ class DST(DBR):
             p.requires_grad_(True)
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
-        sd_model = self.distinguishing_model(ctx)
+        sd_model, sd_report = self.distinguishing_model(ctx)
         clean, poisoned = self.split(self.sensitivity(sd_model, ctx.train_set, ctx))
         del sd_model
         model = ctx.trainer.new_model(num_classes=ctx.train_set.num_classes)
         self.extractor(model, ctx.train_set, clean, ctx)
         self.head(model, ctx.train_set, clean, poisoned, ctx)
-        return model, {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.precision_recall(poisoned)}
+        split = {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.precision_recall(poisoned)}
+        return model, {**split, **sd_report}
