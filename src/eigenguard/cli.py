@@ -195,7 +195,7 @@ def bench(
     address: Annotated[str | None, Opt(help="Ray cluster address (ray executor; default: auto)")] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N (local executor)")] = "auto",
     retry_failed: Annotated[bool, Opt("--retry-failed", help="run cells that failed before again")] = False,
-    dry_run: Annotated[bool, Opt("--dry-run", help="list the cells and their state, run nothing")] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="list cells and states, record the grid; run nothing")] = False,
 ) -> None:
     """Run every unfinished cell of a grid; results go to the store, one run directory per cell."""
     from eigenguard.bench.grid import load_grid
@@ -209,7 +209,8 @@ def bench(
             raise EigenguardError(f"workers {workers} must be >= 1")
         spec = load_grid(grid)
         results = ResultStore(store)
-        if dry_run:
+        if dry_run:  # records the grid (so `report --grid` knows every cell, done under any grid), runs nothing
+            results.register_grid(spec)
             for cell in spec.cells:
                 labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
                 typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
