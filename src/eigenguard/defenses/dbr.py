@@ -33,7 +33,6 @@ The report says whether it was a hit (`sd_cached`) and what training it took (`s
 the run that trained it): the `defense_seconds` of a hit leave that out.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -121,8 +120,7 @@ class DBR(Defense):
             model.load_state_dict(stored)
             t.generator.set_state(record["stream:batches"].cpu())
             torch.set_rng_state(record["stream:torch-global"].cpu())
-            for row in json.loads(record["sd_log"].cpu().numpy().tobytes().decode()):
-                t.log(row)
+            t.log_again(record["sd_log"])
         return model, {"sd_cached": hit, "sd_seconds": round(float(record["sd_seconds"]), 3)}
 
     def sd_entry(self, ctx: DefenseContext) -> Path:
@@ -159,8 +157,7 @@ class DBR(Defense):
         tensors["stream:batches"] = t.generator.get_state()
         tensors["stream:torch-global"] = torch.get_rng_state()
         tensors["sd_seconds"] = torch.tensor(time.perf_counter() - t0, dtype=torch.float64)
-        rows = [r for r in t.history if r.get("phase") in ("sd-train", "sd-intra")]
-        tensors["sd_log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+        tensors["sd_log"] = t.log_tensor(("sd-train", "sd-intra"))
         return tensors, {"defense": self.name}
 
     @torch.no_grad()
@@ -209,8 +206,9 @@ class DBR(Defense):
             t.save_phase_state(self.name, epoch, self.epochs, {"model": model}, {"sgd": optimizer})
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
-        # a resumed run passes through here again: the SD fits load from their checkpoints, the scores are
-        # recomputed (eval mode, seeded), and BR continues from its last epoch
+        # a resumed run passes through here again: the SD model comes from the cache (or, if it was cut while
+        # training it, its fits load from their checkpoints), the scores are recomputed (eval mode, seeded),
+        # and BR continues from its last epoch
         sd_model, sd_report = self.distinguishing_model(ctx)
         clean, poisoned = self.split(self.sensitivity(sd_model, ctx.train_set, ctx))
         del sd_model

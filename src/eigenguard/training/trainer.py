@@ -187,8 +187,7 @@ class Trainer:
                     saved[f"optimizer.{o}.{i}.{key}"] = (
                         value if isinstance(value, torch.Tensor) else torch.tensor(value)
                     )
-        rows = [r for r in self.history if r.get("phase") == name]
-        saved["log"] = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+        saved["log"] = self.log_tensor((name,))
         self.checkpoints.save_phase(name, step, steps, saved, {"batches": self.generator})
 
     def load_phase_state(
@@ -221,9 +220,18 @@ class Trainer:
             optimizer.load_state_dict(state)
         self.generator.set_state(saved.generators["batches"])
         torch.set_rng_state(saved.generators["torch-global"])
-        for row in json.loads(saved.tensors["log"].cpu().numpy().tobytes().decode()):
-            self.log(row)
+        self.log_again(saved.tensors["log"])
         return saved.step
+
+    def log_tensor(self, phases: tuple[str, ...]) -> torch.Tensor:
+        """This run's log rows of `phases` as a uint8 tensor (their JSON), to be stored beside weights."""
+        rows = [r for r in self.history if r.get("phase") in phases]
+        return torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8)
+
+    def log_again(self, stored: torch.Tensor) -> None:
+        """Log the rows a `log_tensor` holds (a resumed phase, a cached model's fits)."""
+        for row in json.loads(stored.cpu().numpy().tobytes().decode()):
+            self.log(row)
 
     # -- training ---------------------------------------------------------------------------------
 
