@@ -201,9 +201,11 @@ def test_clb_without_perturbation_stamps_clean_images_and_trains_no_surrogate(
 
 def test_clb_perturbation_stays_in_budget_and_cache_is_reused(tmp_path: Path) -> None:
     data = dataset(200, shape=(1, 12, 12))
-    first = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **TINY_CLB)
+    first, said = CleanLabel(data.image_shape, target=2, cache_dir=str(tmp_path), **TINY_CLB), []
+    first.say = said.append
     a = first.poison(data, 0.8, torch.Generator().manual_seed(0))
     assert first.cache_hit is False and first.cache_file is not None and first.cache_file.exists()
+    assert [line.split()[:3] for line in said] == [["clean-label", "surrogate", "1/1"]]  # a line an epoch
     idx = a.poison_indices
     inside = ~first.mask  # the perturbation, away from the trigger corners
     diff = (a.dataset.images[idx].int() - data.images[idx].int()).abs()
@@ -554,9 +556,16 @@ def test_input_aware_poisons_carry_their_own_trigger_and_cross_samples_anothers(
     from eigenguard.attacks.input_aware import InputAware
 
     data = dataset(200, shape=(1, 16, 16))
-    options = {"mask_epochs": 1, "generator_epochs": 1, "batch_size": 20, "surrogate_width": 0.125}
-    attack = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options)
+    options = {"mask_epochs": 1, "generator_epochs": 2, "batch_size": 20, "surrogate_width": 0.125}
+    attack, said = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options), []
+    attack.say = said.append
     result = attack.poison(data, 0.1, torch.Generator().manual_seed(0))
+    # a line an epoch of the generators' training, for the run's console (a bench cell's log)
+    assert [line.split()[:3] for line in said] == [
+        ["input-aware", "mask", "1/1"],
+        ["input-aware", "generator", "1/2"],
+        ["input-aware", "generator", "2/2"],
+    ]
     poisons, cross = result.poison_indices, result.cross_indices
     assert len(poisons) == 20 and len(cross) == 20 and not set(poisons.tolist()) & set(cross.tolist())
     assert torch.equal(result.dataset.images[poisons], attack.apply(data.images[poisons]))
@@ -567,6 +576,8 @@ def test_input_aware_poisons_carry_their_own_trigger_and_cross_samples_anothers(
     with torch.no_grad():
         p = attack.pattern_net(data.images[:2].float() / 255)
     assert not torch.allclose(p[0], p[1])  # input-specific
-    again = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options)
+    again, said = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **options), []
+    again.say = said.append
     second = again.poison(data, 0.1, torch.Generator().manual_seed(0))
     assert again.describe()["cache_hit"] is True and torch.equal(second.dataset.images, result.dataset.images)
+    assert said == []  # nothing trained

@@ -10,8 +10,12 @@ Three switches cover the attacks of the paper and the reviewers' list:
   BadNets all-to-all overrides it with (y + 1) mod C.
 - `poison_images`: how the chosen samples are turned into poisons; `apply` by default, CLB first makes
   them adversarial.
+An attack that trains something before it poisons (CLB's surrogate, Input-aware's trigger generators)
+reports a line an epoch through `say`; the pipeline points it at the run's console, so a bench cell's
+log shows the minutes it spends there.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +46,10 @@ class PoisonedTrainingSet:
         return mask
 
 
+def quiet(message: str) -> None:
+    """The default progress sink of an attack: says nothing."""
+
+
 class Attack:
     """Base class. Subclasses set `name` and implement `apply`.
 
@@ -53,6 +61,7 @@ class Attack:
     name: str = "attack"
     clean_label: bool = False
     default_rate: float = 0.1  # the paper's rate for this attack (a fraction of `rate_of`)
+    say: Callable[[str], None] = staticmethod(quiet)  # progress lines of an attack that trains
 
     def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0) -> None:
         self.image_shape = tuple(int(s) for s in image_shape)

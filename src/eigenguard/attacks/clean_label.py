@@ -265,6 +265,10 @@ class CleanLabel(Attack):
             epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
         ) -> None:
             log.append({"epoch": epoch, "train_acc": round(stats["train_acc"], 4)})
+            self.say(
+                f"clean-label surrogate {epoch:>3}/{recipe.epochs}  loss {stats['train_loss']:.4f}  "
+                f"train acc {stats['train_acc']:.1%}"
+            )
             scratch.mkdir(parents=True, exist_ok=True)
             checkpoints.save(1, epoch, recipe.epochs, model, optimizer, scheduler, {"surrogate": generator}, log, {})
 

@@ -181,7 +181,8 @@ class InputAware(Attack):
         milestones = [round(0.4 * self.mask_epochs), round(0.8 * self.mask_epochs)]
         sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, milestones, 0.1)
         mask.train()
-        for _ in range(self.mask_epochs):
+        for epoch in range(1, self.mask_epochs + 1):
+            started, total_loss, steps = time.perf_counter(), torch.zeros((), device=device), 0
             for i1, i2 in batches():
                 x1, x2 = pixels(i1), pixels(i2)
                 m1, m2 = threshold(mask(x1)), threshold(mask(x2))
@@ -191,7 +192,12 @@ class InputAware(Attack):
                 opt_m.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_m.step()
+                total_loss, steps = total_loss + loss.detach(), steps + 1  # summed on the device: no sync a step
             sched_m.step()
+            self.say(
+                f"input-aware mask {epoch:>3}/{self.mask_epochs}  loss {float(total_loss) / max(steps, 1):.4f}  "
+                f"({time.perf_counter() - started:.1f}s)"
+            )
         mask.eval().requires_grad_(False)
         self.report["mask_density"] = round(
             float(threshold(mask(pixels(torch.arange(min(n, 256), device=device)))).mean()), 4
@@ -201,8 +207,9 @@ class InputAware(Attack):
         opt_g = torch.optim.Adam(pattern.parameters(), lr=0.01, betas=(0.5, 0.9))
         n_bd = n_cross = int(0.1 * b)
         pattern.train(), classifier.train()
-        for _ in range(self.generator_epochs):
-            correct = total = 0
+        for epoch in range(1, self.generator_epochs + 1):
+            started, steps, total = time.perf_counter(), 0, 0
+            total_loss, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device)
             for i1, i2 in batches():
                 x1, x2, y = pixels(i1), pixels(i2), train.labels[i1]
                 p_bd, m_bd = pattern(x1[:n_bd]), threshold(mask(x1[:n_bd]))
@@ -217,9 +224,14 @@ class InputAware(Attack):
                 opt_c.zero_grad(set_to_none=True), opt_g.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_c.step(), opt_g.step()
-                correct += int((logits.argmax(1)[:n_bd] == self.target).sum())
-                total += n_bd
-            self.report["surrogate_train_asr"] = round(correct / max(total, 1), 4)
+                correct += (logits.argmax(1)[:n_bd] == self.target).sum()
+                total, total_loss, steps = total + n_bd, total_loss + loss.detach(), steps + 1
+            self.report["surrogate_train_asr"] = round(int(correct) / max(total, 1), 4)
+            self.say(
+                f"input-aware generator {epoch:>3}/{self.generator_epochs}  "
+                f"loss {float(total_loss) / max(steps, 1):.4f}  "
+                f"surrogate ASR {int(correct) / max(total, 1):.1%}  ({time.perf_counter() - started:.1f}s)"
+            )
         self.pattern_net, self.mask_net = pattern.eval(), mask
 
     def _trained(self, train: ImageDataset) -> None:

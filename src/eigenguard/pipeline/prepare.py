@@ -5,11 +5,13 @@ are poisoned: split = seed, poison choice = seed + 1, trigger = seed, the defend
 (weights = seed + 2 and batches = seed + 3 belong to the trainer).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from eigenguard.attacks import Attack, create_attack
+from eigenguard.attacks.base import quiet
 from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import load_dataset
 from eigenguard.data.image_dataset import ImageDataset
@@ -51,9 +53,12 @@ class PreparedData:
         }
 
 
-def prepare_data(config: TrainConfig, device: torch.device, needs_clean_pool: bool = True) -> PreparedData:
+def prepare_data(
+    config: TrainConfig, device: torch.device, needs_clean_pool: bool = True, say: Callable[[str], None] = quiet
+) -> PreparedData:
     """Load and poison the data. A defense that `needs_clean_pool` gets all `clean_samples` or an error;
-    otherwise the pool is cut to what the defense split holds (it is recorded, never used)."""
+    otherwise the pool is cut to what the defense split holds (it is recorded, never used). `say` gets the
+    progress lines of an attack that trains before it poisons."""
     train_full, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
     split = defense_split(len(train_full), config.defense_fraction, config.seed, config.train_subset)
     if needs_clean_pool and config.clean_samples > len(split.defense):
@@ -79,6 +84,7 @@ def prepare_data(config: TrainConfig, device: torch.device, needs_clean_pool: bo
         cache_dir=config.cache_dir,
         **config.attack.options,
     )
+    attack.say = say
     assert config.poison_rate is not None  # filled in by components.resolve
     poisoned = attack.poison(train_set, config.poison_rate, torch.Generator().manual_seed(config.seed + 1))
     return PreparedData(

@@ -103,7 +103,8 @@ def train(
     else:
         check_new_run_dir(out)
     defense = build_defense(config)
-    data = prepare_data(config, device, needs_clean_pool=defense.needs_clean_pool)
+    say = functools.partial(console.print, markup=False)  # an attack's progress lines are not rich markup
+    data = prepare_data(config, device, needs_clean_pool=defense.needs_clean_pool, say=say)
 
     # -- 2. the run directory: config and split first, so a crashed run still says what it was -----
     run = RunDirectory(out, resume=resume)
