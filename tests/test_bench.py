@@ -18,7 +18,7 @@ from eigenguard.bench.exchange import read_export
 from eigenguard.bench.executors import LocalExecutor
 from eigenguard.bench.grid import load_grid, parse_grid
 from eigenguard.bench.report import write_report
-from eigenguard.bench.runner import run_grid
+from eigenguard.bench.runner import CellTimes, run_grid
 from eigenguard.bench.store import SCHEMA, ResultStore
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
@@ -541,3 +541,27 @@ def test_ray_executor_resumes_a_killed_cell_from_its_checkpoint(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = json.loads((Path(whole["run_dir"]) / "metrics.json").read_text())
     assert (record["acc"], record["asr"]) == (metrics["acc"], metrics["asr"])
+
+
+def test_eta_estimates_a_cell_from_its_setting_then_its_defense_then_this_run() -> None:
+    def config(attack: str, defense: str, seed: int = 0, out: str | None = None) -> dict[str, Any]:
+        return {"dataset": "fashion-mnist", "epochs": 12, "attack": {"name": attack}, "defense": {"name": defense},
+                "seed": seed, "out": out}  # fmt: skip
+
+    def done(cfg: dict[str, Any], seconds: float, status: str = "done") -> dict[str, Any]:
+        return {"status": status, "config": cfg, "wall_seconds": seconds}
+
+    times = CellTimes([
+        done(config("badnets", "anp"), 700.0), done(config("badnets", "anp", seed=1), 760.0),
+        done(config("blend", "anp"), 400.0), done(config("blend", "ft"), 20.0),
+        done(config("blend", "abl"), 9_999.0, status="failed"),
+    ])  # fmt: skip
+    assert times.estimate(config("badnets", "anp", seed=2, out="elsewhere")) == 730.0  # its other seeds
+    assert times.estimate(config("sig", "anp")) == 620.0  # ANP on the other attacks
+    assert times.estimate(config("sig", "ft")) == 20.0
+    assert times.estimate(config("sig", "abl")) is None  # a failed cell's time says nothing; nothing else known
+    times.finished(config("sig", "nad"), 50.0)
+    times.finished(config("sig", "fp"), 30.0)
+    assert times.estimate(config("sig", "abl")) == 40.0  # the mean of what this invocation ran
+    assert times.estimate(config("badnets", "nad")) == 50.0
+    assert times.estimate({**config("sig", "anp"), "epochs": 100}) == 40.0  # another budget is another setting

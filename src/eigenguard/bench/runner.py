@@ -9,8 +9,13 @@
 - A post-training defense cell waits for the grid's no-defense cell of the same setting, so it finds the
   backdoored model in the cache instead of training it again (the cache itself is locked as well, for
   runners that do not share a grid).
+- The ETA it prints after each cell sums an estimate per cell left (`CellTimes`): the store's finished
+  cells of the same setting (other seeds), else of the same defense on the same base (other attacks), else
+  the mean of the cells this invocation finished. A grid of 20-second and 20-minute cells gets an ETA that
+  says so, not their mean times the count.
 """
 
+import json
 import shutil
 import signal
 import threading
@@ -46,6 +51,46 @@ def _format_seconds(seconds: float) -> str:
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# Config fields that say where or with which seed a cell runs, not how much work it is.
+NOT_WORK = frozenset({"seed", "out", "runs_dir", "cache_dir", "data_root", "device", "download"})
+
+
+class CellTimes:
+    """Wall seconds of finished cells, by setting (config without NOT_WORK) and by setting without the
+    attack, to estimate the cells left. Times recorded on another machine count as they are."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.setting: dict[str, list[float]] = {}
+        self.defense: dict[str, list[float]] = {}
+        self.this_run: list[float] = []
+        for r in records:
+            if r["status"] == "done" and r["wall_seconds"]:
+                self._add(r["config"], r["wall_seconds"])
+
+    @staticmethod
+    def _keys(config: dict[str, Any]) -> tuple[str, str]:
+        work = {k: v for k, v in config.items() if k not in NOT_WORK}
+        return json.dumps(work, sort_keys=True), json.dumps({**work, "attack": None}, sort_keys=True)
+
+    def _add(self, config: dict[str, Any], seconds: float) -> None:
+        setting, defense = self._keys(config)
+        self.setting.setdefault(setting, []).append(seconds)
+        self.defense.setdefault(defense, []).append(seconds)
+
+    def finished(self, config: dict[str, Any], seconds: float) -> None:
+        """A cell this invocation ran."""
+        self._add(config, seconds)
+        self.this_run.append(seconds)
+
+    def estimate(self, config: dict[str, Any]) -> float | None:
+        """Expected wall seconds of a cell; None before anything is known."""
+        setting, defense = self._keys(config)
+        for seen in (self.setting.get(setting), self.defense.get(defense), self.this_run):
+            if seen:
+                return sum(seen) / len(seen)
+        return None
 
 
 def clean_partial(runs: Path) -> None:
@@ -91,7 +136,8 @@ def run_grid(
     )
     keys_in_todo = {c.key for c in todo}
     started_at = time.perf_counter()
-    walls: list[float] = []
+    times = CellTimes(store.records())
+    configs = {c.key: c.config.model_dump() for c in grid.cells}
 
     def ready(cell: Cell) -> bool:
         return cell.after is None or cell.after not in keys_in_todo
@@ -116,15 +162,17 @@ def run_grid(
                 keys_in_todo.discard(key)
                 summary.ran.append(key)
                 record = store.record(grid.name, key)
-                walls.append(record["wall_seconds"] or 0.0)
+                if record["status"] == "done" and record["wall_seconds"]:
+                    times.finished(configs[key], record["wall_seconds"])
                 if record["status"] == "done":
                     summary.done += 1
                     outcome = f"[green]done[/] ACC {_pct(record['acc'])} ASR {_pct(record['asr'])}"
                 else:
                     summary.failed += 1
                     outcome = f"[red]failed[/] {str(record['error']).splitlines()[0]}"
-                left = len(todo) + len(executor.in_flight())
-                eta = sum(walls) / len(walls) * left / executor.workers
+                left_keys = [c.key for c in todo] + executor.in_flight()
+                left = len(left_keys)
+                eta = sum(times.estimate(configs[k]) or 0.0 for k in left_keys) / executor.workers
                 labels = " ".join(f"{k}={v}" for k, v in record["labels"].items())
                 console.print(
                     f"[{summary.done + summary.failed}/{total}] {labels}: {outcome} "
