@@ -581,3 +581,8 @@ def test_input_aware_poisons_carry_their_own_trigger_and_cross_samples_anothers(
     second = again.poison(data, 0.1, torch.Generator().manual_seed(0))
     assert again.describe()["cache_hit"] is True and torch.equal(second.dataset.images, result.dataset.images)
     assert said == []  # nothing trained
+    # cross_ratio is poisoning, not the generators' training: the same cached G and M, no cross samples
+    none_crossed = InputAware((1, 16, 16), target=0, cache_dir=str(tmp_path), **{**options, "cross_ratio": 0.0})
+    third = none_crossed.poison(data, 0.1, torch.Generator().manual_seed(0))
+    assert none_crossed.describe()["cache_hit"] is True and len(third.cross_indices) == 0
+    assert torch.equal(third.dataset.images[poisons], result.dataset.images[poisons])

@@ -24,7 +24,8 @@ many cross samples (1 = p_c / p_a), recorded as `cross_indices`, and the victim 
 attack (the data-poisoning version of backdoor-toolbox's "dynamic" attack, which uses the authors' trained
 generators). The surrogate C is a quarter-width ResNet-18 of our zoo; the budget defaults to 5 + 20 epochs
 (official 25 + 575), an attacker's choice on a CPU. G and M are cached under <cache>/input-aware/ by a
-hash of the training set, the seed, every option and the device type; they are not checkpointed within
+hash of the training set, the seed, every option but cross_ratio (poisoning, not training) and the device
+type, so a sweep over cross_ratio trains them once; they are not checkpointed within
 their training (a killed run trains them again).
 """
 
@@ -236,7 +237,9 @@ class InputAware(Attack):
 
     def _trained(self, train: ImageDataset) -> None:
         """G and M from the cache, or trained (and stored) first."""
-        key = digest({**self.options(), "seed": self.seed, "device": train.images.device.type}, fingerprint(train))
+        # cross_ratio only says how many cross samples poison() adds: the generators' training does not see it
+        trained_by = {k: v for k, v in self.options().items() if k != "cross_ratio"}
+        key = digest({**trained_by, "seed": self.seed, "device": train.images.device.type}, fingerprint(train))
         path = self.cache_dir / f"generators-{key}.safetensors"
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
