@@ -30,6 +30,7 @@ from eigenguard.bench.cell import PARTIAL
 from eigenguard.bench.executors import Executor
 from eigenguard.bench.grid import Cell, Grid
 from eigenguard.bench.store import ResultStore
+from eigenguard.config import PLACEMENT_FIELDS
 from eigenguard.run_directory import owner_alive
 
 
@@ -54,7 +55,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 # Config fields that say where or with which seed a cell runs, not how much work it is.
-NOT_WORK = frozenset({"seed", "out", "runs_dir", "cache_dir", "data_root", "device", "download"})
+NOT_WORK = frozenset({"seed", *PLACEMENT_FIELDS})
 
 
 class CellTimes:
@@ -162,9 +163,9 @@ def run_grid(
                 keys_in_todo.discard(key)
                 summary.ran.append(key)
                 record = store.record(grid.name, key)
-                if record["status"] == "done" and record["wall_seconds"]:
-                    times.finished(configs[key], record["wall_seconds"])
                 if record["status"] == "done":
+                    if record["wall_seconds"]:
+                        times.finished(configs[key], record["wall_seconds"])
                     summary.done += 1
                     outcome = f"[green]done[/] ACC {_pct(record['acc'])} ASR {_pct(record['asr'])}"
                 else:
