@@ -150,3 +150,40 @@ def test_figure_attack_choice_refuses_what_has_no_rows(capsys: pytest.CaptureFix
             rows_of_attacks(rows, requested, default, "points")
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().endswith("allowed: badnets, sig")
+
+
+def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path: Path) -> None:
+    def cell(
+        attack: str, defense: str, acc: float, asr: float, seconds: float, ratio: float | None, **m: object
+    ) -> dict:
+        metrics = {"acc": acc, "asr": asr, "defense_seconds": seconds, "defense_cost_vs_plain": ratio, **m}
+        metrics["environment"] = {"cpu_capability": "AVX512" if attack != "sig" else "AVX2"}
+        labels = {"attack": attack, "defense": defense, "seed": "0"}
+        return {"labels": labels, "status": "done", "metrics": metrics, "finished_at": "2026-12-05T10:00:00+00:00"}
+
+    cells = [
+        cell("badnets", "none", 0.9, 1.0, 300, None),
+        cell("badnets", "clp", 0.893, 0.78, 0.031, 0.0001, backdoored_acc=0.898, backdoored_asr=0.985),
+        cell("badnets", "eigenguard", 0.742, 0.083, 600, 2.0, acc_paper=0.741, asr_paper=0.07),
+        cell("badnets", "ft", 0.881, 0.835, 12.4, 0.04, backdoored_acc=0.9, backdoored_asr=0.988),
+        cell("sig", "asd", 0.7, 0.1, 1234.6, None),  # another machine: its own spend table
+        {**cell("blend", "ss", 0.1, 0.1, 1, 1.0), "status": "failed"},
+    ]
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"grid": "table3-quick-all", "cells": cells}))
+    script = [sys.executable, str(ROOT / "benchmarks" / "table3_tables.py"), str(grid)]
+    proc = subprocess.run(
+        [*script, "--spend", "AVX512:2026-12-05", "--spend", "AVX2:2026-12"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("5 finished cells")
+    row = "| BadNets | 90.0 / 100.0 | · | · | 89.3 / 78.0 [89.8 / 98.5] | · | · | · | 74.2 / 8.3 (74.1 / 7.0) |"
+    assert row in out and "| Blend | · | · | · |" in out  # the failed SS cell is not a result
+    assert "| BadNets | 88.1 / 83.5 [90.0 / 98.8] | · | · | · |" in out
+    assert "| CLP | 0.03 s |" in out and "| EigenGuard | 600 s, 2.00x |" in out and "| FT | 12 s, 0.04x |" in out
+    avx2 = out.split("Spend on AVX2")[1]
+    assert "| defense | SIG |" in avx2 and "| ASD | 1,235 s |" in avx2 and "CLP" not in avx2
+
+    refused = subprocess.run([*script, "--spend", "AVX512"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "'AVX512': expected CAPABILITY:DAY" in refused.stderr
