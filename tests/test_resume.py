@@ -136,13 +136,14 @@ def test_resume_refuses_finished_locked_and_foreign_runs(mnist_root: Path, tmp_p
 
 
 def test_a_killed_grid_cell_resumes_from_its_checkpoint(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from eigenguard.bench.cell import run_cell
 
     cell = config(mnist_root, tmp_path / "unused").model_dump()
     whole = run_cell("k1", cell, str(tmp_path / "a"))
     assert whole["status"] == "done"
+    assert "training images" in capsys.readouterr().err  # the cell's log (its stderr) says what it ran
     with monkeypatch.context() as m:
         interrupt_after(m, 1, 2, error=Kill)
         with pytest.raises(Kill):

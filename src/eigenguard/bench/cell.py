@@ -64,9 +64,13 @@ def run_cell(
         resume = (partial / "config.yaml").is_file() and not (partial / "metrics.json").is_file()
         if partial.exists() and not resume:
             shutil.rmtree(partial)
+        from rich.console import Console
+
         from eigenguard.pipeline.run import train
 
-        run = train(cfg, progress=False, resume=resume)
+        # no progress bars, but the run's lines (its start, an attack's training epochs) go to stderr, which
+        # the executor points at <runs>/logs/<key>.log; a quiet console left every cell's log empty
+        run = train(cfg, progress=False, console=Console(stderr=True), resume=resume)
         # config.yaml names the directory the run now lives in, not its temporary name
         import yaml
 
