@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eigenguard.bench.report import markdown_table
+
 ATTACKS = {
     "badnets": "BadNets",
     "blend": "Blend",
@@ -64,14 +66,9 @@ def result(cells: Cells, attack: str, defense: str) -> str:
     return text
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def results_table(cells: Cells, defenses: dict[str, str]) -> str:
     rows = [[name, *(result(cells, a, d) for d in defenses)] for a, name in ATTACKS.items()]
-    return markdown(["attack", *defenses.values()], rows)
+    return markdown_table(["attack", *defenses.values()], rows)
 
 
 def spent(cell: dict[str, Any]) -> str:
@@ -96,7 +93,7 @@ def spend_table(cells: Cells, capability: str, day: str) -> str:
         for d, name in SPEND.items()
         if any((a, d) in mine for a in attacks)
     ]
-    return markdown(["defense", *attacks.values()], rows)
+    return markdown_table(["defense", *attacks.values()], rows)
 
 
 def main() -> None:

@@ -56,6 +56,12 @@ LAYOUT_AXES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its rule, one line a row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 @dataclass
 class Table:
     title: str
@@ -64,10 +70,7 @@ class Table:
     rows: list[list[str]]
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}.** {self.caption}", "", "| " + " | ".join(self.header) + " |"]
-        lines.append("|" + "---|" * len(self.header))
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        return "\n".join(lines)
+        return f"**{self.title}.** {self.caption}\n\n" + markdown_table(self.header, self.rows)
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
