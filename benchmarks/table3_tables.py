@@ -1,7 +1,7 @@
 """The tables of docs/results/table3-quick-all.md, printed as Markdown from the exported grid.
 
     python benchmarks/table3_tables.py benchmarks/results/table3-quick-all.json \
-        --spend AVX512:2026-12-05 --spend AVX2:2026-12-04
+        --spend AVX512:2026-12-05,2026-12-06 --spend AVX2:2026-12-04
 
 Three kinds of table, each attack x defense, from the grid's finished cells (one seed):
 - the defenses that need no clean data, and ASD: ACC / ASR in %, per-sample protocol; a guarded model's
@@ -9,8 +9,9 @@ Three kinds of table, each attack x defense, from the grid's finished cells (one
   it was handed in brackets (`backdoored_acc`/`backdoored_asr`: the same seed trained on another CPU or
   code version than the none column's is another model);
 - the post-training defenses that use the defender's clean images (FT, ANP, FP, NAD), the same way;
-- what each defense spent on one machine and day (`--spend CAPABILITY:DAY`, e.g. AVX512:2026-12-05: the
-  cells whose `metrics.environment.cpu_capability` is CAPABILITY and that finished on DAY):
+- what each defense spent on one machine (`--spend CAPABILITY:DAY[,DAY...]`, e.g. AVX512:2026-12-05: the
+  cells whose `metrics.environment.cpu_capability` is CAPABILITY and that finished on one of the DAYs, each
+  a prefix of the ISO time, so 2026-12 is the month):
   `defense_seconds` and `defense_cost_vs_plain` where the cell recorded it. Ratios compare within one
   machine only, so each machine gets its own table; rows and columns with no cell are left out.
 `·` marks a cell that has not run.
@@ -79,13 +80,13 @@ def spent(cell: dict[str, Any]) -> str:
     return f"{seconds:,.0f} s" + (f", {ratio:.2f}x" if ratio is not None else "")
 
 
-def spend_table(cells: Cells, capability: str, day: str) -> str:
-    """Each defense's wall time (and its ratio over plain training) on the machine and day named."""
+def spend_table(cells: Cells, capability: str, days: tuple[str, ...]) -> str:
+    """Each defense's wall time (and its ratio over plain training) on the machine and days named."""
     mine = {
         key: c
         for key, c in cells.items()
         if c["metrics"].get("environment", {}).get("cpu_capability") == capability
-        and (c.get("finished_at") or "").startswith(day)
+        and (c.get("finished_at") or "").startswith(days)
     }
     attacks = {a: name for a, name in ATTACKS.items() if any((a, d) in mine for d in SPEND)}
     rows = [
@@ -99,18 +100,20 @@ def spend_table(cells: Cells, capability: str, day: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", type=Path, help="an exported table3-quick-all grid (JSON)")
-    parser.add_argument("--spend", action="append", default=[], metavar="CAPABILITY:DAY")
+    parser.add_argument("--spend", action="append", default=[], metavar="CAPABILITY:DAY[,DAY...]")
     args = parser.parse_args()
-    spends = [spec.partition(":")[::2] for spec in args.spend]
-    for spec, (capability, day) in zip(args.spend, spends, strict=True):
-        if not capability or not day:
-            parser.error(f"--spend {spec!r}: expected CAPABILITY:DAY, e.g. AVX512:2026-12-05")
+    spends = []
+    for spec in args.spend:
+        capability, _, days = spec.partition(":")
+        if not capability or not all(days.split(",")):
+            parser.error(f"--spend {spec!r}: expected CAPABILITY:DAY[,DAY...], e.g. AVX512:2026-12-05,2026-12-06")
+        spends.append((capability, tuple(days.split(","))))
     cells = finished_cells(args.grid)
     print(f"{len(cells)} finished cells\n")
     print(results_table(cells, NO_CLEAN_DATA), end="\n\n")
     print(results_table(cells, POST_TRAINING), end="\n\n")
-    for capability, day in spends:
-        print(f"Spend on {capability}, {day}:\n\n{spend_table(cells, capability, day)}", end="\n\n")
+    for capability, days in spends:
+        print(f"Spend on {capability}, {', '.join(days)}:\n\n{spend_table(cells, capability, days)}", end="\n\n")
 
 
 if __name__ == "__main__":

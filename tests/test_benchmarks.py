@@ -167,23 +167,27 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
         cell("badnets", "eigenguard", 0.742, 0.083, 600, 2.0, acc_paper=0.741, asr_paper=0.07),
         cell("badnets", "ft", 0.881, 0.835, 12.4, 0.04, backdoored_acc=0.9, backdoored_asr=0.988),
         cell("sig", "asd", 0.7, 0.1, 1234.6, None),  # another machine: its own spend table
+        {**cell("wanet", "ss", 0.8, 0.7, 320, 0.9), "finished_at": "2026-12-06T01:00:00+00:00"},  # the next day
+        {**cell("wanet", "abl", 0.8, 0.9, 330, 1.0), "finished_at": "2026-12-07T01:00:00+00:00"},  # a day not asked
         {**cell("blend", "ss", 0.1, 0.1, 1, 1.0), "status": "failed"},
     ]
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"grid": "table3-quick-all", "cells": cells}))
     script = [sys.executable, str(ROOT / "benchmarks" / "table3_tables.py"), str(grid)]
     proc = subprocess.run(
-        [*script, "--spend", "AVX512:2026-12-05", "--spend", "AVX2:2026-12"], capture_output=True, text=True
+        [*script, "--spend", "AVX512:2026-12-05,2026-12-06", "--spend", "AVX2:2026-12"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("5 finished cells")
+    assert out.startswith("7 finished cells")
     row = "| BadNets | 90.0 / 100.0 | · | · | 89.3 / 78.0 [89.8 / 98.5] | · | · | · | 74.2 / 8.3 (74.1 / 7.0) |"
     assert row in out and "| Blend | · | · | · |" in out  # the failed SS cell is not a result
     assert "| BadNets | 88.1 / 83.5 [90.0 / 98.8] | · | · | · |" in out
     assert "| CLP | 0.03 s |" in out and "| EigenGuard | 600 s, 2.00x |" in out and "| FT | 12 s, 0.04x |" in out
-    avx2 = out.split("Spend on AVX2")[1]
+    avx512, avx2 = out.split("Spend on AVX512, 2026-12-05, 2026-12-06:")[1].split("Spend on AVX2")
+    assert "| SS | · | 320 s, 0.90x |" in avx512 and "ABL" not in avx512  # 2026-12-07 was not asked for
     assert "| defense | SIG |" in avx2 and "| ASD | 1,235 s |" in avx2 and "CLP" not in avx2
 
-    refused = subprocess.run([*script, "--spend", "AVX512"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "'AVX512': expected CAPABILITY:DAY" in refused.stderr
+    for bad in ("AVX512", "AVX512:2026-12-05,"):
+        refused = subprocess.run([*script, "--spend", bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and f"{bad!r}: expected CAPABILITY:DAY" in refused.stderr
