@@ -104,10 +104,11 @@ def main() -> None:
     args = parser.parse_args()
     spends = []
     for spec in args.spend:
-        capability, _, days = spec.partition(":")
-        if not capability or not all(days.split(",")):
+        capability, _, day_list = spec.partition(":")
+        days = tuple(day_list.split(","))
+        if not capability or not all(days):
             parser.error(f"--spend {spec!r}: expected CAPABILITY:DAY[,DAY...], e.g. AVX512:2026-12-05,2026-12-06")
-        spends.append((capability, tuple(days.split(","))))
+        spends.append((capability, days))
     cells = finished_cells(args.grid)
     print(f"{len(cells)} finished cells\n")
     print(results_table(cells, NO_CLEAN_DATA), end="\n\n")
