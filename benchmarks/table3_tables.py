@@ -13,7 +13,8 @@ Three kinds of table, each attack x defense, from the grid's finished cells (one
   cells whose `metrics.environment.cpu_capability` is CAPABILITY and that finished on one of the DAYs, each
   a prefix of the ISO time, so 2026-12 is the month):
   `defense_seconds` and `defense_cost_vs_plain` where the cell recorded it. Ratios compare within one
-  machine only, so each machine gets its own table; rows and columns with no cell are left out.
+  machine only, so each machine (CPU model, `metrics.environment.cpu`, and capability) gets its own table:
+  one --spend prints a table per CPU model among its cells. Rows and columns with no cell are left out.
 `·` marks a cell that has not run.
 """
 
@@ -80,14 +81,18 @@ def spent(cell: dict[str, Any]) -> str:
     return f"{seconds:,.0f} s" + (f", {ratio:.2f}x" if ratio is not None else "")
 
 
-def spend_table(cells: Cells, capability: str, days: tuple[str, ...]) -> str:
-    """Each defense's wall time (and its ratio over plain training) on the machine and days named."""
-    mine = {
-        key: c
-        for key, c in cells.items()
-        if c["metrics"].get("environment", {}).get("cpu_capability") == capability
-        and (c.get("finished_at") or "").startswith(days)
-    }
+def cells_by_cpu(cells: Cells, capability: str, days: tuple[str, ...]) -> dict[str, Cells]:
+    """CPU model -> the cells that ran on it with this capability and finished on one of the days."""
+    by_cpu: dict[str, Cells] = {}
+    for key, c in cells.items():
+        environment = c["metrics"].get("environment", {})
+        if environment.get("cpu_capability") == capability and (c.get("finished_at") or "").startswith(days):
+            by_cpu.setdefault(environment.get("cpu", "unknown CPU"), {})[key] = c
+    return by_cpu
+
+
+def spend_table(mine: Cells) -> str:
+    """Each defense's wall time (and its ratio over plain training) in cells of one machine."""
     attacks = {a: name for a, name in ATTACKS.items() if any((a, d) in mine for d in SPEND)}
     rows = [
         [name, *(spent(mine[a, d]) if (a, d) in mine else "·" for a in attacks)]
@@ -114,7 +119,8 @@ def main() -> None:
     print(results_table(cells, NO_CLEAN_DATA), end="\n\n")
     print(results_table(cells, POST_TRAINING), end="\n\n")
     for capability, days in spends:
-        print(f"Spend on {capability}, {', '.join(days)}:\n\n{spend_table(cells, capability, days)}", end="\n\n")
+        for cpu, mine in sorted(cells_by_cpu(cells, capability, days).items()):
+            print(f"Spend on {cpu}, {capability}, {', '.join(days)}:\n\n{spend_table(mine)}", end="\n\n")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
         attack: str, defense: str, acc: float, asr: float, seconds: float, ratio: float | None, **m: object
     ) -> dict:
         metrics = {"acc": acc, "asr": asr, "defense_seconds": seconds, "defense_cost_vs_plain": ratio, **m}
-        metrics["environment"] = {"cpu_capability": "AVX512" if attack != "sig" else "AVX2"}
+        cpu = "Intel Xeon" if attack == "adap-patch" else "AMD EPYC"  # same capability, another CPU model
+        metrics["environment"] = {"cpu": cpu, "cpu_capability": "AVX512" if attack != "sig" else "AVX2"}
         labels = {"attack": attack, "defense": defense, "seed": "0"}
         return {"labels": labels, "status": "done", "metrics": metrics, "finished_at": "2026-12-05T10:00:00+00:00"}
 
@@ -170,6 +171,7 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
         {**cell("wanet", "ss", 0.8, 0.7, 320, 0.9), "finished_at": "2026-12-06T01:00:00+00:00"},  # the next day
         {**cell("wanet", "abl", 0.8, 0.9, 330, 1.0), "finished_at": "2026-12-07T01:00:00+00:00"},  # a day not asked
         {**cell("blend", "ss", 0.1, 0.1, 1, 1.0), "status": "failed"},
+        cell("adap-patch", "d-br", 0.8, 0.2, 540, 1.5, backdoored_acc=0.85, backdoored_asr=0.03),
     ]
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"grid": "table3-quick-all", "cells": cells}))
@@ -179,13 +181,16 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("7 finished cells")
+    assert out.startswith("8 finished cells")
     row = "| BadNets | 90.0 / 100.0 | · | · | 89.3 / 78.0 [89.8 / 98.5] | · | · | · | 74.2 / 8.3 (74.1 / 7.0) |"
     assert row in out and "| Blend | · | · | · |" in out  # the failed SS cell is not a result
     assert "| BadNets | 88.1 / 83.5 [90.0 / 98.8] | · | · | · |" in out
     assert "| CLP | 0.03 s |" in out and "| EigenGuard | 600 s, 2.00x |" in out and "| FT | 12 s, 0.04x |" in out
-    avx512, avx2 = out.split("Spend on AVX512, 2026-12-05, 2026-12-06:")[1].split("Spend on AVX2")
+    spend = out.split("Spend on AMD EPYC, AVX512, 2026-12-05, 2026-12-06:")[1]
+    avx512, rest = spend.split("Spend on Intel Xeon, AVX512, 2026-12-05, 2026-12-06:")
+    intel, avx2 = rest.split("Spend on AMD EPYC, AVX2, 2026-12:")
     assert "| SS | · | 320 s, 0.90x |" in avx512 and "ABL" not in avx512  # 2026-12-07 was not asked for
+    assert "Adap-Patch" not in avx512 and "| defense | Adap-Patch |" in intel and "| D-BR | 540 s, 1.50x |" in intel
     assert "| defense | SIG |" in avx2 and "| ASD | 1,235 s |" in avx2 and "CLP" not in avx2
 
     for bad in ("AVX512", "AVX512:2026-12-05,"):
