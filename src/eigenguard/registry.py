@@ -112,6 +112,8 @@ class Registry(Generic[T]):
         options = self._validated(name, options, self.options(name, positional))
         try:
             return self.get(name)(*args, **(fixed or {}), **options)  # type: ignore[operator]
+        except EigenguardError:  # already one line naming the value and what is allowed
+            raise
         except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
             raise EigenguardError(f"invalid options {options} for {self.kind} '{name}': {e}") from None
 

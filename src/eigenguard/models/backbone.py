@@ -15,6 +15,8 @@ class Backbone(nn.Module):
     After each stage the activations pass through `self.points[name]`, an `nn.Identity` placeholder
     until `insert` puts a module there (e.g. a defense). The point names are the stage names, in
     forward order; subclasses say what each one means in `POINT_MEANINGS` (name -> description).
+    `on_input` and `on_output` (identity until a defense sets them) wrap the whole network: what a defense
+    does to every input and to the logits at inference (PDB stamps its trigger and inverts its label map).
     """
 
     POINT_MEANINGS: ClassVar[Mapping[str, str]] = {}
@@ -26,6 +28,8 @@ class Backbone(nn.Module):
         self.stages = nn.ModuleDict(stages)
         self.points = nn.ModuleDict({name: nn.Identity() for name in stages})
         self.head = head
+        self.on_input: nn.Module = nn.Identity()
+        self.on_output: nn.Module = nn.Identity()
         self._init_weights()
 
     @property
@@ -41,14 +45,16 @@ class Backbone(nn.Module):
         self.points[name] = module
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.on_input(x)
         for name, stage in self.stages.items():
             x = self.points[name](stage(x))
-        return self.head(x)
+        return self.on_output(self.head(x))
 
     def features(self, x: Tensor, point: str, through_point: bool = True) -> Tensor:
         """Activations at `point`, after the module inserted there (`through_point=False`: before it, what
         that module receives); later stages are not run."""
         self._check_point(point)
+        x = self.on_input(x)
         for name, stage in self.stages.items():
             x = stage(x)
             if name == point:
@@ -60,7 +66,7 @@ class Backbone(nn.Module):
         """The stages up to and including `point`'s, with the modules inserted before it: what computes the
         input of the module at `point`."""
         self._check_point(point)
-        modules: list[nn.Module] = []
+        modules: list[nn.Module] = [self.on_input]
         for name, stage in self.stages.items():
             modules.append(stage)
             if name == point:

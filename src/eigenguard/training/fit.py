@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from eigenguard.data.transforms import Normalize
-from eigenguard.training.loop import EpochPosition, LossFn, StepCallback, train_one_epoch
+from eigenguard.training.loop import BatchFn, EpochPosition, LossFn, StepCallback, train_one_epoch
 from eigenguard.training.schedule import lr_multiplier
 
 CROP_PAD = 4  # random-crop padding of every recipe that augments (the usual CIFAR value)
@@ -73,6 +73,7 @@ def fit(
     on_position: PositionCallback | None = None,
     position_every: int = 0,
     sample_losses: torch.Tensor | None = None,
+    make_batch: BatchFn | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on uint8 `images` (on the training device) with `recipe`; returns the last
     epoch's stats (train_loss, train_acc on the augmented batches).
@@ -84,6 +85,7 @@ def fit(
     restored; the optimizer and the schedule are restored here). `on_position(epoch, position, optimizer,
     scheduler)` is called every `position_every` steps within an epoch (a checkpoint's chance).
     `sample_losses`: a buffer every epoch fills with each sample's training loss (loop.train_one_epoch).
+    `make_batch`: builds a batch from its indices instead of the recipe's augmentation (loop.train_one_epoch).
     """
     steps_per_epoch = recipe.steps_per_epoch(len(images))
     optimizer = torch.optim.SGD(
@@ -131,6 +133,7 @@ def fit(
             on_position=position_callback,
             position_every=position_every,
             sample_losses=sample_losses,
+            make_batch=make_batch,
         )
         if on_epoch_end:
             on_epoch_end(epoch, stats, optimizer, scheduler)

@@ -32,6 +32,7 @@ class EpochPosition:
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels, inputs) -> loss
+BatchFn = Callable[[torch.Tensor], torch.Tensor]  # the batch's indices -> its normalised, augmented inputs
 
 
 def train_one_epoch(
@@ -55,6 +56,7 @@ def train_one_epoch(
     on_position: Callable[[EpochPosition], None] | None = None,
     position_every: int = 0,
     sample_losses: torch.Tensor | None = None,
+    make_batch: BatchFn | None = None,
 ) -> dict[str, float]:
     """Train for one pass over (images, labels); returns mean loss and accuracy on the augmented batches.
 
@@ -69,6 +71,8 @@ def train_one_epoch(
     `sample_losses` (one float per sample, on the data's device): each sample's cross-entropy in the step
     that trained it is written there, in place (EigenGuard's anchors ranked without a pass of their own); a
     fresh epoch first sets it to +inf, so a sample in the dropped last batch is never among the lowest.
+    `make_batch(idx)` replaces augment-then-normalise for a defense that builds some inputs itself (PDB's
+    trigger is stamped outside uint8 range, then augmented); it draws from `generator` too.
     """
     if sample_losses is not None and loss_fn is not None:
         raise ValueError("sample_losses records the cross-entropy; it cannot be combined with another loss_fn")
@@ -87,7 +91,7 @@ def train_one_epoch(
         loss_sum, correct = position.loss_sum.clone(), position.correct.clone()
     for step in range(first, steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        x = normalize(augment(images[idx], crop_pad, flip, generator))
+        x = normalize(augment(images[idx], crop_pad, flip, generator)) if make_batch is None else make_batch(idx)
         y = labels[idx]
         if extra_inputs is not None:
             x = torch.cat([x, extra_inputs.to(x.dtype)])

@@ -25,7 +25,7 @@ from eigenguard.models import Backbone, create_model
 from eigenguard.training.checkpoint import Checkpoints, Midway, PhaseState
 from eigenguard.training.evaluate import evaluate_protocols
 from eigenguard.training.fit import CROP_PAD, Recipe, Resume, Scheduler, fit
-from eigenguard.training.loop import EpochPosition, LossFn
+from eigenguard.training.loop import BatchFn, EpochPosition, LossFn
 
 
 class RecipeKnobs(TypedDict, total=False):
@@ -262,9 +262,12 @@ class Trainer:
         phase: str = "train",
         loss_fn: LossFn | None = None,
         hook: EpochHook | None = None,
+        make_batch: BatchFn | None = None,
         **knobs: Unpack[RecipeKnobs],
     ) -> list[dict[str, Any]]:
         """Train `model` on `data` with `self.recipe(epochs, **knobs)`, evaluating and logging every epoch.
+        `make_batch(idx)`: the batch's inputs, built by the defense (loop.train_one_epoch), drawing from
+        `self.generator`.
 
         Returns this fit's log rows."""
         recipe = self.recipe(epochs, **knobs)
@@ -386,5 +389,6 @@ class Trainer:
                 on_position=on_position if self.checkpoints is not None and self.config.checkpoint_every else None,
                 position_every=self.config.checkpoint_every,
                 sample_losses=losses,
+                make_batch=make_batch,
             )
         return rows
