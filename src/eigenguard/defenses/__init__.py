@@ -1,7 +1,8 @@
 """Defenses. Adding one = one file with a `Defense` subclass + one `DEFENSES` entry below.
 
 Training-time: none, eigenguard, abl, asd (10 clean seeds per class), d-st (no clean data), pdb (no clean
-data: plants a defensive backdoor of its own), ss (ss reads the backdoored model's features, then retrains).
+data: plants a defensive backdoor of its own), sieve (no clean data: the guard's refusals find the poisons,
+then a plain model trains on the rest), ss (ss reads the backdoored model's features, then retrains).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free), d-br (no clean
 data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
 `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
@@ -24,13 +25,14 @@ from eigenguard.defenses.finetune import FineTuning
 from eigenguard.defenses.nad import NAD
 from eigenguard.defenses.no_defense import NoDefense
 from eigenguard.defenses.pdb import PDB
+from eigenguard.defenses.sieve import Sieve
 from eigenguard.defenses.spectral_signatures import SpectralSignatures
 from eigenguard.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
     NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, DST, ASD,
-    PDB, DimensionEditTraining,
+    PDB, Sieve, DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
 

@@ -44,6 +44,27 @@ class DefenseContext:
             "recall": round(hits / len(poisoned), 4) if poisoned else 0.0,
         }
 
+    def auroc(self, scores: torch.Tensor) -> float | None:
+        """How well per-training-sample `scores` (higher: more suspicious) rank the poisons above the rest:
+        the chance a random poison outscores a random clean sample, ties counted half (for reports)."""
+        return auroc(scores, self.poison_indices)
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float | None:
+    """Area under the ROC curve of `scores` for the samples at indices `positives` against all others, from
+    the Mann-Whitney rank sum with average ranks for ties; None when either side is empty."""
+    scores = scores.detach().double().cpu()
+    is_pos = torch.zeros(len(scores), dtype=torch.bool)
+    is_pos[positives.cpu()] = True
+    n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2  # 1-based rank of each distinct value, ties averaged
+    rank_sum = average_rank[inverse][is_pos].sum().item()
+    return round((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), 4)
+
 
 class Defense:
     """Base class. Subclasses set `name`, declare what they need, and implement `run`.

@@ -243,11 +243,15 @@ class EigenGuardDefense(Defense):
         return guard(model, at=self.at, k=self.k, momentum=self.momentum, **self._guard_options())
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
+        return self.train_guarded(ctx, ctx.config.epochs), {}
+
+    def train_guarded(self, ctx: DefenseContext, epochs: int, phase: str = "train") -> Backbone:
+        """A fresh model with the guard in it, trained on the poisoned training set for `epochs`."""
         model = ctx.trainer.new_model()
         g = self.rebuild(model).to(ctx.trainer.device)
         hook = Anchors(
             [g], ctx.train_set, ctx.clean_pool, self.anchors, self.anchor_count, ctx.trainer, ctx.poison_indices,
             self.ranking, (model, self.at) if self.anchor_features == "detached" else None,
         )  # fmt: skip
-        ctx.trainer.fit(model, ctx.train_set, epochs=ctx.config.epochs, hook=hook)
-        return model, {}
+        ctx.trainer.fit(model, ctx.train_set, epochs=epochs, phase=phase, hook=hook)
+        return model

@@ -1,0 +1,115 @@
+"""The guard as a sieve: this project's own method (not from a paper), built on EigenGuard's refusals.
+
+A guarded model does not learn what the guard flattens: on a dirty-label attack it stops, it keeps
+predicting a poisoned image's true class, so it contradicts the label the attacker gave. Those
+contradictions (refusals) concentrate on the attack's target class, the label every poison carries.
+  1. train the guarded model (EigenGuard, the paper's options) on the poisoned set, `sieve_epochs` epochs
+     (default: the run's);
+  2. read every training image once, un-augmented, each alone (the guard's per-sample inference): its
+     prediction and its loss under the given label; a refusal is a prediction other than the given label;
+  3. estimate the target class: the given label with the highest refusal rate;
+  4. flag (`rule`): `target-refusals` the refusals whose given label is the estimated target;
+     `refusals` every refusal;
+  5. train a fresh model on what is left (`flagged: drop`) or on every image with the flagged ones
+     relabelled as the guard predicts (`flagged: relabel`), plainly (`then: none`) or with PDB in front
+     of the same split (`then: pdb`, PDB's defaults).
+The report gives the target estimate with every class's refusal rate, the split's precision and recall,
+and the AUROC of the guarded model's loss as a poison score (ground truth used for the report only).
+"""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.defenses.eigenguard import EigenGuardDefense
+from eigenguard.defenses.pdb import PDB
+from eigenguard.errors import EigenguardError
+from eigenguard.guard import find_guards, inference_mode
+from eigenguard.training.evaluate import eval_logits
+
+RULES = ("target-refusals", "refusals")
+FLAGGED = ("drop", "relabel")
+THEN = ("none", "pdb")
+
+
+def refusal_rates(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """For every class, the share of the images labelled so whose prediction differs (0 for an empty class)."""
+    refused = torch.bincount(given[predicted != given], minlength=num_classes).float()
+    total = torch.bincount(given, minlength=num_classes).float()
+    return refused / total.clamp(min=1)
+
+
+def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -> torch.Tensor:
+    """Indices of the images `rule` flags (sorted)."""
+    refused = predicted != given
+    if rule == "target-refusals":
+        refused &= given == target
+    return torch.nonzero(refused).flatten()
+
+
+class Sieve(Defense):
+    name = "sieve"
+
+    def __init__(
+        self,
+        sieve_epochs: int | None = None,
+        rule: str = "target-refusals",
+        flagged: str = "drop",
+        then: str = "none",
+    ) -> None:
+        for key, value, allowed in (("rule", rule, RULES), ("flagged", flagged, FLAGGED), ("then", then, THEN)):
+            if value not in allowed:
+                raise EigenguardError(f"invalid defense option {key} = {value!r}; allowed: {', '.join(allowed)}")
+        if sieve_epochs is not None and sieve_epochs < 1:
+            raise EigenguardError(f"invalid defense option sieve_epochs = {sieve_epochs}: must be >= 1 (or null)")
+        self.sieve_epochs, self.rule, self.flagged, self.then = sieve_epochs, rule, flagged, then
+
+    def rebuild(self, model: nn.Module) -> None:
+        if self.then == "pdb":
+            PDB().rebuild(model)
+
+    def sift(self, ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Train the guarded model and read the training set with it: (predictions, losses, report)."""
+        t, train = ctx.trainer, ctx.train_set
+        guarded = EigenGuardDefense().train_guarded(ctx, self.sieve_epochs or ctx.config.epochs, phase="sieve")
+        with inference_mode(find_guards(guarded), "per-sample"):
+            logits = eval_logits(t.forward_of(guarded), train, t.normalize, t.config.eval_batch_size, t.amp)
+        predicted = logits.argmax(1)
+        losses = F.cross_entropy(logits, train.labels, reduction="none")
+        rates = refusal_rates(predicted, train.labels, train.num_classes)
+        return predicted, losses, {"refusal_rates": [round(r, 4) for r in rates.tolist()]}
+
+    def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
+        train = ctx.train_set
+        predicted, losses, report = self.sift(ctx)
+        target = int(torch.tensor(report["refusal_rates"]).argmax())
+        flagged = flag(predicted, train.labels, target, self.rule)
+        report |= {
+            "estimated_target": target,
+            "split": ctx.precision_recall(flagged),
+            "loss_auroc": ctx.auroc(losses),
+        }
+        keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)
+        if self.flagged == "drop":
+            keep[flagged] = False
+            kept = train.subset(torch.nonzero(keep).flatten())
+        else:
+            labels = train.labels.clone()
+            labels[flagged] = predicted[flagged]
+            kept = ImageDataset(train.images, labels, train.classes, train.mean, train.std)
+        poisoned = torch.zeros(len(train), dtype=torch.bool, device=keep.device)
+        poisoned[ctx.poison_indices.to(keep.device)] = True
+        rest = DefenseContext(
+            ctx.config, ctx.trainer, kept, ctx.clean_pool, torch.nonzero(poisoned[keep]).flatten(), ctx.backdoored
+        )
+        if self.then == "pdb":
+            model, report["pdb"] = PDB().run(rest)
+        else:
+            model = ctx.trainer.new_model()
+            ctx.trainer.fit(model, kept, epochs=ctx.config.epochs)
+        report["trained_on"] = len(kept)
+        return model, report

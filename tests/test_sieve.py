@@ -1,0 +1,102 @@
+"""The guard as a sieve on a toy set where the answer is known: the guarded model is replaced by one that
+predicts every image's true class (what a guard that stopped the attack does), so the sieve must find
+exactly the relabelled images, name their target class and train on the rest. And the AUROC it reports."""
+
+import pytest
+import torch
+from torch import nn
+
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.defenses import create_defense
+from eigenguard.defenses.base import auroc
+from eigenguard.defenses.eigenguard import EigenGuardDefense
+from eigenguard.defenses.pdb import DefensiveStamp
+from eigenguard.defenses.sieve import Sieve, flag, refusal_rates
+from eigenguard.errors import EigenguardError
+from tests.test_defenses import tiny_context, tiny_dataset
+
+
+class BrightnessOracle(nn.Module):
+    """tiny_dataset's class c is brightness 60c + noise in [0, 60): this predicts it from the mean pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = (x * 0.5 + 0.5) * 255  # Normalize((0.5,), (0.5,)) undone
+        centres = 60 * torch.arange(4, dtype=x.dtype) + 29.5
+        return -((pixels.mean((1, 2, 3))[:, None] - centres) ** 2)
+
+
+def planted(n: int = 256, poisons: int = 24, target: int = 0) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+    """tiny_dataset with `poisons` images of other classes relabelled `target`: (set, poison indices, truth)."""
+    data = tiny_dataset(n)
+    truth = data.labels.clone()
+    others = torch.nonzero(truth != target).flatten()
+    chosen = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(3))[:poisons]].sort().values
+    data.labels[chosen] = target
+    return data, chosen, truth
+
+
+def test_auroc_matches_the_pairwise_count() -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (60,), generator=g).float()  # many ties
+    positives = torch.randperm(60, generator=g)[:17]
+    is_pos = torch.zeros(60, dtype=torch.bool)
+    is_pos[positives] = True
+    diff = scores[is_pos][:, None] - scores[~is_pos][None, :]
+    expected = ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
+    assert auroc(scores, positives) == pytest.approx(expected, abs=1e-4)
+    assert auroc(torch.arange(10.0), torch.tensor([7, 8, 9])) == 1.0
+    assert auroc(-torch.arange(10.0), torch.tensor([7, 8, 9])) == 0.0
+    assert auroc(torch.ones(10), torch.tensor([1])) == 0.5
+    assert auroc(torch.ones(3), torch.tensor([], dtype=torch.int64)) is None
+
+
+def test_refusals_and_flags() -> None:
+    given = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 2, 0, 1, 0, 2, 2])
+    assert refusal_rates(predicted, given, 4).tolist() == [0.5, 0.5, 0.0, 0.0]
+    assert flag(predicted, given, 0, "target-refusals").tolist() == [1, 2]
+    assert flag(predicted, given, 0, "refusals").tolist() == [1, 2, 5]
+
+
+@pytest.mark.parametrize("flagged", ["drop", "relabel"])
+def test_sieve_recovers_planted_poisons(flagged: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, poisons, truth = planted()
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    seen: list[ImageDataset] = []
+    fit = ctx.trainer.fit
+    monkeypatch.setattr(ctx.trainer, "fit", lambda model, d, **kw: seen.append(d) or fit(model, d, **kw))
+    _, report = Sieve(flagged=flagged).run(ctx)
+    assert report["estimated_target"] == 0
+    assert report["split"] == {"flagged": 24, "flagged_poisoned": 24, "precision": 1.0, "recall": 1.0}
+    assert report["loss_auroc"] == 1.0
+    (trained,) = seen
+    if flagged == "drop":
+        assert report["trained_on"] == len(trained) == 256 - 24
+        keep = torch.ones(256, dtype=torch.bool)
+        keep[poisons] = False
+        assert torch.equal(trained.labels, truth[keep])
+    else:
+        assert torch.equal(trained.labels, truth)  # the flagged images get the class the guard sees
+
+
+def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    data, poisons, _ = planted()
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    model, report = Sieve(then="pdb").run(ctx)
+    assert isinstance(model.on_input, DefensiveStamp)
+    assert report["pdb"]["defensive_images"] > 0 and report["trained_on"] == 256 - 24
+
+
+def test_sieve_options_are_checked() -> None:
+    for bad in ({"rule": "all"}, {"flagged": "keep"}, {"then": "asd"}, {"sieve_epochs": 0}):
+        with pytest.raises(EigenguardError, match=f"invalid defense option {next(iter(bad))} ="):
+            create_defense("sieve", **bad)
+
+
+def test_guarded_training_of_the_sieve_is_logged_as_its_own_phase() -> None:
+    data, poisons, _ = planted(n=64, poisons=6)
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    Sieve(sieve_epochs=1).run(ctx)
+    assert [row["phase"] for row in ctx.trainer.history] == ["sieve", "train"]
