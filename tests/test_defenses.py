@@ -332,6 +332,7 @@ def test_defense_options_are_checked() -> None:
         "asd",
         "pdb",
         "sieve",
+        "cbd",
         "dimension-edit",
     }
     assert expected == set(DEFENSES.names())
@@ -399,6 +400,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("d-st", {"sd_epochs": 1, "intra_epochs": 1, "st_epochs": 1, "head_epochs": 1, "st_batch_size": 64}),
         ("pdb", {}),
         ("sieve", {"sieve_epochs": 1, "then": "pdb"}),
+        ("cbd", {"backdoor_epochs": 1}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

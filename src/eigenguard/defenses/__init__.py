@@ -2,7 +2,8 @@
 
 Training-time: none, eigenguard, abl, asd (10 clean seeds per class), d-st (no clean data), pdb (no clean
 data: plants a defensive backdoor of its own), sieve (no clean data: the guard's refusals find the poisons,
-then a plain model trains on the rest), ss (ss reads the backdoored model's features, then retrains).
+then a plain model trains on the rest), cbd (no clean data: an early-stopped backdoored model down-weights
+what it fits), ss (ss reads the backdoored model's features, then retrains).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free), d-br (no clean
 data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
 `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
@@ -15,6 +16,7 @@ from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP
 from eigenguard.defenses.asd import ASD
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.defenses.cbd import CBD
 from eigenguard.defenses.clp import CLP
 from eigenguard.defenses.dbr import DBR
 from eigenguard.defenses.dimension_edit import DimensionEditTraining
@@ -32,7 +34,7 @@ from eigenguard.registry import Registry
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
     NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, DST, ASD,
-    PDB, Sieve, DimensionEditTraining,
+    PDB, Sieve, CBD, DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
 
