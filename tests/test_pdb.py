@@ -93,6 +93,22 @@ def test_pdb_trains_on_the_union_and_reports_its_defensive_set() -> None:
     assert torch.allclose(model.on_input.value, torch.tensor([(2.0 - 0.5) / 0.5]))
 
 
+def test_pdb_draws_from_the_defenders_clean_images_when_asked() -> None:
+    clean = tiny_dataset(40, seed=1)
+    clean.images[:, :, -1, -1] = 7  # marks the clean pool's images
+    ctx = tiny_context(tiny_dataset(64), clean, poisoned=torch.tensor([0, 1, 2, 3]))
+    assert PDB(source="clean").needs_clean_pool and not PDB().needs_clean_pool
+    seen = []
+    fit = ctx.trainer.fit
+    ctx.trainer.fit = lambda model, data, **kw: seen.append(data) or fit(model, data, **kw)  # type: ignore[method-assign]
+    _, report = PDB(ratio=0.5, repeat=1, size=2, source="clean").run(ctx)
+    assert report["defensive_images"] == 32 and report["defensive_poisoned"] == 0  # 8 a class, of 10 a class
+    (union,) = seen
+    assert len(union) == 64 + 32 and (union.images[64:, :, -1, -1] == 7).all()
+    true_class = ((union.images[64:].float().mean((1, 2, 3)) - 30) / 60).round().long()  # class c: 60c + noise
+    assert torch.equal(union.labels[64:], (true_class + 1) % 4)
+
+
 def test_pdb_run_loads_back_with_its_stamp(mnist_root: Path, tmp_path: Path) -> None:
     result = train(defended(mnist_root, tmp_path / "run", tmp_path / "cache", "pdb", {"size": 5}), progress=False)
     loaded = load_run(tmp_path / "run", data_root=str(mnist_root))

@@ -17,9 +17,12 @@ pixel units before normalisation, i.e. outside the range an attacker's image can
 once, per class; repeat 5; shift 1; scale p 0.2; rotation 10 degrees at p 0.5; the Gaussian-noise step of the
 official code is off by default there (std 0) and is not implemented. The official code trains 100 epochs at
 lr 0.01 (cosine); here the run's recipe and epochs, like every other training-time defense.
-One deviation, forced by the threat model: the official code draws the defensive images from the clean
-training set (BackdoorBench keeps it), which a defender of a poisoned dataset does not have; here they are
-drawn from the training set as given, so some of them may be poisons (counted in the report).
+Where the defensive images come from (`source`): the official code draws them from the clean training set
+(BackdoorBench keeps it), which a defender of a poisoned dataset does not have. `training` (the default,
+no clean data) draws them from the training set as given, so some of them may be poisons (counted in the
+report): a poison there carries the attacker's trigger and the defensive one, labelled h(target). `clean`
+draws them from the defender's clean images (`clean_samples` of them, the same count per class, at most
+ratio x the training set): the official code's setting, which uses clean data.
 The stamp and the inversion act only in eval mode: in training the defensive images carry their stamp
 already and every other image must reach the model unstamped. Both are per-sample (batch-independent).
 """
@@ -101,8 +104,12 @@ def per_class_choice(labels: torch.Tensor, count: int, num_classes: int, generat
     return torch.cat(chosen).sort().values
 
 
+SOURCES = ("training", "clean")
+
+
 class PDB(Defense):
     name = "pdb"
+    LATE_OPTIONS = ("source",)  # left out of a cell's key at its default (registry.complete)
 
     def __init__(
         self,
@@ -114,7 +121,10 @@ class PDB(Defense):
         scale_p: float = 0.2,
         rotate_p: float = 0.5,
         rotate_degrees: float = 10.0,
+        source: str = "training",
     ) -> None:
+        if source not in SOURCES:
+            raise EigenguardError(f"invalid defense option source = {source!r}; allowed: {', '.join(SOURCES)}")
         if not 0 < ratio <= 1:
             raise EigenguardError(f"invalid defense option ratio = {ratio}: must be in (0, 1]")
         if repeat < 1 or size < 1 or shift < 1:
@@ -130,6 +140,11 @@ class PDB(Defense):
             raise EigenguardError(f"invalid defense option rotate_degrees = {rotate_degrees}: must be in [0, 180]")
         self.ratio, self.repeat, self.size, self.value, self.shift = float(ratio), repeat, size, float(value), shift
         self.scale_p, self.rotate_p, self.rotate_degrees = float(scale_p), float(rotate_p), float(rotate_degrees)
+        self.source = source
+        self.needs_clean_pool = source == "clean"
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in super().describe().items() if k != "needs_clean_pool"}
 
     def rebuild(self, model: nn.Module) -> None:
         if not isinstance(model, Backbone):
@@ -139,12 +154,16 @@ class PDB(Defense):
         model.on_input = DefensiveStamp(channels, self.size).to(device)
         model.on_output = LabelShift(self.shift)
 
-    def defensive_set(self, ctx: DefenseContext) -> torch.Tensor:
-        """Indices (into the training set) of the images that carry the defensive trigger."""
+    def defensive_set(self, ctx: DefenseContext) -> tuple[ImageDataset, torch.Tensor]:
+        """The images that carry the defensive trigger, with their given labels, and their indices into the
+        training set (empty when they come from the defender's clean images)."""
         train = ctx.train_set
-        generator = torch.Generator(device=train.images.device).manual_seed(ctx.config.seed + 40)
+        pool = ctx.clean_pool if self.source == "clean" else train
+        generator = torch.Generator(device=pool.images.device).manual_seed(ctx.config.seed + 40)
         count = max(train.num_classes, round(self.ratio * len(train)))
-        return per_class_choice(train.labels, count, train.num_classes, generator)
+        chosen = per_class_choice(pool.labels, count, train.num_classes, generator)
+        from_training = chosen if self.source == "training" else chosen[:0]
+        return pool.subset(chosen), from_training
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         t, train = ctx.trainer, ctx.train_set
@@ -154,12 +173,12 @@ class PDB(Defense):
             raise EigenguardError(f"invalid defense option size = {self.size}: must be < the image side {min(h, w)}")
         if self.shift % k == 0:
             raise EigenguardError(f"invalid defense option shift = {self.shift}: must not be a multiple of {k} classes")
-        chosen = self.defensive_set(ctx)
+        defensive, from_training = self.defensive_set(ctx)
         n = len(train)
-        copies = chosen.repeat(self.repeat)
+        copies = torch.arange(len(defensive), device=defensive.images.device).repeat(self.repeat)
         union = ImageDataset(
-            torch.cat([train.images, train.images[copies]]),
-            torch.cat([train.labels, (train.labels[copies] + self.shift) % k]),
+            torch.cat([train.images, defensive.images[copies]]),
+            torch.cat([train.labels, (defensive.labels[copies] + self.shift) % k]),
             train.classes,
             train.mean,
             train.std,
@@ -183,9 +202,9 @@ class PDB(Defense):
 
         t.fit(model, union, epochs=ctx.config.epochs, make_batch=make_batch)
         report = {
-            "defensive_images": len(chosen),
+            "defensive_images": len(defensive),
             "defensive_copies": len(copies),
-            "defensive_poisoned": ctx.precision_recall(chosen)["flagged_poisoned"],
+            "defensive_poisoned": ctx.precision_recall(from_training)["flagged_poisoned"],
         }
         return model, report
 
