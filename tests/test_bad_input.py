@@ -159,6 +159,44 @@ def analysis(command: str, damage: Callable[[Path], None]) -> Setup:
     return args
 
 
+def fashion_root(kind: str) -> Setup:
+    """A --data-root that must be refused, not replaced by the Debian package's copy."""
+
+    def args(tmp: Path) -> list[str]:
+        root = tmp / "root"
+        if kind == "file":
+            root.write_text("not a dataset")
+        elif kind == "empty":
+            root.mkdir()
+        common = ["train", "--dataset", "fashion-mnist", "--data-root", str(root), "--epochs", "1", "--device", "cpu"]
+        return [*common, "--out", str(tmp / "out")]
+
+    return args
+
+
+def binary(command: str) -> Setup:
+    def args(tmp: Path) -> list[str]:
+        (tmp / "b.yaml").write_bytes(bytes(range(256)) * 4)
+        if command == "bench":
+            return ["bench", str(tmp / "b.yaml"), "--store", str(tmp / "s.sqlite"), "--runs-dir", str(tmp / "runs")]
+        return train("--config", str(tmp / "b.yaml"))(tmp)
+
+    return args
+
+
+def out_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "a_file.txt").write_text("x")
+    args = train()(tmp)
+    args[args.index("--out") + 1] = str(tmp / "a_file.txt" / "sub")
+    return args
+
+
+def export_to_a_directory(tmp: Path) -> list[str]:
+    ResultStore(tmp / "s.sqlite").close()
+    (tmp / "existing_dir").mkdir()
+    return ["export", "g", "--out", str(tmp / "existing_dir"), "--store", str(tmp / "s.sqlite")]
+
+
 CASES: dict[str, tuple[Setup, str]] = {
     # flags
     "unknown dataset": (train("--dataset", "imagenet"), "invalid dataset = 'imagenet'"),
@@ -179,11 +217,22 @@ CASES: dict[str, tuple[Setup, str]] = {
     "a setting without =": (train("--set", "alpha"), "expected KEY=VALUE"),
     "zero batch size": (train("--set", "batch_size=0"), "batch_size"),
     "a word for the seed": (train("--set", "seed=abc"), "seed"),
+    "an infinite lr": (train("--set", "lr=inf"), "lr"),
+    "a word for an attack option": (train("--attack", "blend", "--set", "attack.alpha=inf"), "alpha = 'inf'"),
+    "an infinite attack option": (train("--attack", "blend", "--set", "attack.alpha=.inf"), "alpha = inf"),
+    "a NaN defense option": (train("--defense", "pdb", "--set", "defense.value=.nan"), "value = nan"),
+    "a data root that is a file": (fashion_root("file"), "is a file"),
+    "a data root that does not exist": (fashion_root("missing"), "does not exist"),
+    "an empty data root": (fashion_root("empty"), "dataset 'fashion-mnist' not found"),
+    "a run directory under a file": (out_under_a_file, "a_file.txt', a file"),
+    "export to a directory": (export_to_a_directory, "is a directory"),
     # config files
     "config file missing": (train("--config", "/nonexistent/run.yaml"), "/nonexistent/run.yaml"),
     "config file not YAML": (config_file("epochs: [1\n"), "run.yaml"),
     "config file a list": (config_file("- epochs\n- 3\n"), "run.yaml"),
     "config file with an unknown key": (config_file("epoch: 3\n"), "epoch"),
+    "config file that is not text": (binary("train"), "not UTF-8 text"),
+    "grid file that is not text": (binary("bench"), "not UTF-8 text"),
     # data files
     "truncated gzip IDX": (broken_mnist(truncate), "train-images-idx3-ubyte"),
     "IDX of the wrong type": (broken_mnist(bad_magic), "train-labels-idx1-ubyte"),
@@ -236,3 +285,18 @@ def test_bad_input(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "Traceback" not in result.output and "code ran" not in result.output
     assert snapshot(tmp_path) == before, f"{case}: files were created or changed"
     assert torch.get_num_threads() >= 1  # the process is still usable after the case
+
+
+def test_a_diverging_run_stops_with_one_line_and_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    args = train("--quiet", "--set", "lr=1e30", "--set", "batch_size=16", "--set", f"cache_dir={cache}")(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "training diverged" in result.stderr
+    out = tmp_path / "out"
+    assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+    assert '"failed"' in (out / "state.json").read_text()
+    assert not (cache / "backdoored").exists() or not any(cache.joinpath("backdoored").iterdir())

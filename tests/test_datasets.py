@@ -445,6 +445,7 @@ def test_missing_dataset_is_one_line_error(
 ) -> None:
     monkeypatch.setattr(mnist_module, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(EigenguardError) as info:
         load_dataset(name, root)
     message = str(info.value)
@@ -452,6 +453,19 @@ def test_missing_dataset_is_one_line_error(
     assert message.startswith(f"dataset '{name}' not found: looked for")
     assert looked_for in message and str(root) in message
     assert "--set download=true" in message and "--data-root" in message and "EIGENGUARD_DATA" in message
+
+
+def test_a_named_data_root_is_read_or_refused(tmp_path: Path) -> None:
+    """The Debian package's Fashion-MNIST is a fallback for an unset root only, never for a named one."""
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(EigenguardError, match=r"data_root '.*file\.txt' is a file"):
+        load_dataset("fashion-mnist", tmp_path / "file.txt")
+    with pytest.raises(EigenguardError, match=r"data_root '.*nowhere' does not exist"):
+        load_dataset("fashion-mnist", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EigenguardError, match="dataset 'fashion-mnist' not found") as info:
+        load_dataset("fashion-mnist", tmp_path / "empty")
+    assert str(mnist_module.DEBIAN_FASHION_MNIST) not in str(info.value)
 
 
 def test_missing_dataset_names_default_root(isolated_data_root: Path) -> None:

@@ -265,9 +265,12 @@ def export_results(
     """A grid's cells as one JSON file (config, metrics, per-epoch log, versions): raw numbers to commit."""
     from eigenguard.bench.exchange import export_grid
     from eigenguard.bench.store import ResultStore
-    from eigenguard.run_directory import atomic_write_text
+    from eigenguard.run_directory import atomic_write_text, file_above
 
     try:
+        if out.is_dir() or file_above(out) is not None:
+            what = "is a directory" if out.is_dir() else f"is under '{file_above(out)}', a file"
+            raise EigenguardError(f"--out '{out}' {what}; allowed: a JSON file's path")
         if not store.exists():
             raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
         results = ResultStore(store, read_only=True)

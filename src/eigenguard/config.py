@@ -161,7 +161,7 @@ def _upgrade_guard_anchors(values: dict[str, Any]) -> dict[str, Any]:
 class TrainConfig(BaseModel):
     """Everything that decides a training run. Unknown keys are an error, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     profile: str = Field(DEFAULT_PROFILE, description="named defaults, applied first: " + ", ".join(PROFILES))
     # data
@@ -394,6 +394,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise EigenguardError(f"cannot read config file '{p}': {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EigenguardError(f"config file '{p}' is not UTF-8 text; allowed: a YAML file") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,6 +1,7 @@
 """A tiny name -> factory registry, shared by datasets, models, attacks and defenses."""
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +75,11 @@ class Registry(Generic[T]):
         is fine), a whole number for an int, true/false for a bool, text for text, a list for a list or
         tuple. A whole number given for a float becomes a float and a whole float for an int an int, so
         `u: 3` and `u: 3.0` are one setting (one configuration, one cell key)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EigenguardError(
+                f"invalid {self.kind} option {key} = {value!r} for '{name}': must be a finite number "
+                f"(default {default!r})"
+            )
         if default is None or value is None:
             return value
         number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -11,6 +11,7 @@ Every file is written to a temporary name in the same directory, then renamed: a
 import csv
 import io
 import json
+import math
 import os
 import socket
 import tempfile
@@ -67,9 +68,20 @@ def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadat
 
 
 def check_new_run_dir(path: Path) -> None:
-    """A run never overwrites another: an existing path is bad input."""
+    """A run never overwrites another: an existing path is bad input, and so is one under a file."""
     if path.exists():
         raise EigenguardError(f"run directory '{path}' already exists; choose another --out or remove it")
+    blocking = file_above(path)
+    if blocking is not None:
+        raise EigenguardError(f"run directory '{path}' is under '{blocking}', a file; allowed: a new directory")
+
+
+def file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is not a directory (nothing can be written below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def check_resumable_run_dir(path: Path) -> None:
@@ -225,10 +237,24 @@ class RunDirectory:
         atomic_write_text(self.path / "log.csv", buffer.getvalue())
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
-        atomic_write_text(self.path / "metrics.json", json.dumps(dict(metrics), indent=2) + "\n")
+        """metrics.json, strict JSON: a non-finite number (an accuracy over no images) is written as null."""
+        atomic_write_text(
+            self.path / "metrics.json", json.dumps(finite(dict(metrics)), indent=2, allow_nan=False) + "\n"
+        )
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
         atomic_save_tensors(self.path / "model.safetensors", state_dict, {"config": json.dumps(dict(config))})
 
     def save_split(self, tensors: Mapping[str, torch.Tensor]) -> None:
         atomic_save_tensors(self.path / "split.safetensors", tensors, {})
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it (dicts, lists) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

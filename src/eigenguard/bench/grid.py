@@ -80,6 +80,8 @@ def load_grid(path: str | Path) -> Grid:
         raw = yaml.safe_load(p.read_text())
     except OSError as e:
         raise EigenguardError(f"cannot read grid file '{p}': {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EigenguardError(f"grid file '{p}' is not UTF-8 text; allowed: a YAML file") from None
     except yaml.YAMLError as e:
         raise EigenguardError(f"grid file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):

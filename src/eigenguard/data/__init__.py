@@ -38,4 +38,11 @@ def load_dataset(
     loader = DATASETS.get(name)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise EigenguardError(f"image_size must be a positive integer, got {image_size!r}")
-    return loader(None if root is None else Path(root).expanduser(), download=download, image_size=image_size)
+    path = None if root is None else Path(root).expanduser()
+    # a root the user names is the one read: never a fallback to another copy behind their back
+    if path is not None and not path.is_dir() and (path.exists() or not download):
+        what = "is a file" if path.exists() else "does not exist"
+        raise EigenguardError(
+            f"data_root '{root}' {what}; allowed: a directory that holds the dataset (or --set download=true)"
+        )
+    return loader(path, download=download, image_size=image_size)

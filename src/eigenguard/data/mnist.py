@@ -49,9 +49,10 @@ MNIST = _Variant("mnist", "MNIST", "mnist", tuple(str(d) for d in range(10)), (0
 FASHION_MNIST = _Variant("fashion-mnist", "FashionMNIST", "fashion-mnist", FASHION_CLASSES, (0.2860,), (0.3530,))
 
 
-def _candidate_dirs(variant: _Variant, root: Path) -> list[Path]:
+def _candidate_dirs(variant: _Variant, root: Path, explicit: bool) -> list[Path]:
+    """Where to look under `root`; the Debian package's copy too, unless the user named the root."""
     dirs = [root, root / variant.torchvision_folder / "raw", root / variant.plain_folder]
-    if variant is FASHION_MNIST:
+    if variant is FASHION_MNIST and not explicit:
         dirs.append(DEBIAN_FASHION_MNIST)
     return dirs
 
@@ -69,8 +70,8 @@ def _files_in(directory: Path) -> list[Path] | None:
     return found
 
 
-def _find_files(variant: _Variant, root: Path) -> list[Path] | None:
-    for directory in _candidate_dirs(variant, root):
+def _find_files(variant: _Variant, root: Path, explicit: bool) -> list[Path] | None:
+    for directory in _candidate_dirs(variant, root, explicit):
         files = _files_in(directory)
         if files is not None:
             return files
@@ -118,14 +119,15 @@ def _download(variant: _Variant, root: Path) -> None:
 
 
 def _load(variant: _Variant, root: Path | None, download: bool) -> tuple[ImageDataset, ImageDataset]:
+    explicit = root is not None
     root = resolve_root(root)
-    files = _find_files(variant, root)
+    files = _find_files(variant, root, explicit)
     if files is None and download:
         _download(variant, root)
-        files = _find_files(variant, root)
+        files = _find_files(variant, root, explicit)
     if files is None:
         names = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES)
-        where = ", ".join(str(d) for d in _candidate_dirs(variant, root))
+        where = ", ".join(str(d) for d in _candidate_dirs(variant, root, explicit))
         raise dataset_not_found(variant.name, f"{names} in {where}")
     train_images, train_labels, test_images, test_labels = files
     return _load_split(variant, train_images, train_labels), _load_split(variant, test_images, test_labels)

@@ -8,6 +8,7 @@ epochs and at the end of every fit.
 """
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict, Unpack
@@ -20,6 +21,7 @@ from torch import nn
 from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize, augment
+from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
 from eigenguard.training.checkpoint import Checkpoints, Midway, PhaseState
@@ -346,6 +348,11 @@ class Trainer:
             ) -> None:
                 if hook:
                     hook.after_epoch(epoch)
+                if not math.isfinite(stats["train_loss"]):  # a diverged model must not be saved or cached
+                    raise EigenguardError(
+                        f"training diverged: {phase} epoch {epoch} ended with loss {stats['train_loss']}; "
+                        "allowed: a finite loss (lower the lr, or check the data)"
+                    )
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 seconds = time.perf_counter() - started["t0"]

@@ -1,0 +1,180 @@
+"""The tables of docs/results/clean-model.md, printed as Markdown from exported grids.
+
+    python benchmarks/clean_model_tables.py benchmarks/results/clean-model-quick.json \
+        benchmarks/results/clean-model-queue.json benchmarks/results/table3-quick-all.json
+
+Cells of every file are merged by what they ran (attack, and the defense with the options that tell its
+variants apart), so a cell run through a queue grid joins the table of its main grid. Three tables:
+- ACC / ASR in %, per-sample protocol, attack x defense (the new defenses beside the none column and the
+  no-clean-data defenses of table3-quick-all that stop the most);
+- how each new defense split or weighted the training set, against the ground truth (used for reports only);
+- what each defense spent per CPU model: its wall time over the none cell's training time on the same CPU
+  model, and the same ratio from median epoch times (robust to a slow epoch when the machine was shared).
+`·` marks a cell that has not run.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from eigenguard.bench.report import markdown_table
+
+ATTACKS = {
+    "badnets": "BadNets",
+    "blend": "Blend",
+    "sig": "SIG",
+    "wanet": "WaNet",
+    "bpp": "BppAttack",
+    "multi-trigger": "multi-trigger",
+    "input-aware": "Input-aware",
+    "adap-blend": "Adap-Blend",
+    "adap-patch": "Adap-Patch",
+    "clb": "CLB (working setting)",
+}
+DEFENSES = {
+    "none": "none",
+    "eigenguard": "EigenGuard",
+    "d-st": "D-ST",
+    "pdb": "PDB",
+    "pdb-clean": "PDB, clean images",
+    "sieve": "sieve",
+    "sieve-pdb": "sieve + PDB",
+    "cbd": "CBD",
+}
+NEW = ("pdb", "pdb-clean", "sieve", "sieve-pdb", "cbd")
+
+Cells = dict[tuple[str, str], dict[str, Any]]
+
+
+def variant(defense: dict[str, Any]) -> str:
+    """The column a cell's defense belongs in: its name, and the option that makes it another method."""
+    name = defense["name"]
+    if name == "pdb" and defense.get("source") == "clean":
+        return "pdb-clean"
+    if name == "sieve" and defense.get("then") == "pdb":
+        return "sieve-pdb"
+    return name
+
+
+def load(paths: list[Path]) -> Cells:
+    """(attack, column) -> finished cell; a later file's cell replaces an earlier one's."""
+    cells: Cells = {}
+    for path in paths:
+        for c in json.loads(path.read_text())["cells"]:
+            if c["status"] == "done":
+                cells[c["config"]["attack"]["name"], variant(c["config"]["defense"])] = c
+    return cells
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def result(cells: Cells, attack: str, defense: str) -> str:
+    cell = cells.get((attack, defense))
+    return "·" if cell is None else f"{pct(cell['metrics']['acc'])} / {pct(cell['metrics']['asr'])}"
+
+
+def columns(cells: Cells, wanted: tuple[str, ...]) -> dict[str, str]:
+    return {d: DEFENSES[d] for d in wanted if any(key[1] == d for key in cells)}
+
+
+def attacks_in(cells: Cells) -> dict[str, str]:
+    return {a: name for a, name in ATTACKS.items() if any(key[0] == a and key[1] in NEW for key in cells)}
+
+
+def results_table(cells: Cells) -> str:
+    shown = columns(cells, tuple(DEFENSES))
+    rows = [[name, *(result(cells, a, d) for d in shown)] for a, name in attacks_in(cells).items()]
+    return markdown_table(["attack", *shown.values()], rows)
+
+
+def split_text(cell: dict[str, Any] | None, defense: str) -> str:
+    if cell is None:
+        return "·"
+    report, target = cell["metrics"]["defense_report"], cell["config"].get("target", 0)
+    if defense in ("pdb", "pdb-clean"):
+        return f"{report['defensive_poisoned']} of {report['defensive_images']}"
+    if defense in ("sieve", "sieve-pdb"):
+        split, guess = report["split"], report["estimated_target"]
+        mark = "" if guess == target else f" (wrong: {guess})"
+        return (
+            f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}, "
+            f"AUROC {report['loss_auroc']:.3f}{mark}"
+        )
+    if defense == "cbd":
+        return (
+            f"AUROC {report['weight_auroc']:.3f}, w {report['weight_mean_poisoned']:.2f} on poisons, "
+            f"{report['weight_mean_clean']:.2f} on the rest"
+        )
+    return "·"
+
+
+def split_table(cells: Cells) -> str:
+    shown = columns(cells, NEW)
+    heads = {
+        "pdb": "PDB: poisons among its defensive images",
+        "pdb-clean": "PDB, clean images: the same",
+        "sieve": "sieve: its split (P, R in %), target estimate",
+        "sieve-pdb": "sieve + PDB: the same",
+        "cbd": "CBD: its final weights",
+    }
+    rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
+    return markdown_table(["attack", *(heads[d] for d in shown)], rows)
+
+
+def median_epoch_seconds(cell: dict[str, Any]) -> float:
+    """Each phase's median epoch time times its epochs, summed: the run's time without its outliers."""
+    phases: dict[str, list[float]] = {}
+    for row in cell.get("log") or []:
+        if row.get("epoch_seconds") not in (None, ""):
+            phases.setdefault(row["phase"], []).append(float(row["epoch_seconds"]))
+    return sum(statistics.median(times) * len(times) for times in phases.values())
+
+
+def cpu(cell: dict[str, Any]) -> str:
+    return cell["metrics"].get("environment", {}).get("cpu", "unknown CPU")
+
+
+def spend_tables(cells: Cells) -> str:
+    out = []
+    for machine in sorted({cpu(c) for (_, d), c in cells.items() if d in NEW}):
+        shown = {d: DEFENSES[d] for d in NEW if any(k[1] == d and cpu(c) == machine for k, c in cells.items())}
+        rows = []
+        for a, name in attacks_in(cells).items():
+            plain = cells.get((a, "none"))
+            row = [name]
+            for d in shown:
+                cell = cells.get((a, d))
+                if cell is None or cpu(cell) != machine:
+                    row.append("·")
+                    continue
+                seconds = cell["metrics"]["defense_seconds"]
+                text = f"{seconds:,.0f} s"
+                if plain is not None and cpu(plain) == machine:
+                    whole = seconds / plain["metrics"]["train_seconds"]
+                    robust = median_epoch_seconds(cell) / median_epoch_seconds(plain)
+                    text += f", {whole:.2f}x ({robust:.2f}x)"
+                row.append(text)
+            rows.append(row)
+        out.append(f"Spend on {machine}:\n\n" + markdown_table(["attack", *shown.values()], rows))
+    return "\n\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grids", type=Path, nargs="+", help="exported grids (JSON), merged in order")
+    args = parser.parse_args()
+    for path in args.grids:
+        if not path.is_file():
+            parser.error(f"{path}: no such file")
+    cells = load(args.grids)
+    print(results_table(cells), end="\n\n")
+    print(split_table(cells), end="\n\n")
+    print(spend_tables(cells))
+
+
+if __name__ == "__main__":
+    main()
