@@ -217,6 +217,14 @@ CASES: dict[str, tuple[Setup, str]] = {
     "a setting without =": (train("--set", "alpha"), "expected KEY=VALUE"),
     "zero batch size": (train("--set", "batch_size=0"), "batch_size"),
     "a word for the seed": (train("--set", "seed=abc"), "seed"),
+    "a word for a typed flag": (train("--epochs", "abc"), "invalid --epochs = 'abc'"),
+    "a word for a number flag": (train("--poison-rate", "abc"), "invalid --poison-rate = 'abc'"),
+    "an unknown flag": (train("--epoch", "3"), "No such option: --epoch"),
+    "zero proposition trials": (lambda tmp: ["analyze", "proposition", "--trials", "0"], "--trials 0"),
+    "an unknown dims mode with r 0 only": (
+        lambda tmp: ["analyze", "dims", "--r", "0", "--mode", "sideways", "--store", str(tmp / "s.sqlite")],
+        "mode 'sideways' unknown",
+    ),
     "an infinite lr": (train("--set", "lr=inf"), "lr"),
     "a word for an attack option": (train("--attack", "blend", "--set", "attack.alpha=inf"), "alpha = 'inf'"),
     "an infinite attack option": (train("--attack", "blend", "--set", "attack.alpha=.inf"), "alpha = inf"),
@@ -245,7 +253,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "resume a finished run": (resume(finished_run), "has finished"),
     "resume what is not a run": (resume(lambda tmp: tmp), "no config.yaml"),
     "resume with settings": (resume(interrupted_run, "--epochs", "3"), "--resume takes no other settings"),
-    "resume a corrupt checkpoint": (resume(corrupt_checkpoint), "fit-1.json' is unreadable"),
+    "resume a corrupt checkpoint": (resume(corrupt_checkpoint), "fit-1.epoch-1.safetensors' is unreadable"),
     "runs of a missing folder": (lambda tmp: ["runs", str(tmp / "nowhere")], "is not a directory"),
     # grid files
     "grid file missing": (lambda tmp: ["bench", str(tmp / "none.yaml")], "none.yaml"),

@@ -1,6 +1,7 @@
 """The `eigenguard` command. Bad input -> one line on stderr, exit code 2, nothing written."""
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,15 +10,48 @@ import typer
 import yaml
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from eigenguard.errors import EigenguardError
 
+err_console = Console(stderr=True)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A flag's bad value or an unknown flag is one line naming it, exit 2, like every other bad input (click
+    would print the usage box)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # the base of click's usage errors, as typer ships them
+            if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as before
+                e.show()  # type: ignore[attr-defined]
+                sys.exit(2)
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            errors = getattr(e.__cause__, "errors", None)  # typer checks a flag's type with pydantic
+            param = getattr(e, "param", None)
+            if callable(errors) and errors() and param is not None:
+                flag = "/".join(getattr(param, "opts", [])) or str(param.name)
+                message = f"invalid {flag} = {errors()[0].get('input')!r}: {errors()[0].get('msg', message)}"
+            err_console.print(
+                f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
+        except typer.Abort:
+            err_console.print("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Train image classifiers on possibly poisoned data, and measure backdoors (ACC / ASR).",
 )
-err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -453,6 +487,8 @@ def analyze_proposition(
     from eigenguard.analysis.proposition import check_proposition, check_remark
 
     failed = False
+    if trials < 1:
+        raise _fail(f"--trials {trials} must be >= 1")
     for b in beta or [0.1, 0.25, 0.5, 0.9]:
         if not 0 < b < 1:
             raise _fail(f"beta {b} must lie in (0, 1)")

@@ -30,7 +30,7 @@ from eigenguard.cache import digest
 from eigenguard.config import config_value
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
-from eigenguard.guard.dimension_edit import DimensionEdit
+from eigenguard.guard.dimension_edit import MODES, DimensionEdit
 from eigenguard.run_directory import atomic_write_bytes
 from eigenguard.training.evaluate import accuracy, eval_logits
 
@@ -40,6 +40,12 @@ DEFAULT_R = (0, 5, 20, 50)
 def dims_grid(attacks: list[str], rs: list[int], modes: list[str], base: dict[str, Any]) -> Grid:
     if not attacks or not rs or not modes:
         raise EigenguardError("dims needs at least one attack, one r and one mode")
+    for mode in modes:  # checked here, not only in the cells: an r of 0 alone builds no cell of the mode
+        if mode not in MODES:
+            raise EigenguardError(f"dimension edit mode '{mode}' unknown; allowed: {', '.join(MODES)}")
+    for r in rs:
+        if r < 0:
+            raise EigenguardError(f"--r {r} must be >= 0 (0: the plain model)")
     if any(r < 0 for r in rs):
         raise EigenguardError(f"r values {rs} must be >= 0")
     edits = [{"label": "plain-0", "defense.mode": "reduce", "defense.r": 0}] if 0 in rs else []

@@ -174,9 +174,13 @@ class Checkpoints:
             record = json.loads(manifest.read_text())
             if not isinstance(record, dict) or record.get("format") != FORMAT:
                 raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
-            return record, load_file(str(self.path / record["tensors"]), device=str(device))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            tensor_file = self.path / record["tensors"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
+        try:
+            return record, load_file(str(tensor_file), device=str(device))
+        except (OSError, ValueError, SafetensorError) as e:  # the file the manifest names is the bad one
+            raise EigenguardError(f"checkpoint '{tensor_file}' is unreadable ({e}); it cannot be resumed") from None
 
     def _tensor_file(self, manifest: Path) -> str | None:
         if not manifest.is_file():
