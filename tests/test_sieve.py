@@ -11,7 +11,7 @@ from eigenguard.defenses import create_defense
 from eigenguard.defenses.base import auroc
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import DefensiveStamp
-from eigenguard.defenses.sieve import Sieve, flag, refusal_rates
+from eigenguard.defenses.sieve import Sieve, flag, refusal_rates, refusal_spread
 from eigenguard.errors import EigenguardError
 from tests.test_defenses import tiny_context, tiny_dataset
 
@@ -56,6 +56,16 @@ def test_refusals_and_flags() -> None:
     assert refusal_rates(predicted, given, 4).tolist() == [0.5, 0.5, 0.0, 0.0]
     assert flag(predicted, given, 0, "target-refusals").tolist() == [1, 2]
     assert flag(predicted, given, 0, "refusals").tolist() == [1, 2, 5]
+    assert refusal_spread(predicted, given, 4).tolist() == [1.0, 0.0, 0.0, 0.0]  # class 0's row: 1, 1, 0
+
+
+def test_spread_names_the_target_where_a_hard_class_refuses_more() -> None:
+    """Class 3 is hard (its errors go to class 2 only, at 80%); class 0 holds poisons from every class (50%
+    refused, spread evenly): the rate names class 3, the spread names class 0."""
+    given = torch.tensor([3] * 10 + [0] * 12 + [1] * 5 + [2] * 5)
+    predicted = torch.tensor([2] * 8 + [3] * 2 + [1, 1, 2, 2, 3, 3] + [0] * 6 + [1] * 5 + [2] * 5)
+    assert refusal_rates(predicted, given, 4).argmax().item() == 3
+    assert refusal_spread(predicted, given, 4).argmax().item() == 0
 
 
 @pytest.mark.parametrize("flagged", ["drop", "relabel"])
@@ -90,7 +100,7 @@ def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyP
 
 
 def test_sieve_options_are_checked() -> None:
-    for bad in ({"rule": "all"}, {"flagged": "keep"}, {"then": "asd"}, {"sieve_epochs": 0}):
+    for bad in ({"rule": "all"}, {"flagged": "keep"}, {"then": "asd"}, {"sieve_epochs": 0}, {"target": "vote"}):
         with pytest.raises(EigenguardError, match=f"invalid defense option {next(iter(bad))} ="):
             create_defense("sieve", **bad)
 

@@ -121,7 +121,7 @@ class Registry(Generic[T]):
         except EigenguardError:  # already one line naming the value and what is allowed
             raise
         except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
-            raise EigenguardError(f"invalid options {options} for {self.kind} '{name}': {e}") from None
+            raise EigenguardError(f"invalid {self.kind} options for '{name}': {e}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,11 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
      (default: the run's);
   2. read every training image once, un-augmented, each alone (the guard's per-sample inference): its
      prediction and its loss under the given label; a refusal is a prediction other than the given label;
-  3. estimate the target class: the given label with the highest refusal rate;
+  3. estimate the target class (`target`): `spread` (default), the given label whose refusals reach the most
+     classes: the median, over the other classes j, of how many images labelled c the guard puts in j. An
+     all-to-one attack's poisons come from every class, so its target's refusals go everywhere, while a
+     hard class's own errors go to a few similar classes (Fashion-MNIST's shirts to T-shirts, pullovers
+     and coats, at a higher rate than the target's); `rate`, the given label with the highest refusal rate;
   4. flag (`rule`): `target-refusals` the refusals whose given label is the estimated target;
      `refusals` every refusal;
   5. train a fresh model on what is left (`flagged: drop`) or on every image with the flagged ones
@@ -32,6 +36,7 @@ from eigenguard.guard import find_guards, inference_mode
 from eigenguard.training.evaluate import eval_logits
 
 RULES = ("target-refusals", "refusals")
+TARGETS = ("spread", "rate")
 FLAGGED = ("drop", "relabel")
 THEN = ("none", "pdb")
 
@@ -41,6 +46,19 @@ def refusal_rates(predicted: torch.Tensor, given: torch.Tensor, num_classes: int
     refused = torch.bincount(given[predicted != given], minlength=num_classes).float()
     total = torch.bincount(given, minlength=num_classes).float()
     return refused / total.clamp(min=1)
+
+
+def confusion_matrix(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts of images by given label (rows) and prediction (columns)."""
+    return torch.bincount(given * num_classes + predicted, minlength=num_classes**2).view(num_classes, -1)
+
+
+def refusal_spread(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """For every class c, the median over the other classes j of the count of images labelled c and predicted
+    j (the off-diagonal row of the confusion matrix)."""
+    confusion = confusion_matrix(predicted, given, num_classes)
+    off = ~torch.eye(num_classes, dtype=torch.bool, device=confusion.device)
+    return confusion[off].view(num_classes, num_classes - 1).float().median(dim=1).values
 
 
 def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -> torch.Tensor:
@@ -60,13 +78,20 @@ class Sieve(Defense):
         rule: str = "target-refusals",
         flagged: str = "drop",
         then: str = "none",
+        target: str = "spread",
     ) -> None:
-        for key, value, allowed in (("rule", rule, RULES), ("flagged", flagged, FLAGGED), ("then", then, THEN)):
+        choices = (
+            ("rule", rule, RULES),
+            ("flagged", flagged, FLAGGED),
+            ("then", then, THEN),
+            ("target", target, TARGETS),
+        )
+        for key, value, allowed in choices:
             if value not in allowed:
                 raise EigenguardError(f"invalid defense option {key} = {value!r}; allowed: {', '.join(allowed)}")
         if sieve_epochs is not None and sieve_epochs < 1:
             raise EigenguardError(f"invalid defense option sieve_epochs = {sieve_epochs}: must be >= 1 (or null)")
-        self.sieve_epochs, self.rule, self.flagged, self.then = sieve_epochs, rule, flagged, then
+        self.sieve_epochs, self.rule, self.flagged, self.then, self.target = sieve_epochs, rule, flagged, then, target
 
     def rebuild(self, model: nn.Module) -> None:
         if self.then == "pdb":
@@ -81,12 +106,19 @@ class Sieve(Defense):
         predicted = logits.argmax(1)
         losses = F.cross_entropy(logits, train.labels, reduction="none")
         rates = refusal_rates(predicted, train.labels, train.num_classes)
-        return predicted, losses, {"refusal_rates": [round(r, 4) for r in rates.tolist()]}
+        spread = refusal_spread(predicted, train.labels, train.num_classes)
+        report = {
+            "refusal_rates": [round(r, 4) for r in rates.tolist()],
+            "refusal_spread": spread.tolist(),
+            "confusion": confusion_matrix(predicted, train.labels, train.num_classes).tolist(),
+        }
+        return predicted, losses, report
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         train = ctx.train_set
         predicted, losses, report = self.sift(ctx)
-        target = int(torch.tensor(report["refusal_rates"]).argmax())
+        evidence = report["refusal_spread" if self.target == "spread" else "refusal_rates"]
+        target = int(torch.tensor(evidence).argmax())
         flagged = flag(predicted, train.labels, target, self.rule)
         report |= {
             "estimated_target": target,
