@@ -8,8 +8,10 @@ variants apart), so a cell run through a queue grid joins the table of its main 
 - ACC / ASR in %, per-sample protocol, attack x defense (the new defenses beside the none column and the
   no-clean-data defenses of table3-quick-all that stop the most);
 - how each new defense split or weighted the training set, against the ground truth (used for reports only);
-- what each defense spent per CPU model: its wall time over the none cell's training time on the same CPU
-  model, and the same ratio from median epoch times (robust to a slow epoch when the machine was shared).
+- what each defense spent per CPU model: its wall time over the training time of the attack's plain model
+  on the same machine (`plain_train_seconds`, recorded by any cell that ran once the plain model was in that
+  machine's cache), and in parentheses the defense's time from its median epoch times (robust to an epoch
+  slowed by other work on the machine) over the same.
 `·` marks a cell that has not run.
 """
 
@@ -39,11 +41,12 @@ DEFENSES = {
     "d-st": "D-ST",
     "pdb": "PDB",
     "pdb-clean": "PDB, clean images",
+    "sieve-rate": "sieve, rate rule",
     "sieve": "sieve",
     "sieve-pdb": "sieve + PDB",
     "cbd": "CBD",
 }
-NEW = ("pdb", "pdb-clean", "sieve", "sieve-pdb", "cbd")
+NEW = ("pdb", "pdb-clean", "sieve-rate", "sieve", "sieve-pdb", "cbd")
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 
@@ -53,6 +56,8 @@ def variant(defense: dict[str, Any]) -> str:
     name = defense["name"]
     if name == "pdb" and defense.get("source") == "clean":
         return "pdb-clean"
+    if name == "sieve" and defense.get("target", "rate") == "rate":  # before the spread rule existed
+        return "sieve-rate"
     if name == "sieve" and defense.get("then") == "pdb":
         return "sieve-pdb"
     return name
@@ -97,7 +102,7 @@ def split_text(cell: dict[str, Any] | None, defense: str) -> str:
     report, target = cell["metrics"]["defense_report"], cell["config"].get("target", 0)
     if defense in ("pdb", "pdb-clean"):
         return f"{report['defensive_poisoned']} of {report['defensive_images']}"
-    if defense in ("sieve", "sieve-pdb"):
+    if defense in ("sieve-rate", "sieve", "sieve-pdb"):
         split, guess = report["split"], report["estimated_target"]
         mark = "" if guess == target else f" (wrong: {guess})"
         return (
@@ -117,6 +122,7 @@ def split_table(cells: Cells) -> str:
     heads = {
         "pdb": "PDB: poisons among its defensive images",
         "pdb-clean": "PDB, clean images: the same",
+        "sieve-rate": "sieve, rate rule: its split (P, R in %)",
         "sieve": "sieve: its split (P, R in %), target estimate",
         "sieve-pdb": "sieve + PDB: the same",
         "cbd": "CBD: its final weights",
@@ -134,6 +140,16 @@ def median_epoch_seconds(cell: dict[str, Any]) -> float:
     return sum(statistics.median(times) * len(times) for times in phases.values())
 
 
+def plain_seconds(cells: Cells, attack: str, machine: str) -> float | None:
+    """The training time of this attack's no-defense model on this CPU model, as a cell recorded it
+    (`plain_train_seconds`: the cached plain run of the same setting on the machine that ran the cell)."""
+    for (a, _), cell in cells.items():
+        seconds = cell["metrics"].get("plain_train_seconds")
+        if a == attack and cpu(cell) == machine and seconds:
+            return float(seconds)
+    return None
+
+
 def cpu(cell: dict[str, Any]) -> str:
     return cell["metrics"].get("environment", {}).get("cpu", "unknown CPU")
 
@@ -144,7 +160,7 @@ def spend_tables(cells: Cells) -> str:
         shown = {d: DEFENSES[d] for d in NEW if any(k[1] == d and cpu(c) == machine for k, c in cells.items())}
         rows = []
         for a, name in attacks_in(cells).items():
-            plain = cells.get((a, "none"))
+            plain = plain_seconds(cells, a, machine)
             row = [name]
             for d in shown:
                 cell = cells.get((a, d))
@@ -153,10 +169,8 @@ def spend_tables(cells: Cells) -> str:
                     continue
                 seconds = cell["metrics"]["defense_seconds"]
                 text = f"{seconds:,.0f} s"
-                if plain is not None and cpu(plain) == machine:
-                    whole = seconds / plain["metrics"]["train_seconds"]
-                    robust = median_epoch_seconds(cell) / median_epoch_seconds(plain)
-                    text += f", {whole:.2f}x ({robust:.2f}x)"
+                if plain is not None:
+                    text += f", {seconds / plain:.2f}x ({median_epoch_seconds(cell) / plain:.2f}x)"
                 row.append(text)
             rows.append(row)
         out.append(f"Spend on {machine}:\n\n" + markdown_table(["attack", *shown.values()], rows))

@@ -196,3 +196,65 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
     for bad in ("AVX512", "AVX512:2026-12-05,"):
         refused = subprocess.run([*script, "--spend", bad], capture_output=True, text=True)
         assert refused.returncode == 2 and f"{bad!r}: expected CAPABILITY:DAY" in refused.stderr
+
+
+def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> None:
+    def cell(
+        attack: str, defense: dict, acc: float, asr: float, report: dict, cpu: str = "AMD EPYC", **m: object
+    ) -> dict:
+        metrics = {"acc": acc, "asr": asr, "defense_seconds": 600.0, "defense_report": report, **m}
+        metrics["environment"] = {"cpu": cpu}
+        log = [{"phase": "train", "epoch_seconds": s} for s in ("50", "50", "150")]  # one slow epoch
+        config = {"attack": {"name": attack}, "defense": defense, "target": 0}
+        return {"labels": {}, "status": "done", "config": config, "metrics": metrics, "log": log}
+
+    sieve_report = {"split": {"flagged": 2100, "precision": 0.9, "recall": 0.95}, "estimated_target": 0}
+    main = [
+        cell("badnets", {"name": "none"}, 0.9, 1.0, {}),
+        cell(
+            "badnets",
+            {"name": "pdb", "source": "training"},
+            0.886,
+            0.985,
+            {"defensive_poisoned": 104, "defensive_images": 2000},
+            plain_train_seconds=300.0,
+        ),
+        cell(
+            "badnets",
+            {"name": "sieve", "then": "none", "target": "spread"},
+            0.88,
+            0.02,
+            {**sieve_report, "loss_auroc": 0.9},
+        ),
+        {**cell("blend", {"name": "cbd"}, 0.1, 0.1, {}), "status": "failed"},
+    ]
+    queue = [
+        cell(
+            "badnets",
+            {"name": "pdb", "source": "clean"},
+            0.894,
+            0.0,
+            {"defensive_poisoned": 0, "defensive_images": 1937},
+            cpu="Intel Xeon",
+        ),
+        cell("badnets", {"name": "sieve"}, 0.864, 0.978, {**sieve_report, "estimated_target": 6, "loss_auroc": 0.897}),
+    ]
+    paths = []
+    for name, cells in (("main", main), ("queue", queue)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"grid": name, "cells": cells}))
+    script = [sys.executable, str(ROOT / "benchmarks" / "clean_model_tables.py")]
+    proc = subprocess.run([*script, *map(str, paths)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| attack | none | PDB | PDB, clean images | sieve, rate rule | sieve |" in out
+    assert "| BadNets | 90.0 / 100.0 | 88.6 / 98.5 | 89.4 / 0.0 | 86.4 / 97.8 | 88.0 / 2.0 |" in out
+    assert "Blend" not in out  # its only cell failed
+    assert "104 of 2000" in out and "0 of 1937" in out
+    assert "2,100 flagged, P 90.0 R 95.0, AUROC 0.897 (wrong: 6)" in out and "AUROC 0.900 |" in out
+    amd = out.split("Spend on AMD EPYC:")[1].split("Spend on Intel Xeon:")[0]
+    assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
+    intel = out.split("Spend on Intel Xeon:")[1]
+    assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
+    missing = subprocess.run([*script, str(tmp_path / "nowhere.json")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
