@@ -11,7 +11,8 @@ variants apart), so a cell run through a queue grid joins the table of its main 
 - what each defense spent per CPU model: its wall time over the training time of the attack's plain model
   on the same machine (`plain_train_seconds`, recorded by any cell that ran once the plain model was in that
   machine's cache), and in parentheses the defense's time from its median epoch times (robust to an epoch
-  slowed by other work on the machine) over the same.
+  slowed by other work on the machine) over the same. A sieve that read its guarded model from the cache
+  counts that model's training time (`sieve_seconds`) as if it had trained it.
 `·` marks a cell that has not run.
 """
 
@@ -167,10 +168,13 @@ def spend_tables(cells: Cells) -> str:
                 if cell is None or cpu(cell) != machine:
                     row.append("·")
                     continue
-                seconds = cell["metrics"]["defense_seconds"]
+                seconds, robust = cell["metrics"]["defense_seconds"], median_epoch_seconds(cell)
+                report = cell["metrics"].get("defense_report") or {}
+                if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
+                    seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
                 text = f"{seconds:,.0f} s"
                 if plain is not None:
-                    text += f", {seconds / plain:.2f}x ({median_epoch_seconds(cell) / plain:.2f}x)"
+                    text += f", {seconds / plain:.2f}x ({robust / plain:.2f}x)"
                 row.append(text)
             rows.append(row)
         out.append(f"Spend on {machine}:\n\n" + markdown_table(["attack", *shown.values()], rows))

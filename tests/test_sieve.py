@@ -110,3 +110,18 @@ def test_guarded_training_of_the_sieve_is_logged_as_its_own_phase() -> None:
     ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
     Sieve(sieve_epochs=1).run(ctx)
     assert [row["phase"] for row in ctx.trainer.history] == ["sieve", "train"]
+
+
+def test_a_cached_guard_reading_changes_no_result() -> None:
+    """The second run of one setting reads the guard's predictions from the cache: same split, same final
+    weights, same log phases and fit numbering, and says it was a hit."""
+    data, poisons, _ = planted(n=64, poisons=6)
+    runs = []
+    for _ in range(2):
+        ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+        model, report = Sieve(sieve_epochs=1).run(ctx)
+        runs.append((model.state_dict(), report, [row["phase"] for row in ctx.trainer.history], ctx.trainer.fits))
+    (first, r1, phases1, fits1), (second, r2, phases2, fits2) = runs
+    assert not r1.pop("sieve_cached") and r2.pop("sieve_cached")
+    assert r1 == r2 and phases1 == phases2 == ["sieve", "train"] and fits1 == fits2 == 2
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -158,6 +158,10 @@ def _upgrade_guard_anchors(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "defense": defense}
 
 
+MAX_WIDTH = 16.0  # a ResNet-18 at width 16 has about 2.8 billion weights
+MAX_IMAGE_SIZE = 1024
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a training run. Unknown keys are an error, not silently ignored."""
 
@@ -281,6 +285,20 @@ class TrainConfig(BaseModel):
     def _positive_float(cls, v: float) -> float:
         if not v > 0:
             raise ValueError("must be > 0")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, v: float) -> float:
+        if v > MAX_WIDTH:  # the weights grow with its square: beyond this no machine holds the model
+            raise ValueError(f"must be <= {MAX_WIDTH:g}")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int) -> int:
+        if v > MAX_IMAGE_SIZE:  # a resized dataset is held whole on the device
+            raise ValueError(f"must be <= {MAX_IMAGE_SIZE}")
         return v
 
     @field_validator("sgd_momentum")

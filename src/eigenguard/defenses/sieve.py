@@ -19,14 +19,22 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
      of the same split (`then: pdb`, PDB's defaults).
 The report gives the target estimate with every class's refusal rate, the split's precision and recall,
 and the AUROC of the guarded model's loss as a poison score (ground truth used for the report only).
+What the guarded model reads (predictions, losses) is cached (cache.py, under <cache>/sieve-guard/) with
+the random streams after its training and its log rows, so the sieve's variants of one setting train the
+guard once and a hit changes no result; the report says whether it was a hit (`sieve_cached`) and what the
+guard's training took (`sieve_seconds`).
 """
 
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eigenguard.cache import cache_root, cached_tensors, digest, fingerprint
+from eigenguard.config import plain_weights_values
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.eigenguard import EigenGuardDefense
@@ -97,20 +105,59 @@ class Sieve(Defense):
         if self.then == "pdb":
             PDB().rebuild(model)
 
-    def sift(self, ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Train the guarded model and read the training set with it: (predictions, losses, report)."""
+    def entry(self, ctx: DefenseContext) -> Path:
+        """The guarded reading's cache entry: named by everything that decides it."""
+        t = ctx.trainer
+        settings = {
+            "recipe": plain_weights_values(ctx.config),
+            "guard": EigenGuardDefense().describe(),
+            "sieve_epochs": self.sieve_epochs or ctx.config.epochs,
+            "device": t.device.type,
+            "batches_on_entry": digest(t.generator.get_state().tolist()),
+        }
+        return (
+            cache_root(ctx.config.cache_dir)
+            / "sieve-guard"
+            / f"{digest(settings, fingerprint(ctx.train_set))}.safetensors"
+        )
+
+    def read_with_guard(self, ctx: DefenseContext) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Train the guarded model, then read every training image alone with it: predictions and losses under
+        the given labels, with the random streams after the fit and its log rows (for the cache)."""
         t, train = ctx.trainer, ctx.train_set
+        t0 = time.perf_counter()
         guarded = EigenGuardDefense().train_guarded(ctx, self.sieve_epochs or ctx.config.epochs, phase="sieve")
         with inference_mode(find_guards(guarded), "per-sample"):
             logits = eval_logits(t.forward_of(guarded), train, t.normalize, t.config.eval_batch_size, t.amp)
-        predicted = logits.argmax(1)
-        losses = F.cross_entropy(logits, train.labels, reduction="none")
+        tensors = {
+            "predicted": logits.argmax(1),
+            "losses": F.cross_entropy(logits, train.labels, reduction="none"),
+            "stream:batches": t.generator.get_state(),
+            "stream:torch-global": torch.get_rng_state(),
+            "sieve_seconds": torch.tensor(time.perf_counter() - t0, dtype=torch.float64),
+            "sieve_log": t.log_tensor(("sieve",)),
+        }
+        return tensors, {"defense": self.name}
+
+    def sift(self, ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The guarded model's reading of the training set, from the cache or computed: (predictions, losses,
+        report)."""
+        t, train = ctx.trainer, ctx.train_set
+        stored, hit = cached_tensors(self.entry(ctx), lambda: self.read_with_guard(ctx), t.device)
+        if hit:  # as if trained here: the random streams after the fit, its log rows, its place among the fits
+            t.generator.set_state(stored["stream:batches"].cpu())
+            torch.set_rng_state(stored["stream:torch-global"].cpu())
+            t.log_again(stored["sieve_log"])
+            t.fits += 1
+        predicted, losses = stored["predicted"].to(train.labels.device), stored["losses"].to(train.labels.device)
         rates = refusal_rates(predicted, train.labels, train.num_classes)
         spread = refusal_spread(predicted, train.labels, train.num_classes)
         report = {
             "refusal_rates": [round(r, 4) for r in rates.tolist()],
             "refusal_spread": spread.tolist(),
             "confusion": confusion_matrix(predicted, train.labels, train.num_classes).tolist(),
+            "sieve_cached": hit,
+            "sieve_seconds": round(float(stored["sieve_seconds"]), 3),
         }
         return predicted, losses, report
 
