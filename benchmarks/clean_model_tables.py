@@ -144,9 +144,9 @@ def median_epoch_seconds(cell: dict[str, Any]) -> float:
 def plain_seconds(cells: Cells, attack: str, machine: str) -> float | None:
     """The training time of this attack's no-defense model on this CPU model, as a cell recorded it
     (`plain_train_seconds`: the cached plain run of the same setting on the machine that ran the cell)."""
-    for (a, _), cell in cells.items():
+    for (a, d), cell in cells.items():  # this page's cells only: another day's machine may share the CPU name
         seconds = cell["metrics"].get("plain_train_seconds")
-        if a == attack and cpu(cell) == machine and seconds:
+        if a == attack and d in NEW and cpu(cell) == machine and seconds:
             return float(seconds)
     return None
 

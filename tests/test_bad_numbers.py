@@ -22,6 +22,7 @@ MEANINGFUL = {
     ("eval_every", "huge"): "evaluated at the last epoch only",
     ("checkpoint_every", "huge"): "checkpoints at epoch ends only",
     ("seed", "huge"): "another seed",
+    ("train_subset", "huge"): "more than the training split holds: all of it",
     ("lr", "huge"): "legal; a run whose loss turns non-finite stops with one line (test_bad_input)",
     ("warmup_epochs", "huge"): "the lr ramps up through the whole run",
     ("weight_decay", "huge"): "legal, if it leaves the weights at zero",
