@@ -22,20 +22,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from table3_tables import ATTACKS as TABLE3_ATTACKS
+from table3_tables import pct
+
 from eigenguard.bench.report import markdown_table
 
-ATTACKS = {
-    "badnets": "BadNets",
-    "blend": "Blend",
-    "sig": "SIG",
-    "wanet": "WaNet",
-    "bpp": "BppAttack",
-    "multi-trigger": "multi-trigger",
-    "input-aware": "Input-aware",
-    "adap-blend": "Adap-Blend",
-    "adap-patch": "Adap-Patch",
-    "clb": "CLB (working setting)",
-}
+ATTACKS = {**TABLE3_ATTACKS, "clb": "CLB (working setting)"}
 DEFENSES = {
     "none": "none",
     "eigenguard": "EigenGuard",
@@ -72,10 +64,6 @@ def load(paths: list[Path]) -> Cells:
             if c["status"] == "done":
                 cells[c["config"]["attack"]["name"], variant(c["config"]["defense"])] = c
     return cells
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def result(cells: Cells, attack: str, defense: str) -> str:
