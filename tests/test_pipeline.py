@@ -127,7 +127,7 @@ def test_existing_run_directory_is_refused(mnist_root: Path, tmp_path: Path) -> 
 
 def test_missing_dataset_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    with pytest.raises(EigenguardError, match="--data-root"):
+    with pytest.raises(EigenguardError, match=r"data_root '.*empty' does not exist"):
         train(tiny_config(tmp_path / "empty", out), progress=False)
     assert not out.exists()
 
