@@ -11,7 +11,7 @@ from eigenguard.defenses import create_defense
 from eigenguard.defenses.base import auroc
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import DefensiveStamp
-from eigenguard.defenses.sieve import Sieve, flag, refusal_rates, refusal_spread
+from eigenguard.defenses.sieve import Sieve, confusion_matrix, flag, refusal_rates, refusal_spread
 from eigenguard.errors import EigenguardError
 from tests.test_defenses import tiny_context, tiny_dataset
 
@@ -53,10 +53,15 @@ def test_auroc_matches_the_pairwise_count() -> None:
 def test_refusals_and_flags() -> None:
     given = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
     predicted = torch.tensor([0, 1, 2, 0, 1, 0, 2, 2])
-    assert refusal_rates(predicted, given, 4).tolist() == [0.5, 0.5, 0.0, 0.0]
+    assert refusal_rates(confusion_matrix(predicted, given, 4)).tolist() == [0.5, 0.5, 0.0, 0.0]
     assert flag(predicted, given, 0, "target-refusals").tolist() == [1, 2]
     assert flag(predicted, given, 0, "refusals").tolist() == [1, 2, 5]
-    assert refusal_spread(predicted, given, 4).tolist() == [1.0, 0.0, 0.0, 0.0]  # class 0's row: 1, 1, 0
+    assert refusal_spread(confusion_matrix(predicted, given, 4)).tolist() == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]  # class 0's row: 1, 1, 0
 
 
 def test_spread_names_the_target_where_a_hard_class_refuses_more() -> None:
@@ -64,8 +69,8 @@ def test_spread_names_the_target_where_a_hard_class_refuses_more() -> None:
     refused, spread evenly): the rate names class 3, the spread names class 0."""
     given = torch.tensor([3] * 10 + [0] * 12 + [1] * 5 + [2] * 5)
     predicted = torch.tensor([2] * 8 + [3] * 2 + [1, 1, 2, 2, 3, 3] + [0] * 6 + [1] * 5 + [2] * 5)
-    assert refusal_rates(predicted, given, 4).argmax().item() == 3
-    assert refusal_spread(predicted, given, 4).argmax().item() == 0
+    assert refusal_rates(confusion_matrix(predicted, given, 4)).argmax().item() == 3
+    assert refusal_spread(confusion_matrix(predicted, given, 4)).argmax().item() == 0
 
 
 @pytest.mark.parametrize("flagged", ["drop", "relabel"])

@@ -44,6 +44,12 @@ class DefenseContext:
             "recall": round(hits / len(poisoned), 4) if poisoned else 0.0,
         }
 
+    def poisoned_mask(self, device: torch.device) -> torch.Tensor:
+        """One bool per training sample, True for the poisoned ones (for reports and their bookkeeping)."""
+        mask = torch.zeros(len(self.train_set), dtype=torch.bool, device=device)
+        mask[self.poison_indices.to(device)] = True
+        return mask
+
     def auroc(self, scores: torch.Tensor) -> float | None:
         """How well per-training-sample `scores` (higher: more suspicious) rank the poisons above the rest:
         the chance a random poison outscores a random clean sample, ties counted half (for reports)."""

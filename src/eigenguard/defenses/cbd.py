@@ -73,8 +73,7 @@ class CBD(Defense):
         loss_b = per_sample_loss(backdoored, train, t.normalize, t.config.eval_batch_size, t.amp)
         loss_c = per_sample_loss(model, train, t.normalize, t.config.eval_batch_size, t.amp)
         w = cbd_weights(loss_b, loss_c)
-        poisoned = torch.zeros(len(train), dtype=torch.bool, device=w.device)
-        poisoned[ctx.poison_indices.to(w.device)] = True
+        poisoned = ctx.poisoned_mask(w.device)
         report = {
             "weight_auroc": ctx.auroc(-w),
             "weight_mean_poisoned": round(w[poisoned].mean().item(), 4) if poisoned.any() else None,

@@ -49,24 +49,23 @@ FLAGGED = ("drop", "relabel")
 THEN = ("none", "pdb")
 
 
-def refusal_rates(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """For every class, the share of the images labelled so whose prediction differs (0 for an empty class)."""
-    refused = torch.bincount(given[predicted != given], minlength=num_classes).float()
-    total = torch.bincount(given, minlength=num_classes).float()
-    return refused / total.clamp(min=1)
-
-
 def confusion_matrix(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts of images by given label (rows) and prediction (columns)."""
     return torch.bincount(given * num_classes + predicted, minlength=num_classes**2).view(num_classes, -1)
 
 
-def refusal_spread(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
+def refusal_rates(confusion: torch.Tensor) -> torch.Tensor:
+    """For every class, the share of the images labelled so whose prediction differs (0 for an empty class)."""
+    total = confusion.sum(1).float()
+    return (total - confusion.diagonal().float()) / total.clamp(min=1)
+
+
+def refusal_spread(confusion: torch.Tensor) -> torch.Tensor:
     """For every class c, the median over the other classes j of the count of images labelled c and predicted
     j (the off-diagonal row of the confusion matrix)."""
-    confusion = confusion_matrix(predicted, given, num_classes)
-    off = ~torch.eye(num_classes, dtype=torch.bool, device=confusion.device)
-    return confusion[off].view(num_classes, num_classes - 1).float().median(dim=1).values
+    k = confusion.shape[0]
+    off = ~torch.eye(k, dtype=torch.bool, device=confusion.device)
+    return confusion[off].view(k, k - 1).float().median(dim=1).values
 
 
 def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -> torch.Tensor:
@@ -150,12 +149,11 @@ class Sieve(Defense):
             t.log_again(stored["sieve_log"])
             t.fits += 1
         predicted, losses = stored["predicted"].to(train.labels.device), stored["losses"].to(train.labels.device)
-        rates = refusal_rates(predicted, train.labels, train.num_classes)
-        spread = refusal_spread(predicted, train.labels, train.num_classes)
+        confusion = confusion_matrix(predicted, train.labels, train.num_classes)
         report = {
-            "refusal_rates": [round(r, 4) for r in rates.tolist()],
-            "refusal_spread": spread.tolist(),
-            "confusion": confusion_matrix(predicted, train.labels, train.num_classes).tolist(),
+            "refusal_rates": [round(r, 4) for r in refusal_rates(confusion).tolist()],
+            "refusal_spread": refusal_spread(confusion).tolist(),
+            "confusion": confusion.tolist(),
             "sieve_cached": hit,
             "sieve_seconds": round(float(stored["sieve_seconds"]), 3),
         }
@@ -180,8 +178,7 @@ class Sieve(Defense):
             labels = train.labels.clone()
             labels[flagged] = predicted[flagged]
             kept = ImageDataset(train.images, labels, train.classes, train.mean, train.std)
-        poisoned = torch.zeros(len(train), dtype=torch.bool, device=keep.device)
-        poisoned[ctx.poison_indices.to(keep.device)] = True
+        poisoned = ctx.poisoned_mask(keep.device)
         rest = DefenseContext(
             ctx.config, ctx.trainer, kept, ctx.clean_pool, torch.nonzero(poisoned[keep]).flatten(), ctx.backdoored
         )
