@@ -11,7 +11,16 @@ from eigenguard.defenses import create_defense
 from eigenguard.defenses.base import auroc
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import DefensiveStamp
-from eigenguard.defenses.sieve import Sieve, confusion_matrix, flag, refusal_rates, refusal_spread
+from eigenguard.defenses.sieve import (
+    Sieve,
+    confusion_matrix,
+    flag,
+    loss_separation,
+    otsu,
+    outliers,
+    refusal_rates,
+    refusal_spread,
+)
 from eigenguard.errors import EigenguardError
 from tests.test_defenses import tiny_context, tiny_dataset
 
@@ -73,6 +82,37 @@ def test_spread_names_the_target_where_a_hard_class_refuses_more() -> None:
     assert refusal_spread(confusion_matrix(predicted, given, 4)).argmax().item() == 0
 
 
+def test_otsu_splits_two_groups_and_scores_one_group_low() -> None:
+    threshold, share = otsu(torch.tensor([1.0, 1.1, 0.9, 1.0, 5.0, 5.2, 4.8]))
+    assert 1.1 < threshold < 4.8 and share > 0.95
+    one_group = torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    assert otsu(one_group)[1] == pytest.approx(2 / torch.pi, abs=0.02)  # one normal group: 2/pi
+    assert otsu(torch.ones(5)) == (float("inf"), 0.0)
+    assert otsu(torch.tensor([0.0, 0.0, 0.0, 1.0]))[0] == 0.5  # never inside the run of zeros
+
+
+def two_sided_losses(poisons_low: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four classes of 40 images, log10-losses spread around -1; class 2's last 15 are poisons, at -6 (a guard
+    that learned them) or at +1 (a guard that refused them): (losses, given labels, poison mask)."""
+    g = torch.Generator().manual_seed(1)
+    logs = -1 + 0.3 * torch.randn(160, generator=g, dtype=torch.float64)
+    given = torch.arange(4).repeat_interleave(40)
+    poison = torch.zeros(160, dtype=torch.bool)
+    poison[105:120] = True
+    logs[poison] = (-6.0 if poisons_low else 1.0) + 0.1 * torch.randn(15, generator=g, dtype=torch.float64)
+    return 10**logs, given, poison
+
+
+@pytest.mark.parametrize("poisons_low", [True, False])
+def test_the_bimodal_class_is_the_target_and_its_outlying_group_the_poisons(poisons_low: bool) -> None:
+    losses, given, poison = two_sided_losses(poisons_low)
+    separation = loss_separation(losses, given, 4)
+    assert int(torch.tensor(separation).argmax()) == 2 and separation[2] > 0.8
+    mask, side = outliers(losses, given, 2, 4)
+    assert side == ("low" if poisons_low else "high") and torch.equal(mask, poison)
+    assert outliers(torch.ones(160), given, 2, 4)[1] == "none"
+
+
 @pytest.mark.parametrize("flagged", ["drop", "relabel"])
 def test_sieve_recovers_planted_poisons(flagged: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data, poisons, truth = planted()
@@ -93,6 +133,15 @@ def test_sieve_recovers_planted_poisons(flagged: str, monkeypatch: pytest.Monkey
         assert torch.equal(trained.labels, truth[keep])
     else:
         assert torch.equal(trained.labels, truth)  # the flagged images get the class the guard sees
+
+
+def test_the_outlier_rule_recovers_planted_poisons(monkeypatch: pytest.MonkeyPatch) -> None:
+    data, poisons, _ = planted()
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    _, report = Sieve(target="bimodal", rule="target-outliers").run(ctx)
+    assert report["estimated_target"] == 0 and report["outlier_side"] == "high"
+    assert report["split"] == {"flagged": 24, "flagged_poisoned": 24, "precision": 1.0, "recall": 1.0}
 
 
 def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,12 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
      all-to-one attack's poisons come from every class, so its target's refusals go everywhere, while a
      hard class's own errors go to a few similar classes (Fashion-MNIST's shirts to T-shirts, pullovers
      and coats, at a higher rate than the target's); `rate`, the given label with the highest refusal rate;
+     `bimodal`, the given label whose log-losses split best in two (Otsu's between-group share of the
+     variance: 2/pi for one normal group, near 1 for two apart), for a guard that refuses the poisons (their
+     loss is high) as for one that learns them (their loss falls below any clean image's of that class);
   4. flag (`rule`): `target-refusals` the refusals whose given label is the estimated target;
-     `refusals` every refusal;
+     `refusals` every refusal; `target-outliers` the group of the target's Otsu split whose mean log-loss
+     lies farther from the median of the other classes' median log-losses (poisons are unlike any class);
   5. train a fresh model on what is left (`flagged: drop`) or on every image with the flagged ones
      relabelled as the guard predicts (`flagged: relabel`), plainly (`then: none`) or with PDB in front
      of the same split (`then: pdb`, PDB's defaults).
@@ -43,8 +47,8 @@ from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards, inference_mode
 from eigenguard.training.evaluate import eval_logits
 
-RULES = ("target-refusals", "refusals")
-TARGETS = ("spread", "rate")
+RULES = ("target-refusals", "refusals", "target-outliers")
+TARGETS = ("spread", "rate", "bimodal")
 FLAGGED = ("drop", "relabel")
 THEN = ("none", "pdb")
 
@@ -68,8 +72,52 @@ def refusal_spread(confusion: torch.Tensor) -> torch.Tensor:
     return confusion[off].view(k, k - 1).float().median(dim=1).values
 
 
+def log_losses(losses: torch.Tensor) -> torch.Tensor:
+    """log10 of the losses in float64; a loss that underflowed to 0 counts as 1e-12."""
+    return losses.double().clamp(min=1e-12).log10()
+
+
+def otsu(values: torch.Tensor) -> tuple[float, float]:
+    """Otsu's split of 1-D values into a low and a high group: (threshold, between-group share of the
+    variance). The threshold lies between two distinct values (low group: values <= threshold); fewer than
+    two distinct values give (inf, 0.0)."""
+    xs = values.double().sort().values
+    n = len(xs)
+    if n < 2 or xs[0] == xs[-1]:
+        return float("inf"), 0.0
+    sums = xs.cumsum(0)
+    k = torch.arange(1, n, dtype=torch.float64, device=xs.device)
+    low, high = sums[:-1] / k, (sums[-1] - sums[:-1]) / (n - k)
+    between = k * (n - k) / n**2 * (low - high) ** 2
+    between[xs[:-1] == xs[1:]] = -1.0  # a split inside a run of ties is not a split
+    i = int(between.argmax())
+    return float((xs[i] + xs[i + 1]) / 2), float(between[i] / xs.var(unbiased=False))
+
+
+def loss_separation(losses: torch.Tensor, given: torch.Tensor, num_classes: int) -> list[float]:
+    """For every class, Otsu's between-group share of the variance of its images' log-losses."""
+    logs = log_losses(losses)
+    return [otsu(logs[given == c])[1] for c in range(num_classes)]
+
+
+def outliers(losses: torch.Tensor, given: torch.Tensor, target: int, num_classes: int) -> tuple[torch.Tensor, str]:
+    """The target's Otsu group whose mean log-loss lies farther from the median of the other classes' median
+    log-losses: (mask over all images, "low", "high" or "none" where the target has no split)."""
+    logs = log_losses(losses)
+    mine = given == target
+    threshold, _ = otsu(logs[mine])
+    low = mine & (logs <= threshold)
+    high = mine & ~low
+    if not bool(low.any()) or not bool(high.any()):
+        return torch.zeros_like(mine), "none"
+    others = [logs[given == c].median() for c in range(num_classes) if c != target and bool((given == c).any())]
+    typical = torch.stack(others).median() if others else logs[~mine].median()
+    far_low = (logs[low].mean() - typical).abs() > (logs[high].mean() - typical).abs()
+    return (low, "low") if bool(far_low) else (high, "high")
+
+
 def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -> torch.Tensor:
-    """Indices of the images `rule` flags (sorted)."""
+    """Indices of the images a refusal `rule` flags (sorted)."""
     refused = predicted != given
     if rule == "target-refusals":
         refused &= given == target
@@ -153,6 +201,7 @@ class Sieve(Defense):
         report = {
             "refusal_rates": [round(r, 4) for r in refusal_rates(confusion).tolist()],
             "refusal_spread": refusal_spread(confusion).tolist(),
+            "loss_separation": [round(e, 4) for e in loss_separation(losses, train.labels, train.num_classes)],
             "confusion": confusion.tolist(),
             "sieve_cached": hit,
             "sieve_seconds": round(float(stored["sieve_seconds"]), 3),
@@ -162,9 +211,13 @@ class Sieve(Defense):
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         train = ctx.train_set
         predicted, losses, report = self.sift(ctx)
-        evidence = report["refusal_spread" if self.target == "spread" else "refusal_rates"]
-        target = int(torch.tensor(evidence).argmax())
-        flagged = flag(predicted, train.labels, target, self.rule)
+        evidence = {"spread": "refusal_spread", "rate": "refusal_rates", "bimodal": "loss_separation"}[self.target]
+        target = int(torch.tensor(report[evidence]).argmax())
+        if self.rule == "target-outliers":
+            mask, report["outlier_side"] = outliers(losses, train.labels, target, train.num_classes)
+            flagged = torch.nonzero(mask).flatten()
+        else:
+            flagged = flag(predicted, train.labels, target, self.rule)
         report |= {
             "estimated_target": target,
             "split": ctx.precision_recall(flagged),
