@@ -210,6 +210,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "unknown profile": (train("--profile", "huge"), "huge"),
     "an attack option of the wrong kind": (train("--attack", "blend", "--set", "attack.alpha=abc"), "alpha = 'abc'"),
     "a fractional k": (train("--defense", "eigenguard", "--set", "defense.k=2.5"), "k = 2.5"),
+    "a k past the guard's matrix": (train("--defense", "eigenguard", "--set", "defense.k=100000"), "k = 100000"),
     "unknown anchors rule": (train("--defense", "eigenguard", "--set", "defense.anchors=best"), "anchors 'best'"),
     "unknown spectrum": (train("--defense", "eigenguard", "--set", "defense.spectrum=flat"), "spectrum 'flat'"),
     "zero anchor count": (train("--defense", "eigenguard", "--set", "defense.anchor_count=0"), "anchor_count 0"),

@@ -505,3 +505,14 @@ def test_guard_config_errors() -> None:
         resolve(TrainConfig(defense={"name": "eigenguard", "at": "stage9"}))
     with pytest.raises(EigenguardError, match="unknown defense"):
         resolve(TrainConfig(defense="strip"))
+
+
+def test_k_is_bounded_by_the_rows_of_the_guards_matrix() -> None:
+    """[His; batch; anchors] has 2 x batch_size + anchor_count rows; sigma_k past them is the last one."""
+    from eigenguard.pipeline import resolve
+
+    guard_only = {"name": "eigenguard", "anchors": "none"}
+    assert resolve(TrainConfig(batch_size=16, defense={**guard_only, "k": 32})).defense.options["k"] == 32
+    with pytest.raises(EigenguardError, match=r"k = 33: .* = 32 rows; allowed: 1..32"):
+        resolve(TrainConfig(batch_size=16, defense={**guard_only, "k": 33}))
+    resolve(TrainConfig(batch_size=16, defense={"name": "eigenguard", "k": 132, "anchor_count": 100}))

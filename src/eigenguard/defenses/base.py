@@ -94,8 +94,9 @@ class Defense:
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         raise NotImplementedError
 
-    def check(self, insertion_points: tuple[str, ...], model_name: str) -> None:
-        """Refuse, before anything runs, a setting this model cannot take (an insertion point it lacks)."""
+    def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
+        """Refuse, before anything runs, a setting this run cannot take (an insertion point its model lacks, a
+        k beyond the guard's matrix)."""
 
     def rebuild(self, model: nn.Module) -> None:
         """Give a fresh model the structure this defense adds (a module at an insertion point), so a saved

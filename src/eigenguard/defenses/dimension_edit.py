@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from eigenguard.config import TrainConfig
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.guard.dimension_edit import DimensionEdit
 from eigenguard.models import Backbone
@@ -22,8 +23,8 @@ class DimensionEditTraining(Defense):
         DimensionEdit(mode, r)  # validates both, with the module's own one-line errors
         self.mode, self.r, self.at = mode, int(r), at
 
-    def check(self, insertion_points: tuple[str, ...], model_name: str) -> None:
-        check_insertion_point(self.at, insertion_points, model_name)
+    def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
+        check_insertion_point(self.at, insertion_points, config.model)
 
     def rebuild(self, model: nn.Module) -> None:
         assert isinstance(model, Backbone)

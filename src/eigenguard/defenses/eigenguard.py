@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.errors import EigenguardError
@@ -236,8 +237,15 @@ class EigenGuardDefense(Defense):
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in super().describe().items() if k != "needs_clean_pool"}
 
-    def check(self, insertion_points: tuple[str, ...], model_name: str) -> None:
-        check_insertion_point(self.at, insertion_points, model_name)
+    def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
+        check_insertion_point(self.at, insertion_points, config.model)
+        # sigma_k is clamped to the matrix's rank, so a k past its row count means the same as that count
+        rows = 2 * config.batch_size + (0 if self.anchors == "none" else self.anchor_count)
+        if self.k > rows:
+            raise EigenguardError(
+                f"invalid defense option k = {self.k}: the guard's matrix [His; batch; anchors] has 2 x batch_size"
+                f" + anchor_count = {rows} rows; allowed: 1..{rows}"
+            )
 
     def rebuild(self, model: nn.Module) -> EigenGuard:
         return guard(model, at=self.at, k=self.k, momentum=self.momentum, **self._guard_options())

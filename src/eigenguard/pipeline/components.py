@@ -43,7 +43,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     updates["defense"] = Component(name=defense.name, **DEFENSES.complete(defense.name, defense.options))
     resolved = make_config({**config.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
     instance = build_defense(resolved)  # the defense's own checks of its values
-    instance.check(insertion_points(resolved.model), resolved.model)
+    instance.check(resolved, insertion_points(resolved.model))
     return resolved
 
 
