@@ -3,6 +3,7 @@
 import json
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -235,29 +236,31 @@ def bench(
     from eigenguard.bench.grid import load_grid
     from eigenguard.bench.runner import run_grid
     from eigenguard.bench.store import ResultStore
+    from eigenguard.run_directory import check_output_dir
 
     try:
         if executor not in ("local", "ray"):
             raise EigenguardError(f"executor '{executor}' unknown; allowed: local, ray")
         if workers is not None and workers < 1:
             raise EigenguardError(f"workers {workers} must be >= 1")
+        check_output_dir(runs_dir, "--runs-dir")
         spec = load_grid(grid)
-        results = ResultStore(store)
-        if dry_run:  # records the grid (so `report --grid` knows every cell, done under any grid), runs nothing
-            results.register_grid(spec)
-            for cell in spec.cells:
-                labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
-                typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
-            return
-        if executor == "ray":
-            from eigenguard.bench.executors import RayExecutor
+        with closing(ResultStore(store)) as results:
+            if dry_run:  # records the grid (so `report --grid` knows every cell, done under any grid), runs nothing
+                results.register_grid(spec)
+                for cell in spec.cells:
+                    labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
+                    typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
+                return
+            if executor == "ray":
+                from eigenguard.bench.executors import RayExecutor
 
-            runner: Any = RayExecutor(results, runs_dir, address=address, workers=workers)
-        else:
-            from eigenguard.bench.executors import LocalExecutor
+                runner: Any = RayExecutor(results, runs_dir, address=address, workers=workers)
+            else:
+                from eigenguard.bench.executors import LocalExecutor
 
-            runner = LocalExecutor(results, runs_dir, workers=workers, device=device)
-        summary = run_grid(spec, results, runner, runs_dir, retry_failed=retry_failed, console=err_console)
+                runner = LocalExecutor(results, runs_dir, workers=workers, device=device)
+            summary = run_grid(spec, results, runner, runs_dir, retry_failed=retry_failed, console=err_console)
     except EigenguardError as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
@@ -279,8 +282,10 @@ def report(
     """Tables (Markdown, CSV, HTML) and curves (PNG) from the results store, in the paper's layouts."""
     from eigenguard.bench.report import write_report
     from eigenguard.bench.store import ResultStore
+    from eigenguard.run_directory import check_output_dir
 
     try:
+        check_output_dir(out, "--out")
         if not store.exists():
             raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
         written = write_report(ResultStore(store, read_only=True), out, grid)
@@ -347,9 +352,13 @@ app.add_typer(analyze_app, name="analyze")
 ANALYSIS_OUT = Path("bench-results/analysis")
 
 
-def _echo_table(make: Callable[[], tuple[str, list[Path]]]) -> None:
-    """Run a table command of analysis/commands.py: print its table and the files it wrote (exit 2 on bad input)."""
+def _echo_table(out: Path, make: Callable[[], tuple[str, list[Path]]]) -> None:
+    """Run a table command of analysis/commands.py: print its table and the files it wrote in `out` (exit 2 on bad
+    input)."""
+    from eigenguard.run_directory import check_output_dir
+
     try:
+        check_output_dir(out, "--out")
         text, paths = make()
     except EigenguardError as e:
         raise _fail(str(e)) from None
@@ -367,7 +376,7 @@ def analyze_erank(
     """Table 2: effective rank of triggered vs clean features (Eq. 1 as printed, and Roy & Vetterli's)."""
     from eigenguard.analysis.commands import erank_table
 
-    _echo_table(lambda: erank_table(run_dirs, out, at=at, samples=samples, device=device))
+    _echo_table(out, lambda: erank_table(run_dirs, out, at=at, samples=samples, device=device))
 
 
 @analyze_app.command("survival")
@@ -383,7 +392,7 @@ def analyze_survival(
 
     if any(kk < 1 for kk in top or []):
         raise _fail(f"--top {min(top or [])} must be >= 1")
-    _echo_table(lambda: survival_table(run_dirs, out, samples=samples, device=device, other_ks=tuple(top or [])))
+    _echo_table(out, lambda: survival_table(run_dirs, out, samples=samples, device=device, other_ks=tuple(top or [])))
 
 
 @analyze_app.command("test-time-guard")
@@ -397,7 +406,7 @@ def analyze_test_time_guard(
     """EigenGuard inserted after training, nothing retrained: ACC and ASR with and without it."""
     from eigenguard.analysis.commands import test_time_guard_table
 
-    _echo_table(lambda: test_time_guard_table(run_dirs, out, k=k, history_images=history_images, device=device))
+    _echo_table(out, lambda: test_time_guard_table(run_dirs, out, k=k, history_images=history_images, device=device))
 
 
 @analyze_app.command("tsne")
@@ -412,8 +421,10 @@ def analyze_tsne(
 ) -> None:
     """Figures 2 and 4: t-SNE of the top-10, next-90 and remaining singular directions, triggered in pink."""
     from eigenguard.analysis.commands import tsne_map
+    from eigenguard.run_directory import check_output_dir
 
     try:
+        check_output_dir(out, "--out")
         summary, paths = tsne_map(
             run_dir, out, at=at, samples=samples, triggered_samples=triggered, seed=seed, device=device
         )
@@ -452,19 +463,20 @@ def analyze_dims(
     from eigenguard.bench.runner import run_grid
     from eigenguard.bench.store import ResultStore
     from eigenguard.config import load_yaml, merge_settings
-    from eigenguard.run_directory import atomic_write_bytes
+    from eigenguard.run_directory import atomic_write_bytes, check_output_dir
 
     try:
+        check_output_dir(out, "--out")
+        check_output_dir(runs_dir, "--runs-dir")
         base = {"profile": "quick", "eval_every": 100, **(load_yaml(config) if config else {})}
         base = merge_settings(base, _parse_settings(set_, "--set", "epochs=12"))
         grid = dims_grid(attack or ["badnets", "blend"], r or list(DEFAULT_R), mode or ["reduce", "add"], base)
-        results = ResultStore(store)
-        executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
-        summary = run_grid(grid, results, executor, runs_dir, console=err_console)
+        with closing(ResultStore(store)) as results:
+            executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
+            summary = run_grid(grid, results, executor, runs_dir, console=err_console)
+            records = results.records(grid.name)
         out.mkdir(parents=True, exist_ok=True)
-        records = add_test_time_protocols(
-            results.records(grid.name), out / f"{grid.name}-protocols.json", executor.devices[0]
-        )
+        records = add_test_time_protocols(records, out / f"{grid.name}-protocols.json", executor.devices[0])
         png = out / f"{grid.name}.png"
         atomic_write_bytes(png, dims_figure(records, f"{grid.name}: {grid.description}"))
         csv_path = out / f"{grid.name}.csv"

@@ -418,8 +418,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise EigenguardError(f"config file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    if values is None:
-        return {}
+    if values is None:  # an empty file is a wrong path more often than a wish for the defaults
+        raise EigenguardError(f"config file '{p}' is empty; allowed: a YAML mapping of option: value")
     if not isinstance(values, dict):
         raise EigenguardError(f"config file '{p}' must hold a mapping of option: value, got {type(values).__name__}")
     return upgrade_legacy({str(k).replace("-", "_"): v for k, v in values.items()})

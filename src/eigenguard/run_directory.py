@@ -76,6 +76,14 @@ def check_new_run_dir(path: Path) -> None:
         raise EigenguardError(f"run directory '{path}' is under '{blocking}', a file; allowed: a new directory")
 
 
+def check_output_dir(path: Path, option: str) -> None:
+    """Refuse, before any work, an output directory that cannot be one: a file at its path or above it."""
+    blocking = path if path.exists() and not path.is_dir() else file_above(path)
+    if blocking is not None:
+        where = "is a file" if blocking == path else f"is under '{blocking}', a file"
+        raise EigenguardError(f"{option} '{path}' {where}; allowed: a directory (existing or new)")
+
+
 def file_above(path: Path) -> Path | None:
     """The nearest existing ancestor of `path` when it is not a directory (nothing can be written below it)."""
     for parent in path.parents:

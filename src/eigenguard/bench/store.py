@@ -79,6 +79,10 @@ class ResultStore:
         if read_only:
             self._open_read_only()
             return
+        if self.path.is_file() and self.path.stat().st_size == 0:  # SQLite would take it as a new database
+            raise EigenguardError(
+                f"results store '{self.path}' is an empty file; allowed: a store eigenguard wrote, or a new path"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
