@@ -65,6 +65,17 @@ def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
         assert environment["commit"].removesuffix("+dirty") == head.stdout.strip() != ""
     else:
         assert environment["commit"] is None
+    # the data that was read: its directory and content, whatever data_root said
+    from eigenguard.cache import fingerprint
+    from eigenguard.data import load_dataset
+
+    full_train, full_test = load_dataset("mnist", mnist_root)
+    raw = next(mnist_root.rglob("train-images-idx3-ubyte*")).parent.resolve()
+    assert metrics["data"] == {
+        "dir": str(raw),
+        "train_sha256": fingerprint(full_train),
+        "test_sha256": fingerprint(full_test),
+    }
     # 600 train images, 10% held back -> 540 trained on, 54 poisoned
     assert metrics["train_images"] == 540 and metrics["poisoned_images"] == 54
     split = load_file(out / "split.safetensors")

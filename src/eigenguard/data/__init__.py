@@ -10,12 +10,12 @@ from eigenguard.data.cifar import load_cifar10, load_cifar100
 from eigenguard.data.gtsrb import load_gtsrb
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.image_folder import load_image_folder
-from eigenguard.data.mnist import load_fashion_mnist, load_mnist
-from eigenguard.data.sources import DatasetLoader, default_data_root
+from eigenguard.data.mnist import load_fashion_mnist, load_mnist, source_dir
+from eigenguard.data.sources import DatasetLoader, default_data_root, resolve_root
 from eigenguard.errors import EigenguardError
 from eigenguard.registry import Registry
 
-__all__ = ["DATASETS", "DatasetLoader", "ImageDataset", "default_data_root", "load_dataset"]
+__all__ = ["DATASETS", "DatasetLoader", "ImageDataset", "data_dir", "default_data_root", "load_dataset"]
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 DATASETS.register("cifar10")(load_cifar10)
@@ -46,3 +46,11 @@ def load_dataset(
             f"data_root '{root}' {what}; allowed: a directory that holds the dataset (or --set download=true)"
         )
     return loader(path, download=download, image_size=image_size)
+
+
+def data_dir(name: str, root: str | Path | None) -> str:
+    """The directory `load_dataset(name, root)` reads: MNIST and Fashion-MNIST are looked for in a few places
+    (and the Debian package's copy when no root is named); the other loaders read the root itself."""
+    path = None if root is None else Path(root).expanduser()
+    found = source_dir(name, path) if name in ("mnist", "fashion-mnist") else resolve_root(path)
+    return str((found or resolve_root(path)).resolve())

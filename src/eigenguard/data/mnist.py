@@ -133,6 +133,12 @@ def _load(variant: _Variant, root: Path | None, download: bool) -> tuple[ImageDa
     return _load_split(variant, train_images, train_labels), _load_split(variant, test_images, test_labels)
 
 
+def source_dir(name: str, root: Path | None) -> Path | None:
+    """The directory the loader of `name` (mnist or fashion-mnist) reads for `root`; None if it holds no copy."""
+    files = _find_files(MNIST if name == MNIST.name else FASHION_MNIST, resolve_root(root), root is not None)
+    return None if files is None else files[0].parent
+
+
 def load_mnist(root: Path | None, download: bool = False, image_size: int = 32) -> tuple[ImageDataset, ImageDataset]:
     """MNIST (train 60k, test 10k) as uint8 (N, 1, 28, 28); `image_size` is ignored (native 28x28)."""
     return _load(MNIST, root, download)

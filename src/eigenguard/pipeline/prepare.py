@@ -12,8 +12,9 @@ import torch
 
 from eigenguard.attacks import Attack, create_attack
 from eigenguard.attacks.base import quiet
+from eigenguard.cache import fingerprint
 from eigenguard.config import ATTACK_NONE, TrainConfig
-from eigenguard.data import load_dataset
+from eigenguard.data import data_dir, load_dataset
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.split import DefenseSplit, defense_split
 from eigenguard.data.transforms import Normalize
@@ -36,6 +37,7 @@ class PreparedData:
     attack: Attack | None
     normalize: Normalize
     flip: bool
+    source: dict[str, str] = field(default_factory=dict)  # the directory read and the data's content hashes
     poison_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     cross_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
@@ -60,6 +62,11 @@ def prepare_data(
     otherwise the pool is cut to what the defense split holds (it is recorded, never used). `say` gets the
     progress lines of an attack that trains before it poisons."""
     train_full, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
+    source = {
+        "dir": data_dir(config.dataset, config.data_root),
+        "train_sha256": fingerprint(train_full),
+        "test_sha256": fingerprint(test),
+    }
     split = defense_split(len(train_full), config.defense_fraction, config.seed, config.train_subset)
     if needs_clean_pool and config.clean_samples > len(split.defense):
         raise EigenguardError(
@@ -74,7 +81,7 @@ def prepare_data(
     flip = config.flip if config.flip is not None else config.dataset not in NO_FLIP_DATASETS
     normalize = Normalize(train_set.mean, train_set.std, device)
     if config.attack.name == ATTACK_NONE:
-        return PreparedData(train_set, test, None, clean_pool, split, clean_indices, None, normalize, flip)
+        return PreparedData(train_set, test, None, clean_pool, split, clean_indices, None, normalize, flip, source)
 
     attack = create_attack(
         config.attack.name,
@@ -97,6 +104,7 @@ def prepare_data(
         attack,
         normalize,
         flip,
+        source,
         poisoned.poison_indices.cpu(),
         poisoned.cross_indices.cpu(),
     )

@@ -199,6 +199,7 @@ def _train_in(
             round(trainer.images_trained / trainer.train_seconds, 1) if trainer.train_seconds else None
         ),
         "total_seconds": round(time.perf_counter() - started, 3),
+        "data": data.source,  # what was read, whatever data_root said
         "attack": data.attack.describe() if data.attack else None,
         "defense": defense.describe(),
         "defense_report": report,
