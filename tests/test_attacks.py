@@ -15,6 +15,7 @@ from eigenguard.attacks import (
     attack_options,
     create_attack,
 )
+from eigenguard.attacks.badnets import CHECKERBOARD
 from eigenguard.attacks.pgd import adversarial_training_loss, pgd_linf
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
@@ -37,6 +38,19 @@ def test_badnets_trigger_pixels_exact() -> None:
     # nothing outside the 3x3 corner changes
     out[:, :, 5:, 5:] = 7
     assert torch.equal(out, images)
+
+
+def test_a_larger_badnets_patch_tiles_the_pattern_in_the_named_corner() -> None:
+    """The stress-test setting: 7x7 top-left is exactly where PDB stamps its defensive trigger."""
+    out = BadNets((1, 28, 28), size=7, corner="tl").apply(torch.full((1, 1, 28, 28), 7, dtype=torch.uint8))
+    expected = torch.tensor(CHECKERBOARD, dtype=torch.uint8)[torch.arange(7) % 3][:, torch.arange(7) % 3]
+    assert torch.equal(out[0, 0, :7, :7], expected)
+    out[0, 0, :7, :7] = 7
+    assert (out == 7).all()
+    assert BadNets((1, 28, 28)).describe()["size"] == 3
+    for bad, message in (({"size": 0}, "size = 0"), ({"size": 29}, "1..28"), ({"corner": "c"}, "corner = 'c'")):
+        with pytest.raises(EigenguardError, match=message):
+            BadNets((1, 28, 28), **bad)
 
 
 def test_badnets_single_channel() -> None:

@@ -2,6 +2,8 @@
 
 Pixel values follow the ANP/BackdoorBench convention the paper adopts: rows
 [[0, 0, 255], [0, 255, 0], [255, 0, 255]], the same on every channel.
+Options for stress tests, off the paper's setting: `size` (the 3x3 pattern tiled to size x size) and
+`corner` (br, bl, tr, tl), e.g. a 7x7 patch top-left lies exactly on PDB's defensive trigger.
 
 Two label modes, one trigger:
 - `badnets` (all-to-one): every poisoned sample is relabelled `target`;
@@ -12,8 +14,10 @@ Two label modes, one trigger:
 import torch
 
 from eigenguard.attacks.base import Attack
+from eigenguard.errors import EigenguardError
 
 CHECKERBOARD = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
+CORNERS = ("br", "bl", "tr", "tl")
 
 
 def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +35,24 @@ def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str)
 
 class BadNets(Attack):
     name = "badnets"
+    LATE_OPTIONS = ("size", "corner")  # left out of a cell's key at its default (registry.complete)
 
-    def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0, size: int = 3, corner: str = "br"
+    ) -> None:
         super().__init__(image_shape, target, seed)
-        self.pattern, self.mask = corner_patch(self.image_shape, torch.tensor(CHECKERBOARD, dtype=torch.uint8), "br")
+        side = min(image_shape[1:])
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= side:
+            raise EigenguardError(f"invalid attack option size = {size!r}; allowed: an integer in 1..{side}")
+        if corner not in CORNERS:
+            raise EigenguardError(f"invalid attack option corner = {corner!r}; allowed: {', '.join(CORNERS)}")
+        self.size, self.corner = size, corner
+        rows = torch.arange(size) % 3
+        patch = torch.tensor(CHECKERBOARD, dtype=torch.uint8)[rows][:, rows]
+        self.pattern, self.mask = corner_patch(self.image_shape, patch, corner)
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "size": self.size, "corner": self.corner}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(images.device)
