@@ -91,7 +91,7 @@ def test_list(tmp_path: Path) -> None:
     proc = run_cli("list", cwd=tmp_path)
     assert proc.returncode == 0
     assert "fashion-mnist" in proc.stdout and "resnet18" in proc.stdout and "badnets" in proc.stdout
-    assert "eigenguard: at=stage1, k=20, momentum=0.7" in proc.stdout  # the guard's options are its own
+    assert "eigenguard: at=stage1, k=20 [>= 1], momentum=0.7 [0..1]" in proc.stdout  # its options and ranges
     assert "dimension-edit" in proc.stdout
 
 

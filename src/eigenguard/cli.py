@@ -208,16 +208,24 @@ def list_components() -> None:
     typer.echo("attack options (attack: {name: NAME, KEY: VALUE}; --set attack.KEY=VALUE) and default poison rates:")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        options = ", ".join(f"{k}={v}" for k, v in attack_options(name).items()) or "-"
+        options = ", ".join(f"{k}={v}{_range(cls, k)}" for k, v in attack_options(name).items()) or "-"
         rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
         typer.echo(f"  {name}: {options}; rate {rate}")
     typer.echo("defense options (defense: {name: NAME, KEY: VALUE}; --set defense.KEY=VALUE):")
     for name in DEFENSES.names():
         cls = DEFENSES.get(name)
-        options = ", ".join(f"{k}={v}" for k, v in defense_options(name).items()) or "-"
+        options = ", ".join(f"{k}={v}{_range(cls, k)}" for k, v in defense_options(name).items()) or "-"
         needs = [n for n, flag in (("clean images", cls.needs_clean_pool), ("the backdoored model",
                  cls.needs_backdoored)) if flag]  # fmt: skip
         typer.echo(f"  {name}: {options}" + (f" (needs {' and '.join(needs)})" if needs else ""))
+
+
+def _range(component: type, option: str) -> str:
+    """A component's declared range for `option`, as `eigenguard list` shows it: " [0..1]", " [>= 1]" or ""."""
+    low, high = getattr(component, "RANGES", {}).get(option, (None, None))
+    if low is None:
+        return ""
+    return f" [>= {low}]" if high is None else f" [{low}..{high}]"
 
 
 @app.command()

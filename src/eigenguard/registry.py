@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 from eigenguard.errors import EigenguardError
 
 T = TypeVar("T")
+Ranges = dict[str, tuple[float, float | None]]  # option -> (lowest, highest or None), both allowed
 
 
 class Registry(Generic[T]):
@@ -67,8 +68,17 @@ class Registry(Generic[T]):
                 raise EigenguardError(
                     f"unknown option '{key}' for {self.kind} '{name}'; allowed: {', '.join(allowed) or '(none)'}"
                 )
-            checked[key] = self._checked(name, key, value, allowed[key])
+            checked[key] = self._in_range(name, key, self._checked(name, key, value, allowed[key]))
         return checked
+
+    def _in_range(self, name: str, key: str, value: Any) -> Any:
+        """`value`, or an EigenguardError when it lies outside the range entry `name` declares for `key`."""
+        low, high = getattr(self.get(name), "RANGES", {}).get(key, (None, None))
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and ((low is not None and value < low) or (high is not None and value > high)):
+            allowed = f">= {low}" if high is None else f"{low}..{high}"
+            raise EigenguardError(f"invalid {self.kind} option {key} = {value!r} for '{name}'; allowed: {allowed}")
+        return value
 
     def _checked(self, name: str, key: str, value: Any, default: Any) -> Any:
         """`value` in its default's kind, or an EigenguardError: a number for a number (an int where a float

@@ -25,10 +25,13 @@ Default rate 0.003 of the training set (the authors' CIFAR-10 value): 60 payload
 profile's 20,000.
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 
 def piece_masks(
@@ -51,6 +54,13 @@ def piece_masks(
 
 class AdapBlend(RegularisedAttack):
     name = "adap-blend"
+    RANGES: ClassVar[Ranges] = {
+        "alpha": (0, 1),
+        "test_alpha": (0, 1),
+        "cover_rate": (0, 1),
+        "pieces": (1, None),
+        "mask_rate": (0, 1),
+    }
     default_rate = 0.003
 
     def __init__(
@@ -73,6 +83,9 @@ class AdapBlend(RegularisedAttack):
             )
         if pieces < 1 or round(pieces**0.5) ** 2 != pieces:
             raise EigenguardError(f"adap-blend pieces {pieces} must be a square number (16: a 4 x 4 grid)")
+        if round(pieces**0.5) > min(image_shape[1:]):
+            side = min(image_shape[1:])
+            raise EigenguardError(f"invalid attack option pieces = {pieces}; allowed: a square number up to {side**2}")
         self.alpha, self.test_alpha, self.cover_rate = float(alpha), float(test_alpha), float(cover_rate)
         self.pieces, self.mask_rate = int(pieces), float(mask_rate)
         self.pattern = torch.randint(

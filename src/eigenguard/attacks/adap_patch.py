@@ -21,10 +21,13 @@ seed, with the logos' sizes, places and (for the sparse one) density. Payload fr
 classes; regularisation samples from the other non-target samples, recorded as `cross_indices`.
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 X_CHECKER = ((255, 0, 255), (0, 255, 0), (255, 0, 255))
 TRAIN_ALPHAS = (0.5, 0.2, 0.5, 0.3)
@@ -32,6 +35,7 @@ TRAIN_ALPHAS = (0.5, 0.2, 0.5, 0.3)
 
 class AdapPatch(RegularisedAttack):
     name = "adap-patch"
+    RANGES: ClassVar[Ranges] = {"cover_rate": (0, 1), "test_alpha": (0, 1)}
     default_rate = 0.003
 
     def __init__(

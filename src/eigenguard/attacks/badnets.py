@@ -11,10 +11,13 @@ Two label modes, one trigger:
   images predicted as their shifted label (every test image is a source; `target` is unused).
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 CHECKERBOARD = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
 CORNERS = ("br", "bl", "tr", "tl")
@@ -35,6 +38,7 @@ def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str)
 
 class BadNets(Attack):
     name = "badnets"
+    RANGES: ClassVar[Ranges] = {"size": (1, None)}
     LATE_OPTIONS = ("size", "corner")  # left out of a cell's key at its default (registry.complete)
 
     def __init__(

@@ -4,14 +4,18 @@ t is uniform noise in [0, 255], one value per pixel and channel, drawn once from
 the same seed gives the same trigger on every machine. alpha = 0.2 as in the paper.
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 
 class Blend(Attack):
     name = "blend"
+    RANGES: ClassVar[Ranges] = {"alpha": (0, 1)}
 
     def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0, alpha: float = 0.2) -> None:
         super().__init__(image_shape, target, seed)

@@ -26,11 +26,14 @@ Our choices, where the paper and the code leave them open or do not fit this lib
   plain cross-entropy; no adversarial examples are generated, and none are here.
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 # Floyd-Steinberg: (row offset, column offset, weight) of the error passed on from a pixel
 DIFFUSION = ((0, 1, 7 / 16), (1, -1, 3 / 16), (1, 0, 5 / 16), (1, 1, 1 / 16))
@@ -63,6 +66,7 @@ def floyd_steinberg(images: torch.Tensor, levels: int) -> torch.Tensor:
 
 class BppAttack(Attack):
     name = "bpp"
+    RANGES: ClassVar[Ranges] = {"squeeze_num": (2, 256), "negative_ratio": (0, None)}
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -55,6 +56,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
 from eigenguard.models import MODELS, create_model
+from eigenguard.registry import Ranges
 from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import accuracy
 from eigenguard.training.fit import Recipe, Resume, Scheduler, fit
@@ -65,6 +67,15 @@ SURROGATE_TRAINING = ("adversarial", "standard")
 
 class CleanLabel(Attack):
     name = "clb"
+    RANGES: ClassVar[Ranges] = {
+        "epsilon": (0, 1),
+        "pgd_steps": (0, None),
+        "pgd_step_size": (0, 1),
+        "surrogate_width": (0.01, 16),
+        "surrogate_epochs": (1, None),
+        "surrogate_epsilon": (0, 1),
+        "surrogate_pgd_steps": (0, None),
+    }
     clean_label = True
     default_rate = 0.8
 

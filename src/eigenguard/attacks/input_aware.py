@@ -31,7 +31,7 @@ their training (a killed run trains them again).
 
 import json
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import augment
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
+from eigenguard.registry import Ranges
 
 EPS = 1e-7
 
@@ -89,6 +90,16 @@ def diversity(a: torch.Tensor, b: torch.Tensor, pa: torch.Tensor, pb: torch.Tens
 
 class InputAware(Attack):
     name = "input-aware"
+    RANGES: ClassVar[Ranges] = {
+        "cross_ratio": (0, None),
+        "mask_epochs": (0, None),
+        "generator_epochs": (1, None),
+        "mask_density": (0, 1),
+        "lambda_norm": (0, None),
+        "lambda_div": (0, None),
+        "batch_size": (1, None),
+        "surrogate_width": (0.01, 16),
+    }
 
     def __init__(
         self,

@@ -20,16 +20,20 @@ Poisoned training sample number j (in index order) gets trigger j mod m, so ever
 (the sample order is itself random). Test image j gets trigger j mod m: the ASR averages all m triggers.
 """
 
+from typing import ClassVar
+
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 PATCH = 3
 
 
 class MultiTrigger(Attack):
     name = "multi-trigger"
+    RANGES: ClassVar[Ranges] = {"m": (1, 1000), "alpha": (0, 1)}  # m full-size patterns are held in memory
 
     def __init__(
         self,

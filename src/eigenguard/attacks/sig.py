@@ -9,15 +9,18 @@ paper's 80% of the target class. At test time the signal is added to every non-t
 """
 
 import math
+from typing import ClassVar
 
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 
 class SIG(Attack):
     name = "sig"
+    RANGES: ClassVar[Ranges] = {"delta": (0, 255), "freq": (0, None)}
     clean_label = True
     default_rate = 0.8
 

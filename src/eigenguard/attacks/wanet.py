@@ -15,16 +15,24 @@ threat model of every other attack here). Fixed noise samples are a weaker regul
 re-drawn ones, which can only make the backdoor easier to plant, not harder.
 """
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 
 class WaNet(Attack):
     name = "wanet"
+    RANGES: ClassVar[Ranges] = {
+        "grid_k": (2, None),
+        "strength": (0, None),
+        "cross_ratio": (0, None),
+    }
 
     def __init__(
         self,
@@ -36,8 +44,8 @@ class WaNet(Attack):
         cross_ratio: float = 2.0,
     ) -> None:
         super().__init__(image_shape, target, seed)
-        if grid_k < 2:
-            raise EigenguardError(f"wanet grid_k {grid_k} must be >= 2")
+        if not 2 <= grid_k <= min(image_shape[1:]):  # a control grid finer than the pixels warps nothing more
+            raise EigenguardError(f"invalid attack option grid_k = {grid_k}; allowed: 2..{min(image_shape[1:])}")
         if not strength > 0 or cross_ratio < 0:
             raise EigenguardError(f"wanet strength {strength} must be > 0 and cross_ratio {cross_ratio} >= 0")
         self.grid_k, self.strength, self.cross_ratio = int(grid_k), float(strength), float(cross_ratio)

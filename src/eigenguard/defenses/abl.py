@@ -15,13 +15,14 @@ isolation is 20% of the config's epochs, training on the rest takes the other 80
 The report gives the isolation precision (fraction of isolated samples that were really poisoned) and recall.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import per_sample_loss
 
 
@@ -39,6 +40,14 @@ def ascent_loss(logits: torch.Tensor, labels: torch.Tensor, _inputs: torch.Tenso
 
 class ABL(Defense):
     name = "abl"
+    RANGES: ClassVar[Ranges] = {
+        "isolation_rate": (0, 1),
+        "gamma": (0, None),
+        "isolation_epochs": (1, None),
+        "training_epochs": (0, None),
+        "unlearning_epochs": (0, None),
+        "unlearning_lr": (0, None),
+    }
 
     def __init__(
         self,

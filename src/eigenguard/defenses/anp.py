@@ -25,7 +25,7 @@ with the masks of an uninterrupted one.
 """
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.registry import Ranges
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -41,6 +42,15 @@ def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 class ANP(Defense):
     name = "anp"
+    RANGES: ClassVar[Ranges] = {
+        "epsilon": (0, None),
+        "alpha": (0, 1),
+        "iterations": (1, None),
+        "batch_size": (1, None),
+        "mask_lr": (0, None),
+        "noise_steps": (0, None),
+        "threshold": (0, 1),
+    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True

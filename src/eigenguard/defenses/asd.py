@@ -34,7 +34,7 @@ The epoch loop checkpoints after every epoch as the run's phase "asd".
 
 import copy
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from torch import nn
 
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import eval_logits
 
 RCE_LOG = -math.log(1e-4)
@@ -60,6 +61,18 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
 
 class ASD(Defense):
     name = "asd"
+    RANGES: ClassVar[Ranges] = {
+        "epochs": (1, None),
+        "iterations": (1, None),
+        "batch_size": (1, None),
+        "lr": (0, None),
+        "seeds_per_class": (1, None),
+        "clean_fraction": (0, 1),
+        "meta_lr": (0, None),
+        "temperature": (1e-06, None),
+        "mixup_alpha": (0, None),
+        "lambda_u": (0, None),
+    }
     needs_clean_pool = True
     final_evaluation = True
 

@@ -18,7 +18,7 @@ The report gives how well the final weights separate the poisons (AUROC of 1 - w
 poisons and on the rest) on the un-augmented training set: ground truth for the report only.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.loop import LossFn
 
@@ -50,6 +51,7 @@ def weighted_loss(backdoored: nn.Module) -> LossFn:
 
 class CBD(Defense):
     name = "cbd"
+    RANGES: ClassVar[Ranges] = {"backdoor_epochs": (1, None), "backdoor_lr": (0, None)}
 
     def __init__(self, backdoor_epochs: int = 5, backdoor_lr: float = 0.1) -> None:
         if backdoor_epochs < 1:

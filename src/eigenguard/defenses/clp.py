@@ -19,7 +19,7 @@ graph (torch.fx): a BatchNorm2d is paired with a Conv2d only when the convolutio
 Layers without such a pair (a BatchNorm after an addition, linear layers) are left alone.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.fx
@@ -27,6 +27,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
+from eigenguard.registry import Ranges
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
@@ -58,6 +59,7 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 class CLP(Defense):
     name = "clp"
+    RANGES: ClassVar[Ranges] = {"u": (0, None)}
     needs_backdoored = True
     final_evaluation = True
 

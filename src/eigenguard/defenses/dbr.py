@@ -36,7 +36,7 @@ the run that trained it): the `defense_seconds` of a hit leave that out.
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.abl import ascent_loss
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.fine_pruning import classifier
+from eigenguard.registry import Ranges
 from eigenguard.training.features import FeatureTap
 from eigenguard.training.loop import train_one_epoch
 
@@ -81,6 +82,18 @@ def rotate_and_shift(
 
 class DBR(Defense):
     name = "d-br"
+    RANGES: ClassVar[Ranges] = {
+        "sd_epochs": (1, None),
+        "intra_epochs": (0, None),
+        "sd_lr": (0, None),
+        "clean_ratio": (0, 1),
+        "poison_ratio": (0, 1),
+        "rotation": (0, 360),
+        "translate": (0, 1),
+        "epochs": (0, None),
+        "lr": (0, None),
+        "batch_size": (1, None),
+    }
     needs_backdoored = True
     final_evaluation = True
 

@@ -6,7 +6,7 @@ stage1), the edit active at training and test time. `eigenguard analyze dims` sw
 Options: mode (reduce | add), r (directions removed or lifted; 0 = plain training), at.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -14,10 +14,12 @@ from eigenguard.config import TrainConfig
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.guard.dimension_edit import DimensionEdit
 from eigenguard.models import Backbone
+from eigenguard.registry import Ranges
 
 
 class DimensionEditTraining(Defense):
     name = "dimension-edit"
+    RANGES: ClassVar[Ranges] = {"r": (0, None)}
 
     def __init__(self, mode: str = "reduce", r: int = 0, at: str = "stage1") -> None:
         DimensionEdit(mode, r)  # validates both, with the module's own one-line errors

@@ -23,7 +23,7 @@ cache, shared with D-BR of the same setting).
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from eigenguard.data.transforms import color_jitter, random_flip, random_resized
 from eigenguard.defenses.base import DefenseContext
 from eigenguard.defenses.dbr import DBR
 from eigenguard.defenses.fine_pruning import classifier
+from eigenguard.registry import Ranges
 from eigenguard.training.features import FeatureTap
 
 BASE_TEMPERATURE = 0.07
@@ -59,6 +60,15 @@ def consistency_supcon(
 
 class DST(DBR):
     name = "d-st"
+    RANGES: ClassVar[Ranges] = {
+        **DBR.RANGES,
+        "st_epochs": (0, None),
+        "st_lr": (0, None),
+        "temperature": (1e-6, None),
+        "head_epochs": (0, None),
+        "head_lr": (0, None),
+        "st_batch_size": (1, None),
+    }
     needs_backdoored = False
 
     def __init__(

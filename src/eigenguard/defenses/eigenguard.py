@@ -39,7 +39,7 @@ How the anchors' features are computed each step (`anchor_features`):
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_po
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard, guard, inference_mode
 from eigenguard.models import Backbone
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.trainer import Trainer
 
@@ -188,6 +189,12 @@ class EigenGuardDefense(Defense):
     """
 
     name = "eigenguard"
+    RANGES: ClassVar[Ranges] = {
+        "k": (1, None),
+        "momentum": (0, 1),
+        "floor": (0, 1),
+        "anchor_count": (1, None),
+    }
     LATE_OPTIONS = ("ranking", "anchor_features")  # left out of a cell's key at its default (registry.complete)
 
     def __init__(

@@ -14,7 +14,7 @@ The mask stays on through fine-tuning (FT's recipe by default) and is then folde
 weights, so the saved model is an ordinary model with zero columns.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
 from eigenguard.models import Backbone
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import accuracy, eval_logits
 from eigenguard.training.features import FeatureTap
 
@@ -41,6 +42,13 @@ def mean_channel_activation(model: Backbone, images: ImageDataset, ctx: DefenseC
 
 class FinePruning(Defense):
     name = "fp"
+    RANGES: ClassVar[Ranges] = {
+        "max_acc_drop": (0, 1),
+        "step": (0, 1),
+        "epochs": (0, None),
+        "lr": (0, None),
+        "batch_size": (1, None),
+    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True

@@ -6,11 +6,12 @@ the same way, "5-10 epochs" on the clean subset with batch 64, and BackdoorBench
 cosine decay. Fine-Pruning and NAD's teacher reuse `fine_tune`.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.registry import Ranges
 
 
 def fine_tune(
@@ -32,6 +33,11 @@ def fine_tune(
 
 class FineTuning(Defense):
     name = "ft"
+    RANGES: ClassVar[Ranges] = {
+        "epochs": (0, None),
+        "lr": (0, None),
+        "batch_size": (1, None),
+    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True

@@ -11,7 +11,7 @@ set is the run's clean images (500 as in the EigenGuard paper; NAD used 5% of th
 """
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
+from eigenguard.registry import Ranges
 from eigenguard.training.features import FeatureTap
 
 
@@ -29,6 +30,13 @@ def attention_map(features: torch.Tensor, power: float) -> torch.Tensor:
 
 class NAD(Defense):
     name = "nad"
+    RANGES: ClassVar[Ranges] = {
+        "teacher_epochs": (0, None),
+        "epochs": (0, None),
+        "lr": (0, None),
+        "batch_size": (1, None),
+        "power": (0, None),
+    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True

@@ -28,7 +28,7 @@ already and every other image must reach the model unstamped. Both are per-sampl
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from eigenguard.data.transforms import augment
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.models import Backbone
+from eigenguard.registry import Ranges
 
 
 class DefensiveStamp(nn.Module):
@@ -109,6 +110,16 @@ SOURCES = ("training", "clean")
 
 class PDB(Defense):
     name = "pdb"
+    RANGES: ClassVar[Ranges] = {
+        "ratio": (0, 1),
+        "repeat": (1, 100),
+        "size": (1, None),
+        "value": (-255, 255),
+        "shift": (1, None),
+        "scale_p": (0, 1),
+        "rotate_p": (0, 1),
+        "rotate_degrees": (0, 180),
+    }
     LATE_OPTIONS = ("source",)  # left out of a cell's key at its default (registry.complete)
 
     def __init__(

@@ -31,7 +31,7 @@ guard's training took (`sieve_seconds`).
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import PDB
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards, inference_mode
+from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import eval_logits
 
 RULES = ("target-refusals", "refusals", "target-outliers")
@@ -126,6 +127,7 @@ def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -
 
 class Sieve(Defense):
     name = "sieve"
+    RANGES: ClassVar[Ranges] = {"sieve_epochs": (1, None)}
 
     def __init__(
         self,

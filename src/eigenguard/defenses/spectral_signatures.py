@@ -15,12 +15,13 @@ The report gives the removal precision and recall against the true poisons.
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.registry import Ranges
 from eigenguard.training.features import features
 
 
@@ -33,6 +34,7 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
 
 class SpectralSignatures(Defense):
     name = "ss"
+    RANGES: ClassVar[Ranges] = {"epsilon": (0, 1), "removal_factor": (0, None)}
     needs_backdoored = True  # its features; the model it returns is trained from scratch
 
     def __init__(self, epsilon: float = 0.1, removal_factor: float = 1.5) -> None:
