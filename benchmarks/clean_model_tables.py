@@ -37,9 +37,12 @@ DEFENSES = {
     "sieve-rate": "sieve, rate rule",
     "sieve": "sieve",
     "sieve-pdb": "sieve + PDB",
+    "sieve-outliers": "outlier sieve",
+    "sieve-outliers-pdb": "outlier sieve + PDB",
     "cbd": "CBD",
 }
-NEW = ("pdb", "pdb-clean", "sieve-rate", "sieve", "sieve-pdb", "cbd")
+NEW = ("pdb", "pdb-clean", "sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb", "cbd")
+SIEVES = ("sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb")
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 
@@ -51,8 +54,9 @@ def variant(defense: dict[str, Any]) -> str:
         return "pdb-clean"
     if name == "sieve" and defense.get("target", "rate") == "rate":  # before the spread rule existed
         return "sieve-rate"
-    if name == "sieve" and defense.get("then") == "pdb":
-        return "sieve-pdb"
+    if name == "sieve":
+        rule = "sieve-outliers" if defense.get("rule") == "target-outliers" else "sieve"
+        return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
     return name
 
 
@@ -91,9 +95,10 @@ def split_text(cell: dict[str, Any] | None, defense: str) -> str:
     report, target = cell["metrics"]["defense_report"], cell["config"].get("target", 0)
     if defense in ("pdb", "pdb-clean"):
         return f"{report['defensive_poisoned']} of {report['defensive_images']}"
-    if defense in ("sieve-rate", "sieve", "sieve-pdb"):
+    if defense in SIEVES:
         split, guess = report["split"], report["estimated_target"]
         mark = "" if guess == target else f" (wrong: {guess})"
+        mark += f", {report['outlier_side']} side" if "outlier_side" in report else ""
         return (
             f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}, "
             f"AUROC {report['loss_auroc']:.3f}{mark}"
@@ -114,6 +119,8 @@ def split_table(cells: Cells) -> str:
         "sieve-rate": "sieve, rate rule: its split (P, R in %)",
         "sieve": "sieve: its split (P, R in %), target estimate",
         "sieve-pdb": "sieve + PDB: the same",
+        "sieve-outliers": "outlier sieve: its split, the side it flagged",
+        "sieve-outliers-pdb": "outlier sieve + PDB: the same",
         "cbd": "CBD: its final weights",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
