@@ -40,17 +40,16 @@ class EigenGuard(nn.Module):
       spectrum ["paper"]: the filter, "paper" (top k to sigma_k, the rest to floor * sigma_k), "equalize"
         (only the top k capped at sigma_k) or "shrink" (only the rest shrunk); spectral_filter.py. The
         variants separate the filter's two halves, to find which one costs clean accuracy and which one
-        removes a backdoor (docs/results/eigenguard-study.md, question 2).
-      floor [0.001]: the tail's scale, floor * sigma_k ("paper" and "shrink"); how hard the tail is cut
-        (question 2).
+        removes a backdoor (docs/results/eigenguard-study.md).
+      floor [0.001]: the tail's scale, floor * sigma_k ("paper" and "shrink"); how hard the tail is cut.
       training ["batch"]: "batch" filters the training batch jointly with His (Algorithm 1); "per-sample"
         filters each training image alone against His (and the anchors) as it was before this step, the
         way per-sample inference filters a test image against the frozen His, then updates His. It trades
-        the paper's training computation for train/test consistency (question 4), and costs one bordered
+        the paper's training computation for train/test consistency, and costs one bordered
         eigh per training image.
       solver ["secular"]: how per-sample inference decomposes each image's bordered Gram matrix: "secular"
         (the history's decomposition cached, each image's eigenvalues from its secular equation, arrowhead.py)
-        or "eigh" (one dense eigh per image, the path it replaced; kept as the reference). The same filter.
+        or "eigh" (one dense eigh per image, the reference the secular path is tested against). The same filter.
     `anchor_rows`: when > 0, the last `anchor_rows` rows of a training batch are extra samples (the paper's
     100 lowest-loss training samples) that join the decomposition but are not returned. `anchor_source`:
     instead, a function called once per training step that returns such samples' features (computed

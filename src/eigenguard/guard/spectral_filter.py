@@ -84,14 +84,14 @@ def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None, own: 
     """feat scaled by a power of two to max |entry| ~ 1 (of `reference`, default feat), entries below 2^-60
     of that set to 0. With a `reference` of m rows, returns (first m rows, the rest). own=True: `feat` is a
     temporary of the caller's, overwritten in place where it needs no gradient (on CPU every fresh n x D
-    buffer costs page faults: a third of the guard's time before this).
+    buffer costs page faults).
 
     Only the Gram matrix is built from it. The filter's ratios s'_i / s_i do not change under scaling, and a
     power-of-two scale is exact, so the result is the same; but without it, features with entries near 1e-20
-    (seen when a small k starves a layer) make the Gram product run into float32 denormals, 30x slower on CPU.
+    (seen when a small k starves a layer) make the Gram product run into float32 denormals, slow on a CPU.
     """
     scale = _scale_of(feat if reference is None else reference)
-    # hardshrink zeroes |x| <= _FLUSH, i.e. |x| < 2^-60: one fused pass (a torch.where took 12x longer)
+    # hardshrink zeroes |x| <= _FLUSH, i.e. |x| < 2^-60, in one fused pass
     if own and not feat.requires_grad:
         scaled = torch.hardshrink(feat.mul_(scale), _FLUSH, out=feat)
     else:
