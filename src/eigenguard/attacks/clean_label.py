@@ -20,7 +20,7 @@ Our choices, where Turner et al. and the paper leave them open:
   epsilon, Turner et al.'s ratio (a model trained at 8/255, perturbations of 16/255): a surrogate trained
   at the attack's own epsilon resists its PGD, so the perturbed images keep their class evidence.
   "standard": plain training; its perturbations are high-frequency noise that a freshly trained victim
-  does not inherit, so the attack fails with it (docs/results/table3-quick-all.md).
+  does not inherit, so the attack fails with it (docs/results/quick-profile.md).
 - PGD: 10 steps of size 2.5 * epsilon / steps (Madry et al.'s rule), from the clean image, untargeted
   (raise the loss of the true label), on the [0, 255] scale so the budget holds after rounding to uint8.
   With epsilon 0 or pgd_steps 0 nothing is perturbed (the trigger alone on clean target images, the
