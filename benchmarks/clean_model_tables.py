@@ -39,10 +39,11 @@ DEFENSES = {
     "sieve-pdb": "sieve + PDB",
     "sieve-outliers": "outlier sieve",
     "sieve-outliers-pdb": "outlier sieve + PDB",
+    "sieve-outliers-widen": "outlier sieve, widened",
     "cbd": "CBD",
 }
-NEW = ("pdb", "pdb-clean", "sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb", "cbd")
-SIEVES = ("sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb")
+SIEVES = ("sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb", "sieve-outliers-widen")
+NEW = ("pdb", "pdb-clean", *SIEVES, "cbd")
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 
@@ -56,6 +57,7 @@ def variant(defense: dict[str, Any]) -> str:
         return "sieve-rate"
     if name == "sieve":
         rule = "sieve-outliers" if defense.get("rule") == "target-outliers" else "sieve"
+        rule += "-widen" if defense.get("widen", "none") != "none" else ""
         return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
     return name
 
@@ -121,6 +123,7 @@ def split_table(cells: Cells) -> str:
         "sieve-pdb": "sieve + PDB: the same",
         "sieve-outliers": "outlier sieve: its split, the side it flagged",
         "sieve-outliers-pdb": "outlier sieve + PDB: the same",
+        "sieve-outliers-widen": "outlier sieve, widened by the trigger estimate: the same",
         "cbd": "CBD: its final weights",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]

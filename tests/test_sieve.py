@@ -20,6 +20,7 @@ from eigenguard.defenses.sieve import (
     outliers,
     refusal_rates,
     refusal_spread,
+    widen,
 )
 from eigenguard.errors import EigenguardError
 from tests.test_defenses import tiny_context, tiny_dataset
@@ -144,6 +145,24 @@ def test_the_outlier_rule_recovers_planted_poisons(monkeypatch: pytest.MonkeyPat
     assert report["split"] == {"flagged": 24, "flagged_poisoned": 24, "precision": 1.0, "recall": 1.0}
 
 
+def test_widening_finds_the_poisons_the_first_rule_missed() -> None:
+    """Poisons carry a blended stripe and the target's label; the first rule found half of them: the mean image
+    difference seeded by that half points at the stripe, and the other half lies in the high group."""
+    data, poisons, _ = planted(n=256, poisons=24)
+    stripe = torch.zeros(1, 8, 8)
+    stripe[:, 2:4, :] = 1.0
+    blended = 0.8 * data.images[poisons].float() + 0.2 * 255 * stripe
+    data.images[poisons] = blended.round().clamp(0, 255).to(torch.uint8)
+    first = torch.zeros(256, dtype=torch.bool)
+    first[poisons[:12]] = True
+    extra, share = widen(data.images, data.labels, 0, first)
+    missed = torch.zeros(256, dtype=torch.bool)
+    missed[poisons[12:]] = True
+    assert torch.equal(extra & missed, missed) and not bool((extra & first).any())
+    assert bool((extra <= (data.labels == 0)).all()) and share > 2 / torch.pi
+    assert not widen(data.images, data.labels, 1, first)[0].any()  # no flagged image carries label 1
+
+
 def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyPatch) -> None:
     data, poisons, _ = planted()
     ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
@@ -154,7 +173,14 @@ def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyP
 
 
 def test_sieve_options_are_checked() -> None:
-    for bad in ({"rule": "all"}, {"flagged": "keep"}, {"then": "asd"}, {"sieve_epochs": 0}, {"target": "vote"}):
+    for bad in (
+        {"rule": "all"},
+        {"flagged": "keep"},
+        {"then": "asd"},
+        {"target": "vote"},
+        {"widen": "all"},
+        {"sieve_epochs": 0},
+    ):
         with pytest.raises(EigenguardError, match=f"invalid defense option {next(iter(bad))} ="):
             create_defense("sieve", **bad)
 

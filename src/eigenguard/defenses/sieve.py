@@ -18,6 +18,11 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
   4. flag (`rule`): `target-refusals` the refusals whose given label is the estimated target;
      `refusals` every refusal; `target-outliers` the group of the target's Otsu split whose mean log-loss
      lies farther from the median of the other classes' median log-losses (poisons are unlike any class);
+  4b. widen the flagged set (`widen: trigger`): the flagged images labelled with the target, nearly all
+     poisons, show what poisons have in common; the mean image difference between them and the target's
+     unflagged images is a linear estimate of the trigger (with, for a dirty-label attack, the look of the
+     classes the poisons came from). The target's unflagged images are projected on it and the high group of
+     an Otsu split is flagged too: the poisons the first rule missed, at the price of some clean images;
   5. train a fresh model on what is left (`flagged: drop`) or on every image with the flagged ones
      relabelled as the guard predicts (`flagged: relabel`), plainly (`then: none`) or with PDB in front
      of the same split (`then: pdb`, PDB's defaults).
@@ -51,6 +56,7 @@ from eigenguard.training.evaluate import eval_logits
 RULES = ("target-refusals", "refusals", "target-outliers")
 TARGETS = ("spread", "rate", "bimodal")
 FLAGGED = ("drop", "relabel")
+WIDEN = ("none", "trigger")
 THEN = ("none", "pdb")
 
 
@@ -117,6 +123,40 @@ def outliers(losses: torch.Tensor, given: torch.Tensor, target: int, num_classes
     return (low, "low") if bool(far_low) else (high, "high")
 
 
+def trigger_projection(
+    images: torch.Tensor, seeds: torch.Tensor, pool: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
+    """For every image of `pool` (a mask), its projection on mean(images[seeds]) - mean(images[pool]) after
+    centring on the pool's mean (float64, pixels in [0, 1]); computed in chunks, the images stay uint8."""
+
+    def mean(mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.nonzero(mask).flatten()
+        total = sum(images[rows[i : i + chunk]].flatten(1).double().sum(0) for i in range(0, len(rows), chunk))
+        return total / (255 * max(len(rows), 1))
+
+    centre = mean(pool)
+    direction = mean(seeds) - centre
+    rows = torch.nonzero(pool).flatten()
+    parts = [
+        (images[rows[i : i + chunk]].flatten(1).double() / 255 - centre) @ direction for i in range(0, len(rows), chunk)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
+
+
+def widen(images: torch.Tensor, given: torch.Tensor, target: int, flagged: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The target's unflagged images whose trigger projection (trigger_projection, seeded by the flagged
+    images labelled `target`) falls in the high group of an Otsu split: (mask over all images, the split's
+    between-group share of the variance). Nothing when no flagged image carries the target label."""
+    extra = torch.zeros_like(flagged)
+    seeds, pool = flagged & (given == target), ~flagged & (given == target)
+    if not bool(seeds.any()) or int(pool.sum()) < 2:
+        return extra, 0.0
+    scores = trigger_projection(images, seeds, pool)
+    threshold, share = otsu(scores)
+    extra[torch.nonzero(pool).flatten()[scores > threshold]] = True
+    return extra, share
+
+
 def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -> torch.Tensor:
     """Indices of the images a refusal `rule` flags (sorted)."""
     refused = predicted != given
@@ -128,6 +168,7 @@ def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -
 class Sieve(Defense):
     name = "sieve"
     RANGES: ClassVar[Ranges] = {"sieve_epochs": (1, None)}
+    LATE_OPTIONS = ("widen",)  # left out of a cell's key at its default (registry.complete)
 
     def __init__(
         self,
@@ -136,12 +177,14 @@ class Sieve(Defense):
         flagged: str = "drop",
         then: str = "none",
         target: str = "spread",
+        widen: str = "none",
     ) -> None:
         choices = (
             ("rule", rule, RULES),
             ("flagged", flagged, FLAGGED),
             ("then", then, THEN),
             ("target", target, TARGETS),
+            ("widen", widen, WIDEN),
         )
         for key, value, allowed in choices:
             if value not in allowed:
@@ -149,6 +192,7 @@ class Sieve(Defense):
         if sieve_epochs is not None and sieve_epochs < 1:
             raise EigenguardError(f"invalid defense option sieve_epochs = {sieve_epochs}: must be >= 1 (or null)")
         self.sieve_epochs, self.rule, self.flagged, self.then, self.target = sieve_epochs, rule, flagged, then, target
+        self.widen = widen
 
     def rebuild(self, model: nn.Module) -> None:
         if self.then == "pdb":
@@ -220,6 +264,12 @@ class Sieve(Defense):
             flagged = torch.nonzero(mask).flatten()
         else:
             flagged = flag(predicted, train.labels, target, self.rule)
+        if self.widen == "trigger":
+            first = torch.zeros(len(train), dtype=torch.bool, device=train.labels.device)
+            first[flagged] = True
+            extra, report["widen_separation"] = widen(train.images, train.labels, target, first)
+            report["first_split"] = ctx.precision_recall(flagged)
+            flagged = torch.nonzero(first | extra).flatten()
         report |= {
             "estimated_target": target,
             "split": ctx.precision_recall(flagged),
