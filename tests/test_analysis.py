@@ -18,8 +18,10 @@ from eigenguard.analysis.run_loading import clean_and_triggered, features_at, lo
 from eigenguard.analysis.trigger_survival import survival, top_right_singular_vectors
 from eigenguard.cli import app
 from eigenguard.errors import EigenguardError
+from eigenguard.guard import find_guards, inference_mode
 from eigenguard.guard.dimension_edit import DimensionEdit
 from eigenguard.guard.spectral_filter import filter_each_against, filter_jointly
+from eigenguard.training.evaluate import accuracy
 
 
 def matrix_with_singular_values(s: list[float], n: int = 40, d: int = 60, seed: int = 0) -> torch.Tensor:
@@ -183,9 +185,11 @@ def test_load_run_rebuilds_the_guarded_model(guarded_run: Path) -> None:
     assert not torch.equal(clean.images, triggered.images)
     feats = features_at(run, clean.images, "stage1")
     assert feats.shape == (30, run.model.features(run.normalize(clean.images[:1]), "stage1").numel())
-    # same logits as the training run's saved model would give: the state dict loaded whole
+    # the state dict loaded whole: the loaded model gives the ACC the training run recorded, per-sample
     metrics = json.loads((guarded_run / "metrics.json").read_text())
-    assert metrics["acc"] is not None
+    with inference_mode(find_guards(run.model), "per-sample"):
+        acc = accuracy(run.model, run.test, run.normalize, run.config.eval_batch_size)
+        assert acc == pytest.approx(metrics["acc"], abs=1e-6)
     # training's poisoned share comes from what the run poisoned, not from poison_rate (for CLB and SIG a
     # share of the target class): a run that poisoned a quarter of its images is measured at a quarter
     assert poisoned_share(run) == metrics["poisoned_images"] / metrics["train_images"]

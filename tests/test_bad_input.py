@@ -213,7 +213,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "a k past the guard's matrix": (train("--defense", "eigenguard", "--set", "defense.k=100000"), "k = 100000"),
     "unknown anchors rule": (train("--defense", "eigenguard", "--set", "defense.anchors=best"), "anchors 'best'"),
     "unknown spectrum": (train("--defense", "eigenguard", "--set", "defense.spectrum=flat"), "spectrum 'flat'"),
-    "zero anchor count": (train("--defense", "eigenguard", "--set", "defense.anchor_count=0"), "anchor_count 0"),
+    "zero anchor count": (train("--defense", "eigenguard", "--set", "defense.anchor_count=0"), "anchor_count = 0"),
     "unknown setting": (train("--set", "nonsense=1"), "unknown option 'nonsense'"),
     "a setting without =": (train("--set", "alpha"), "expected KEY=VALUE"),
     "zero batch size": (train("--set", "batch_size=0"), "batch_size"),
