@@ -19,8 +19,8 @@ err_console = Console(stderr=True)
 
 
 class OneLineUsageErrors(TyperGroup):
-    """A flag's bad value or an unknown flag is one line naming it, exit 2, like every other bad input (click
-    would print the usage box)."""
+    """Every bad input is one line naming it, exit 2: a flag's bad value or an unknown flag (click would print
+    the usage box) and an EigenguardError from any command, mapped here once."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -41,6 +41,11 @@ class OneLineUsageErrors(TyperGroup):
                 f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True
             )
             sys.exit(2)
+        except EigenguardError as e:  # bad input found by any command: the one place it becomes a line
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:  # finished cells and epochs are kept; `train` says how to resume
+            sys.exit(130)
         except typer.Abort:
             err_console.print("Aborted.")
             sys.exit(1)
@@ -53,11 +58,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train image classifiers on possibly poisoned data, and measure backdoors (ACC / ASR).",
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def _parse_settings(items: list[str] | None, flag: str = "--set", example: str = "defense.k=40") -> dict[str, Any]:
@@ -127,8 +127,6 @@ def train(
             values = merge_settings(load_yaml(config) if config else {}, flags)
             values = merge_settings(values, _parse_settings(set_))
             result = run_training(make_config(values), progress=not quiet)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
     except KeyboardInterrupt as e:
         target = getattr(e, "run_dir", None) or target
         hint = f"; continue it with: eigenguard train --resume {target}" if target else ""
@@ -154,7 +152,9 @@ def list_runs(
     from eigenguard.run_directory import run_status
 
     if not directory.is_dir():
-        raise _fail(f"'{directory}' is not a directory; give the folder that holds run directories (default: runs)")
+        raise EigenguardError(
+            f"'{directory}' is not a directory; give the folder that holds run directories (default: runs)"
+        )
     runs = [run_status(p) for p in sorted(directory.iterdir()) if (p / "config.yaml").is_file()]
     table = Table(title=f"{len(runs)} run(s) in {directory}")
     for column in ("run", "state", "progress", "ACC", "ASR", "note"):
@@ -178,7 +178,7 @@ def show_config(
 
     name = profile or DEFAULT_PROFILE
     if name not in PROFILES:
-        raise _fail(f"invalid profile = {name!r}: unknown profile; allowed: {', '.join(PROFILES)}")
+        raise EigenguardError(f"invalid profile = {name!r}: unknown profile; allowed: {', '.join(PROFILES)}")
     defaults = TrainConfig(profile=name).model_dump()
     typer.echo(f"settings (defaults of profile '{name}'; set with --set KEY=VALUE or in a --config YAML file):")
     for field, info in TrainConfig.model_fields.items():
@@ -246,33 +246,28 @@ def bench(
     from eigenguard.bench.store import ResultStore
     from eigenguard.run_directory import check_output_dir
 
-    try:
-        if executor not in ("local", "ray"):
-            raise EigenguardError(f"executor '{executor}' unknown; allowed: local, ray")
-        if workers is not None and workers < 1:
-            raise EigenguardError(f"workers {workers} must be >= 1")
-        check_output_dir(runs_dir, "--runs-dir")
-        spec = load_grid(grid)
-        with closing(ResultStore(store)) as results:
-            if dry_run:  # records the grid (so `report --grid` knows every cell, done under any grid), runs nothing
-                results.register_grid(spec)
-                for cell in spec.cells:
-                    labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
-                    typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
-                return
-            if executor == "ray":
-                from eigenguard.bench.executors import RayExecutor
+    if executor not in ("local", "ray"):
+        raise EigenguardError(f"executor '{executor}' unknown; allowed: local, ray")
+    if workers is not None and workers < 1:
+        raise EigenguardError(f"workers {workers} must be >= 1")
+    check_output_dir(runs_dir, "--runs-dir")
+    spec = load_grid(grid)
+    with closing(ResultStore(store)) as results:
+        if dry_run:  # records the grid (so `report --grid` knows every cell, done under any grid), runs nothing
+            results.register_grid(spec)
+            for cell in spec.cells:
+                labels = " ".join(f"{k}={v}" for k, v in cell.labels.items())
+                typer.echo(f"{cell.key} {results.status(cell.key) or 'new':8s} {labels}")
+            return
+        if executor == "ray":
+            from eigenguard.bench.executors import RayExecutor
 
-                runner: Any = RayExecutor(results, runs_dir, address=address, workers=workers)
-            else:
-                from eigenguard.bench.executors import LocalExecutor
+            runner: Any = RayExecutor(results, runs_dir, address=address, workers=workers)
+        else:
+            from eigenguard.bench.executors import LocalExecutor
 
-                runner = LocalExecutor(results, runs_dir, workers=workers, device=device)
-            summary = run_grid(spec, results, runner, runs_dir, retry_failed=retry_failed, console=err_console)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+            runner = LocalExecutor(results, runs_dir, workers=workers, device=device)
+        summary = run_grid(spec, results, runner, runs_dir, retry_failed=retry_failed, console=err_console)
     typer.echo(
         f"{spec.name}: {summary.done}/{len(spec.cells)} done, {summary.failed} failed now, "
         f"{summary.skipped_failed} failed before, {summary.elsewhere} running elsewhere; store {store}"
@@ -292,13 +287,10 @@ def report(
     from eigenguard.bench.store import ResultStore
     from eigenguard.run_directory import check_output_dir
 
-    try:
-        check_output_dir(out, "--out")
-        if not store.exists():
-            raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
-        written = write_report(ResultStore(store, read_only=True), out, grid)
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
+    check_output_dir(out, "--out")
+    if not store.exists():
+        raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
+    written = write_report(ResultStore(store, read_only=True), out, grid)
     for path in written:
         typer.echo(str(path))
 
@@ -314,19 +306,16 @@ def export_results(
     from eigenguard.bench.store import ResultStore
     from eigenguard.run_directory import atomic_write_text, file_above
 
-    try:
-        if out.is_dir() or file_above(out) is not None:
-            what = "is a directory" if out.is_dir() else f"is under '{file_above(out)}', a file"
-            raise EigenguardError(f"--out '{out}' {what}; allowed: a JSON file's path")
-        if not store.exists():
-            raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
-        results = ResultStore(store, read_only=True)
-        record = export_grid(results, grid)
-        results.close()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(record, indent=1) + "\n")
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
+    if out.is_dir() or file_above(out) is not None:
+        what = "is a directory" if out.is_dir() else f"is under '{file_above(out)}', a file"
+        raise EigenguardError(f"--out '{out}' {what}; allowed: a JSON file's path")
+    if not store.exists():
+        raise EigenguardError(f"results store '{store}' does not exist; run `eigenguard bench GRID.yaml` first")
+    results = ResultStore(store, read_only=True)
+    record = export_grid(results, grid)
+    results.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     typer.echo(f"{len(record['cells'])} cells -> {out}")
 
 
@@ -339,18 +328,15 @@ def import_results(
     from eigenguard.bench.exchange import import_export, read_export
     from eigenguard.bench.store import ResultStore
 
-    try:
-        records = [read_export(path) for path in files]  # every file checked before any is written
-        results = ResultStore(store)
-        for path, record in zip(files, records, strict=True):
-            s = import_export(results, record)
-            typer.echo(
-                f"{path}: grid {s.grid}: {s.imported} cells imported, {s.kept} already in the store, "
-                f"{s.unfinished} unfinished (not imported)"
-            )
-        results.close()
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
+    records = [read_export(path) for path in files]  # every file checked before any is written
+    results = ResultStore(store)
+    for path, record in zip(files, records, strict=True):
+        s = import_export(results, record)
+        typer.echo(
+            f"{path}: grid {s.grid}: {s.imported} cells imported, {s.kept} already in the store, "
+            f"{s.unfinished} unfinished (not imported)"
+        )
+    results.close()
 
 
 analyze_app = typer.Typer(
@@ -365,11 +351,8 @@ def _echo_table(out: Path, make: Callable[[], tuple[str, list[Path]]]) -> None:
     input)."""
     from eigenguard.run_directory import check_output_dir
 
-    try:
-        check_output_dir(out, "--out")
-        text, paths = make()
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
+    check_output_dir(out, "--out")
+    text, paths = make()
     typer.echo(text + "\n".join(str(p) for p in paths))
 
 
@@ -399,7 +382,7 @@ def analyze_survival(
     from eigenguard.analysis.commands import survival_table
 
     if any(kk < 1 for kk in top or []):
-        raise _fail(f"--top {min(top or [])} must be >= 1")
+        raise EigenguardError(f"--top {min(top or [])} must be >= 1")
     _echo_table(out, lambda: survival_table(run_dirs, out, samples=samples, device=device, other_ks=tuple(top or [])))
 
 
@@ -431,13 +414,10 @@ def analyze_tsne(
     from eigenguard.analysis.commands import tsne_map
     from eigenguard.run_directory import check_output_dir
 
-    try:
-        check_output_dir(out, "--out")
-        summary, paths = tsne_map(
-            run_dir, out, at=at, samples=samples, triggered_samples=triggered, seed=seed, device=device
-        )
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
+    check_output_dir(out, "--out")
+    summary, paths = tsne_map(
+        run_dir, out, at=at, samples=samples, triggered_samples=triggered, seed=seed, device=device
+    )
     for band in summary["bands"]:
         typer.echo(
             f"{band['band']}: 10-NN purity triggered {band['triggered_purity']:.3f} "
@@ -473,26 +453,21 @@ def analyze_dims(
     from eigenguard.config import load_yaml, merge_settings
     from eigenguard.run_directory import atomic_write_bytes, check_output_dir
 
-    try:
-        check_output_dir(out, "--out")
-        check_output_dir(runs_dir, "--runs-dir")
-        base = {"profile": "quick", "eval_every": 100, **(load_yaml(config) if config else {})}
-        base = merge_settings(base, _parse_settings(set_, "--set", "epochs=12"))
-        grid = dims_grid(attack or ["badnets", "blend"], r or list(DEFAULT_R), mode or ["reduce", "add"], base)
-        with closing(ResultStore(store)) as results:
-            executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
-            summary = run_grid(grid, results, executor, runs_dir, console=err_console)
-            records = results.records(grid.name)
-        out.mkdir(parents=True, exist_ok=True)
-        records = add_test_time_protocols(records, out / f"{grid.name}-protocols.json", executor.devices[0])
-        png = out / f"{grid.name}.png"
-        atomic_write_bytes(png, dims_figure(records, f"{grid.name}: {grid.description}"))
-        csv_path = out / f"{grid.name}.csv"
-        atomic_write_bytes(csv_path, dims_table_csv(records))
-    except EigenguardError as e:
-        raise _fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    check_output_dir(out, "--out")
+    check_output_dir(runs_dir, "--runs-dir")
+    base = {"profile": "quick", "eval_every": 100, **(load_yaml(config) if config else {})}
+    base = merge_settings(base, _parse_settings(set_, "--set", "epochs=12"))
+    grid = dims_grid(attack or ["badnets", "blend"], r or list(DEFAULT_R), mode or ["reduce", "add"], base)
+    with closing(ResultStore(store)) as results:
+        executor = LocalExecutor(results, runs_dir, workers=workers, device=device)
+        summary = run_grid(grid, results, executor, runs_dir, console=err_console)
+        records = results.records(grid.name)
+    out.mkdir(parents=True, exist_ok=True)
+    records = add_test_time_protocols(records, out / f"{grid.name}-protocols.json", executor.devices[0])
+    png = out / f"{grid.name}.png"
+    atomic_write_bytes(png, dims_figure(records, f"{grid.name}: {grid.description}"))
+    csv_path = out / f"{grid.name}.csv"
+    atomic_write_bytes(csv_path, dims_table_csv(records))
     typer.echo(f"{summary.done}/{len(grid.cells)} runs done, {summary.failed} failed\n{png}\n{csv_path}")
     if not summary.ok:
         raise typer.Exit(1)
@@ -508,10 +483,10 @@ def analyze_proposition(
 
     failed = False
     if trials < 1:
-        raise _fail(f"--trials {trials} must be >= 1")
+        raise EigenguardError(f"--trials {trials} must be >= 1")
     for b in beta or [0.1, 0.25, 0.5, 0.9]:
         if not 0 < b < 1:
-            raise _fail(f"beta {b} must lie in (0, 1)")
+            raise EigenguardError(f"beta {b} must lie in (0, 1)")
         row = check_proposition(b, trials)
         failed |= bool(row["sufficiency_violations"] or row["worst_case_disagreements"])
         typer.echo(
