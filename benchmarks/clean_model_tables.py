@@ -40,9 +40,18 @@ DEFENSES = {
     "sieve-outliers": "outlier sieve",
     "sieve-outliers-pdb": "outlier sieve + PDB",
     "sieve-outliers-widen": "outlier sieve, widened",
+    "sieve-outliers-widen-6": "outlier sieve, widened, 6-epoch guard",
     "cbd": "CBD",
 }
-SIEVES = ("sieve-rate", "sieve", "sieve-pdb", "sieve-outliers", "sieve-outliers-pdb", "sieve-outliers-widen")
+SIEVES = (
+    "sieve-rate",
+    "sieve",
+    "sieve-pdb",
+    "sieve-outliers",
+    "sieve-outliers-pdb",
+    "sieve-outliers-widen",
+    "sieve-outliers-widen-6",
+)
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd")
 
 Cells = dict[tuple[str, str], dict[str, Any]]
@@ -58,6 +67,7 @@ def variant(defense: dict[str, Any]) -> str:
     if name == "sieve":
         rule = "sieve-outliers" if defense.get("rule") == "target-outliers" else "sieve"
         rule += "-widen" if defense.get("widen", "none") != "none" else ""
+        rule += f"-{defense['sieve_epochs']}" if defense.get("sieve_epochs") else ""
         return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
     return name
 
@@ -124,6 +134,7 @@ def split_table(cells: Cells) -> str:
         "sieve-outliers": "outlier sieve: its split, the side it flagged",
         "sieve-outliers-pdb": "outlier sieve + PDB: the same",
         "sieve-outliers-widen": "outlier sieve, widened by the trigger estimate: the same",
+        "sieve-outliers-widen-6": "the same, 6-epoch guard",
         "cbd": "CBD: its final weights",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
