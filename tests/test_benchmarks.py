@@ -245,6 +245,13 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
             0.01,
             {**sieve_report, "loss_auroc": 0.897, "outlier_side": "high"},
         ),
+        cell(
+            "badnets",
+            {"name": "sieve", "target": "bimodal", "rule": "target-outliers", "widen": "trigger", "sieve_epochs": 6},
+            0.88,
+            0.007,
+            {**sieve_report, "loss_auroc": 0.899, "outlier_side": "high"},
+        ),
     ]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
@@ -256,7 +263,8 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     out = proc.stdout
     assert "| attack | none | PDB | PDB, clean images | sieve, rate rule | sieve | outlier sieve |" in out
     assert "| BadNets | 90.0 / 100.0 | 88.6 / 98.5 | 89.4 / 0.0 | 86.4 / 97.8 | 88.0 / 2.0 | 89.0 / 1.0 |" in out
-    assert "AUROC 0.897, high side |" in out
+    assert "AUROC 0.897, high side |" in out and "| outlier sieve, widened, 6-epoch guard |" in out
+    assert "| 89.0 / 1.0 | 88.0 / 0.7 |" in out  # its own column beside the 12-epoch outlier sieve
     assert "Blend" not in out  # its only cell failed
     assert "104 of 2000" in out and "0 of 1937" in out
     assert "2,100 flagged, P 90.0 R 95.0, AUROC 0.897 (wrong: 6)" in out and "AUROC 0.900 |" in out

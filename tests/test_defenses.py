@@ -173,7 +173,7 @@ def test_clp_prunes_a_planted_high_lipschitz_channel_and_nothing_else_there() ->
     pruned = CLP(u=3.0).prune(model)
     assert pruned[name] == 1 and bn.weight[3] == 0 and bn.bias[3] == 0
     assert (bn.weight[torch.arange(bn.num_features) != 3] != 0).all()
-    with pytest.raises(EigenguardError, match="u = -1.0 for .clp.; allowed: >= 0"):
+    with pytest.raises(EigenguardError, match=r"u = -1\.0 for .clp.; allowed: >= 0"):
         create_defense("clp", u=-1.0)
 
 
