@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks
-.venv/bin/python -m pytest tests
+.venv/bin/python -m pytest tests            # the default suite (not slow)
+.venv/bin/python -m pytest tests -m slow    # the slow tests: CI runs every test

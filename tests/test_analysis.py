@@ -250,6 +250,7 @@ def test_analyze_commands_on_a_run(guarded_run: Path, mnist_root: Path, tmp_path
     assert result.exit_code == 0 and "predicted target despite it: 0" in result.output
 
 
+@pytest.mark.slow
 def test_analyze_dims_runs_the_sweep_through_the_harness(mnist_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["analyze", "dims", "--attack", "badnets", "--r", "0", "--r", "3", "--workers", "2", "--device", "cpu"]

@@ -205,6 +205,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 # -- running grids ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_resume_and_failure_isolation(mnist_root: Path, tmp_path: Path) -> None:
     raw = tiny_grid(mnist_root, attack=["badnets"], defense=["none", "ft"])
     # a cell that fails at run time: more clean images than the defense split holds
@@ -475,6 +476,7 @@ def test_bench_cli_dry_run_and_bad_input(mnist_root: Path, tmp_path: Path) -> No
 # -- Ray --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_instance(mnist_root: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from eigenguard.bench.executors import RayExecutor
@@ -492,6 +494,7 @@ def test_ray_executor_on_a_local_instance(mnist_root: Path, tmp_path: Path) -> N
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_executor_resumes_a_killed_cell_from_its_checkpoint(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

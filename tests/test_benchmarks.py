@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke(mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "suite.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--dataset", "mnist"]
@@ -152,6 +153,7 @@ def test_figure_attack_choice_refuses_what_has_no_rows(capsys: pytest.CaptureFix
         assert capsys.readouterr().err.strip().endswith("allowed: badnets, sig")
 
 
+@pytest.mark.slow
 def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path: Path) -> None:
     def cell(
         attack: str, defense: str, acc: float, asr: float, seconds: float, ratio: float | None, **m: object

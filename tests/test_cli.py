@@ -136,6 +136,7 @@ def test_old_run_config_still_loads(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["attack"]["alpha"] == 0.3
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli(mnist_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     assert run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(run), cwd=tmp_path).returncode == 0
@@ -152,6 +153,7 @@ def test_resume_through_the_cli(mnist_root: Path, tmp_path: Path) -> None:
     assert (run / "metrics.json").is_file() and "ACC" in proc.stdout
 
 
+@pytest.mark.slow
 def test_runs_lists_states(mnist_root: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     first = run_cli("train", *BASE, "--data-root", str(mnist_root), "--out", str(runs / "a"), cwd=tmp_path)

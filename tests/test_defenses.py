@@ -358,6 +358,7 @@ def entries_in(cache: Path) -> list[Path]:
     return [p for p in (cache / "backdoored").iterdir() if not p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = train(defended(mnist_root, tmp_path / "ft", cache, "ft", options={"epochs": 1}), progress=False)
@@ -430,6 +431,7 @@ def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: 
     )
 
 
+@pytest.mark.slow
 def test_dst_reuses_dbrs_distinguishing_model_with_the_same_result(mnist_root: Path, tmp_path: Path) -> None:
     """D-BR and D-ST of one setting train the SD model once; a cache hit gives D-ST the same weights,
     metrics and log as training it, and another SD option or seed is another entry."""

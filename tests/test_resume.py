@@ -189,6 +189,7 @@ def test_a_corrupt_checkpoint_is_named(mnist_root: Path, tmp_path: Path, monkeyp
         train(config(mnist_root, cut), progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume(mnist_root: Path, tmp_path: Path) -> None:
     import os
     import signal
@@ -270,6 +271,7 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defense", ["none", "eigenguard", FAST_ANCHORS], ids=["none", "eigenguard", "fast-anchors"])
 def test_resume_within_an_epoch(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: object
@@ -388,6 +390,7 @@ def test_asd_resumes_after_its_last_checkpointed_epoch(
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_dst_resumes_within_its_feature_extractor(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
