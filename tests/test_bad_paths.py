@@ -101,6 +101,7 @@ SLOTS: dict[str, tuple[Command, tuple[str, ...]]] = {
     "analyze erank RUN": (lambda t, p: ["analyze", "erank", p, "--out", "a"], READS_DIR),
     "analyze erank --out": (lambda t, p: ["analyze", "erank", t.run(), "--samples", "20", "--out", p], WRITES_DIR),
     "analyze survival RUN": (lambda t, p: ["analyze", "survival", p, "--out", "a"], READS_DIR),
+    "analyze survival --out": (lambda t, p: ["analyze", "survival", t.run(), "--out", p], WRITES_DIR),
     "analyze test-time-guard RUN": (lambda t, p: ["analyze", "test-time-guard", p, "--out", "a"], READS_DIR),
     "analyze test-time-guard --out": (
         lambda t, p: ["analyze", "test-time-guard", t.run(), "--history-images", "16", "--out", p],
