@@ -208,24 +208,22 @@ def list_components() -> None:
     typer.echo("attack options (attack: {name: NAME, KEY: VALUE}; --set attack.KEY=VALUE) and default poison rates:")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        options = ", ".join(f"{k}={v}{_range(cls, k)}" for k, v in attack_options(name).items()) or "-"
+        options = _options_text(ATTACKS, name, attack_options(name))
         rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
         typer.echo(f"  {name}: {options}; rate {rate}")
     typer.echo("defense options (defense: {name: NAME, KEY: VALUE}; --set defense.KEY=VALUE):")
     for name in DEFENSES.names():
         cls = DEFENSES.get(name)
-        options = ", ".join(f"{k}={v}{_range(cls, k)}" for k, v in defense_options(name).items()) or "-"
+        options = _options_text(DEFENSES, name, defense_options(name))
         needs = [n for n, flag in (("clean images", cls.needs_clean_pool), ("the backdoored model",
                  cls.needs_backdoored)) if flag]  # fmt: skip
         typer.echo(f"  {name}: {options}" + (f" (needs {' and '.join(needs)})" if needs else ""))
 
 
-def _range(component: type, option: str) -> str:
-    """A component's declared range for `option`, as `eigenguard list` shows it: " [0..1]", " [>= 1]" or ""."""
-    low, high = getattr(component, "RANGES", {}).get(option, (None, None))
-    if low is None:
-        return ""
-    return f" [>= {low}]" if high is None else f" [{low}..{high}]"
+def _options_text(registry: Any, name: str, options: dict[str, Any]) -> str:
+    """A component's options as `eigenguard list` shows them: key=default, with its declared range."""
+    shown = [f"{k}={v}" + (f" [{r}]" if (r := registry.range_text(name, k)) else "") for k, v in options.items()]
+    return ", ".join(shown) or "-"
 
 
 @app.command()

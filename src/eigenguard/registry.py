@@ -71,12 +71,20 @@ class Registry(Generic[T]):
             checked[key] = self._in_range(name, key, self._checked(name, key, value, allowed[key]))
         return checked
 
+    def range_text(self, name: str, key: str) -> str:
+        """The range entry `name` declares for option `key`, as errors and `eigenguard list` say it: "0..1",
+        ">= 1", or "" where it declares none."""
+        low, high = getattr(self.get(name), "RANGES", {}).get(key, (None, None))
+        if low is None:
+            return ""
+        return f">= {low}" if high is None else f"{low}..{high}"
+
     def _in_range(self, name: str, key: str, value: Any) -> Any:
         """`value`, or an EigenguardError when it lies outside the range entry `name` declares for `key`."""
         low, high = getattr(self.get(name), "RANGES", {}).get(key, (None, None))
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if number and ((low is not None and value < low) or (high is not None and value > high)):
-            allowed = f">= {low}" if high is None else f"{low}..{high}"
+            allowed = self.range_text(name, key)
             raise EigenguardError(f"invalid {self.kind} option {key} = {value!r} for '{name}'; allowed: {allowed}")
         return value
 

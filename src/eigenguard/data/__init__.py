@@ -52,5 +52,5 @@ def data_dir(name: str, root: str | Path | None) -> str:
     """The directory `load_dataset(name, root)` reads: MNIST and Fashion-MNIST are looked for in a few places
     (and the Debian package's copy when no root is named); the other loaders read the root itself."""
     path = None if root is None else Path(root).expanduser()
-    found = source_dir(name, path) if name in ("mnist", "fashion-mnist") else resolve_root(path)
+    found = source_dir(name, path) if name in ("mnist", "fashion-mnist") else None
     return str((found or resolve_root(path)).resolve())

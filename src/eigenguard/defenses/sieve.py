@@ -261,15 +261,14 @@ class Sieve(Defense):
         target = int(torch.tensor(report[evidence]).argmax())
         if self.rule == "target-outliers":
             mask, report["outlier_side"] = outliers(losses, train.labels, target, train.num_classes)
-            flagged = torch.nonzero(mask).flatten()
         else:
-            flagged = flag(predicted, train.labels, target, self.rule)
+            mask = torch.zeros(len(train), dtype=torch.bool, device=train.labels.device)
+            mask[flag(predicted, train.labels, target, self.rule)] = True
         if self.widen == "trigger":
-            first = torch.zeros(len(train), dtype=torch.bool, device=train.labels.device)
-            first[flagged] = True
-            extra, report["widen_separation"] = widen(train.images, train.labels, target, first)
-            report["first_split"] = ctx.precision_recall(flagged)
-            flagged = torch.nonzero(first | extra).flatten()
+            extra, report["widen_separation"] = widen(train.images, train.labels, target, mask)
+            report["first_split"] = ctx.precision_recall(torch.nonzero(mask).flatten())
+            mask = mask | extra
+        flagged = torch.nonzero(mask).flatten()
         report |= {
             "estimated_target": target,
             "split": ctx.precision_recall(flagged),
