@@ -1,10 +1,12 @@
 """The tables of docs/results/clean-model.md, printed as Markdown from exported grids.
 
-    python benchmarks/clean_model_tables.py benchmarks/results/clean-model-quick.json \
-        benchmarks/results/clean-model-queue.json benchmarks/results/table3-quick-all.json
+    python benchmarks/clean_model_tables.py benchmarks/results/study-queue.json \
+        benchmarks/results/table3-quick-all.json benchmarks/results/clean-model-quick.json \
+        benchmarks/results/clean-model-queue.json
 
 Cells of every file are merged by what they ran (attack, and the defense with the options that tell its
-variants apart), so a cell run through a queue grid joins the table of its main grid. Three tables:
+variants apart), so a cell run through a queue grid joins the table of its main grid. Four tables, the
+first three of seed 0:
 - ACC / ASR in %, per-sample protocol, attack x defense (the new defenses beside the none column and the
   no-clean-data defenses of table3-quick-all that stop the most);
 - how each new defense split or weighted the training set, against the ground truth (used for reports only);
@@ -12,7 +14,9 @@ variants apart), so a cell run through a queue grid joins the table of its main 
   on the same machine (`plain_train_seconds`, recorded by any cell that ran once the plain model was in that
   machine's cache), and in parentheses the defense's time from its median epoch times (robust to an epoch
   slowed by other work on the machine) over the same. A sieve that read its guarded model from the cache
-  counts that model's training time (`sieve_seconds`) as if it had trained it.
+  counts that model's training time (`sieve_seconds`) as if it had trained it;
+- over seeds 0-2 (study-queue.json holds the no-defense runs of seeds 1 and 2): mean +- sample standard
+  deviation of ACC and ASR of no defense and of every new defense with more than one seed.
 `·` marks a cell that has not run.
 """
 
@@ -28,6 +32,7 @@ from table3_tables import pct
 from eigenguard.bench.report import markdown_table
 
 ATTACKS = {**TABLE3_ATTACKS, "clb": "CLB (working setting)"}
+RATES = {"sig": 0.8, "clb": 1.0}  # the poisoning rate of the quick profile's setting, else 0.1
 DEFENSES = {
     "none": "none",
     "eigenguard": "EigenGuard",
@@ -72,14 +77,20 @@ def variant(defense: dict[str, Any]) -> str:
     return name
 
 
-def load(paths: list[Path]) -> Cells:
-    """(attack, column) -> finished cell; a later file's cell replaces an earlier one's."""
-    cells: Cells = {}
+def load(paths: list[Path]) -> dict[int, Cells]:
+    """seed -> (attack, column) -> finished cell of the quick profile's setting (an attack's own poisoning
+    rate; CLB in its working setting); a later file's cell replaces an earlier one's."""
+    seeds: dict[int, Cells] = {}
     for path in paths:
         for c in json.loads(path.read_text())["cells"]:
-            if c["status"] == "done":
-                cells[c["config"]["attack"]["name"], variant(c["config"]["defense"])] = c
-    return cells
+            cfg = c["config"]
+            attack = cfg["attack"]["name"]
+            if c["status"] != "done" or cfg.get("train_subset") != 20000 or cfg.get("epochs") != 12:
+                continue
+            if cfg.get("poison_rate") != RATES.get(attack, 0.1):
+                continue
+            seeds.setdefault(cfg["seed"], {})[attack, variant(cfg["defense"])] = c
+    return seeds
 
 
 def result(cells: Cells, attack: str, defense: str) -> str:
@@ -190,6 +201,31 @@ def spend_tables(cells: Cells) -> str:
     return "\n\n".join(out)
 
 
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{pct(statistics.mean(values))} +- {pct(sd)}"
+
+
+def seeds_table(seeds: dict[int, Cells]) -> str:
+    """ACC and ASR over seeds 0-2 where a new defense ran more than one seed."""
+    runs = lambda a, d: [seeds[s][a, d] for s in (0, 1, 2) if (a, d) in seeds.get(s, {})]  # noqa: E731
+    shown = [d for d in NEW if any(len(runs(a, d)) > 1 for a in ATTACKS)]
+    if not shown:
+        return "(no new defense has run more than one seed)"
+    rows = []
+    for a, name in ATTACKS.items():
+        if not any(len(runs(a, d)) > 1 for d in shown):
+            continue
+        row = [name]
+        for d in ("none", *shown):
+            got = runs(a, d)
+            acc = [c["metrics"]["acc"] for c in got]
+            asr = [c["metrics"]["asr"] for c in got]
+            row.append(f"{mean_sd(acc)} / {mean_sd(asr)} ({len(got)})" if got else "·")
+        rows.append(row)
+    return markdown_table(["attack", *(DEFENSES[d] for d in ("none", *shown))], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grids", type=Path, nargs="+", help="exported grids (JSON), merged in order")
@@ -197,10 +233,12 @@ def main() -> None:
     for path in args.grids:
         if not path.is_file():
             parser.error(f"{path}: no such file")
-    cells = load(args.grids)
+    seeds = load(args.grids)
+    cells = seeds.get(0, {})
     print(results_table(cells), end="\n\n")
     print(split_table(cells), end="\n\n")
-    print(spend_tables(cells))
+    print(spend_tables(cells), end="\n\n")
+    print(seeds_table(seeds))
 
 
 if __name__ == "__main__":

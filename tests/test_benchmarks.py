@@ -202,12 +202,21 @@ def test_table3_tables_prints_brackets_protocols_and_spend_per_machine(tmp_path:
 
 def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> None:
     def cell(
-        attack: str, defense: dict, acc: float, asr: float, report: dict, cpu: str = "AMD EPYC", **m: object
+        attack: str,
+        defense: dict,
+        acc: float,
+        asr: float,
+        report: dict,
+        cpu: str = "AMD EPYC",
+        seed: int = 0,
+        rate: float = 0.1,
+        **m: object,
     ) -> dict:
         metrics = {"acc": acc, "asr": asr, "defense_seconds": 600.0, "defense_report": report, **m}
         metrics["environment"] = {"cpu": cpu}
         log = [{"phase": "train", "epoch_seconds": s} for s in ("50", "50", "150")]  # one slow epoch
-        config = {"attack": {"name": attack}, "defense": defense, "target": 0}
+        config = {"attack": {"name": attack}, "defense": defense, "target": 0, "seed": seed, "poison_rate": rate}
+        config |= {"train_subset": 20000, "epochs": 12}
         return {"labels": {}, "status": "done", "config": config, "metrics": metrics, "log": log}
 
     sieve_report = {"split": {"flagged": 2100, "precision": 0.9, "recall": 0.95}, "estimated_target": 0}
@@ -254,6 +263,17 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
             0.007,
             {**sieve_report, "loss_auroc": 0.899, "outlier_side": "high"},
         ),
+        # a second seed of no defense and of the 6-epoch widened sieve, and a stress cell at 1% (not seed 0's)
+        cell("badnets", {"name": "none"}, 0.8, 0.9, {}, seed=1),
+        cell(
+            "badnets",
+            {"name": "sieve", "target": "bimodal", "rule": "target-outliers", "widen": "trigger", "sieve_epochs": 6},
+            0.86,
+            0.009,
+            {**sieve_report, "loss_auroc": 0.9, "outlier_side": "high"},
+            seed=1,
+        ),
+        cell("badnets", {"name": "sieve", "target": "bimodal", "rule": "target-outliers"}, 0.5, 0.5, {}, rate=0.01),
     ]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
@@ -274,5 +294,8 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
+    seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]
+    assert "| BadNets | 85.0 +- 7.1 / 95.0 +- 7.1 (2) | 87.0 +- 1.4 / 0.8 +- 0.1 (2) |" in seeds
+    assert "50.0" not in out  # the 1% cell is not the quick profile's setting
     missing = subprocess.run([*script, str(tmp_path / "nowhere.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr
