@@ -145,7 +145,8 @@ class Anchors:
             poisoned = int(torch.isin(chosen, self.poisoned.cpu()).sum())  # for the log only
         extra = t.normalize(images)
         self._attach(extra)
-        return extra, {"anchors_poisoned": poisoned}
+        # joint anchors ride along every batch; detached ones are computed apart by the guard (_attach)
+        return (extra if self.detached_from is None else None), {"anchors_poisoned": poisoned}
 
     def _attach(self, extra: torch.Tensor | None) -> None:
         """Hand the epoch's anchors (None: none) to the guards: as batch rows, or as a detached source."""
@@ -154,17 +155,11 @@ class Anchors:
         for g in self.guards:
             g.anchor_rows, g.anchor_source = len(extra) if joint else 0, source
 
-    def appends_rows(self) -> bool:
-        return self.detached_from is None
-
     def after_epoch(self, epoch: int) -> None:
         self._attach(None)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"anchors": self.generator}
-
-    def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
-        self._attach(extra)
 
     def sample_losses(self) -> torch.Tensor | None:
         return self.training_losses
