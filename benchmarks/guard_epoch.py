@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def main() -> None:
 
     def step(model: torch.nn.Module, anchor_rows: int, detached: bool, mode: str) -> float:
         model.train()
-        module.training_mode = mode
+        module.options = replace(module.options, training=mode)
         module.anchor_rows = 0 if detached else anchor_rows
         module.anchor_source = source if detached else None
         idx = torch.randint(0, args.images, (args.batch_size,), generator=g)
@@ -91,7 +92,8 @@ def main() -> None:
             t = step(model, rows, detached, mode)
             if i >= 2:  # two warm-up rounds
                 times[name].append(t)
-    module.anchor_rows, module.anchor_source, module.training_mode = 0, None, "batch"
+    module.anchor_rows, module.anchor_source = 0, None
+    module.options = replace(module.options, training="batch")
     start = time.perf_counter()
     with inference_mode([module], "batch"):
         per_sample_loss(guarded, data, normalize, args.batch_size)

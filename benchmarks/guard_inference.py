@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def timing(images: torch.Tensor, width: float, count: int, repeats: int, trained
     def timed(name: str) -> float:
         model, inference, solver = paths[name]
         if inference is not None:
-            g.inference, g.solver = inference, solver
+            g.inference, g.options = inference, replace(g.options, solver=solver)
         return seconds_of(lambda: run(model))
 
     seconds: dict[str, list[float]] = {name: [] for name in paths}
@@ -76,7 +77,7 @@ def timing(images: torch.Tensor, width: float, count: int, repeats: int, trained
     for _ in range(repeats):  # alternate, so that drift in machine speed hits every path alike
         for name in paths:
             seconds[name].append(timed(name))
-    g.inference, g.solver = "per-sample", "secular"
+    g.inference, g.options = "per-sample", replace(g.options, solver="secular")
     for name, values in seconds.items():
         result[f"{name}_seconds"] = round(statistics.median(values), 4)
     for name in ("secular", "eigh", "batch"):
@@ -103,8 +104,8 @@ def agreement(images: torch.Tensor, width: float, trained: dict | None) -> dict:
     model(images[:256])
     hook.remove()
     history, x = g.history, seen[0]
-    fast = sf.filter_each_against(history, x, 20)
-    dense = sf.filter_each_against(history, x, 20, solver="eigh")
+    fast = sf.filter_each_against(history, x, k=20)
+    dense = sf.filter_each_against(history, x, k=20, solver="eigh")
     reference = dense_reference(history.double(), x.double(), 20, torch.finfo(torch.float32).eps)
 
     def row_error(out: torch.Tensor) -> dict:
@@ -135,7 +136,7 @@ def run_metrics(run_dir: Path, data_root: str | None) -> dict:
     out: dict = {"run": run_dir.name}
     for name in ("secular", "eigh"):
         for g in find_guards(run.model):
-            g.solver = name
+            g.options = replace(g.options, solver=name)
         start = time.perf_counter()
         out[f"acc_{name}"] = accuracy(run.model, run.test, run.normalize, 256)
         out[f"asr_{name}"] = None if asr_set is None else accuracy(run.model, asr_set, run.normalize, 256)

@@ -88,12 +88,12 @@ def filter_paths(args: argparse.Namespace, device: torch.device) -> dict[str, fl
     # ReLU-like features with a shared mean direction, as after a residual stage
     feat = (torch.relu(torch.randn(rows, d, generator=g)) + 0.1 * torch.randn(rows, 1, generator=g)).to(device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.precision]
-    fast = lambda: filter_rows_gram(feat, rows // 2, 20, dtype=dtype)  # noqa: E731
-    literal = lambda: filter_rows_svd(feat, rows // 2, 20)  # noqa: E731
+    fast = lambda: filter_rows_gram(feat, rows // 2, k=20, dtype=dtype)  # noqa: E731
+    literal = lambda: filter_rows_svd(feat, rows // 2, k=20)  # noqa: E731
     fast(), literal()
     t_fast = statistics.median(timed(fast, device) for _ in range(args.repeats))
     t_literal = statistics.median(timed(literal, device) for _ in range(max(1, args.repeats // 3)))
-    reference = filter_rows_svd(feat.double(), rows // 2, 20)
+    reference = filter_rows_svd(feat.double(), rows // 2, k=20)
     out_fast, out_literal = fast().double(), literal().double()
     scale = reference.abs().max().item()
     return {

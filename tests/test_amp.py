@@ -26,7 +26,7 @@ def test_guard_computes_in_float32_inside_bf16_autocast() -> None:
     assert module.history.dtype == torch.float32  # His is never stored in bf16
     # the filter itself ran in float32 on the bf16 values: equal to the float32 filter of those values
     flat = features.float().flatten(1)
-    expected = filter_jointly(flat, flat, 3)
+    expected = filter_jointly(flat, flat, k=3)
     assert torch.allclose(out.float().flatten(1), expected.to(torch.bfloat16).float(), rtol=0, atol=0)
     module.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -154,8 +154,8 @@ def test_a_trigger_outside_the_kept_directions_is_cut_in_training_batches() -> N
         triggered = clean + trigger
         mixed = clean.clone()
         mixed[rows] = triggered[rows]
-        per_sample = [filter_each_against(history, x, k, solver="eigh") for x in (clean, triggered)]
-        batch = [filter_jointly(history, x, k) for x in (clean, mixed)]
+        per_sample = [filter_each_against(history, x, k=k, solver="eigh") for x in (clean, triggered)]
+        batch = [filter_jointly(history, x, k=k) for x in (clean, mixed)]
         return survival(clean, triggered, *per_sample, history, k, *batch, rows)
 
     # the tail is set to floor * sigma_k whatever its size: a trigger well above that but below sigma_k is cut

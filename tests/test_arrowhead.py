@@ -47,8 +47,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("spectrum", SPECTRA)
 def test_secular_path_equals_dense_eigh(name: str, k: int, spectrum: str) -> None:
     history, x = cases()[name]
-    dense = filter_each_against(history, x, k, spectrum=spectrum, solver="eigh")
-    fast = filter_each_against(history, x, k, spectrum=spectrum)
+    dense = filter_each_against(history, x, k=k, spectrum=spectrum, solver="eigh")
+    fast = filter_each_against(history, x, k=k, spectrum=spectrum)
     assert torch.isfinite(fast).all()
     if dense.abs().max() == 0:
         assert fast.abs().max() == 0
@@ -65,8 +65,8 @@ def test_float32_is_at_least_as_exact_as_the_dense_float32_path() -> None:
     x = torch.randn(16, 64, generator=g, dtype=D64) @ basis.T + 0.1 * torch.randn(16, 300, generator=g, dtype=D64)
     eps32 = torch.finfo(torch.float32).eps
     reference = _reference(history, x, 20, eps32)
-    fast = filter_each_against(history.float(), x.float(), 20).double()
-    dense = filter_each_against(history.float(), x.float(), 20, solver="eigh").double()
+    fast = filter_each_against(history.float(), x.float(), k=20).double()
+    dense = filter_each_against(history.float(), x.float(), k=20, solver="eigh").double()
     assert rel_err(fast, reference) < 1e-4
     assert rel_err(fast, reference) <= max(rel_err(dense, reference), 1e-5)
 
@@ -85,13 +85,13 @@ def _reference(history: torch.Tensor, x: torch.Tensor, k: int, eps: float) -> to
 
 def test_batch_independent_and_nan_stays_local() -> None:
     history, x = cases()["random"]
-    together = filter_each_against(history, x, 4)
+    together = filter_each_against(history, x, k=4)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    assert torch.allclose(filter_each_against(history, x[perm], 4), together[perm], atol=1e-13)
-    assert torch.allclose(filter_each_against(history, x[2:3], 4), together[2:3], atol=1e-13)
+    assert torch.allclose(filter_each_against(history, x[perm], k=4), together[perm], atol=1e-13)
+    assert torch.allclose(filter_each_against(history, x[2:3], k=4), together[2:3], atol=1e-13)
     broken = x.clone()
     broken[1, 0] = float("nan")
-    out = filter_each_against(history, broken, 4)
+    out = filter_each_against(history, broken, k=4)
     assert torch.isnan(out[1]).all()
     assert torch.allclose(out[[0, 2, 3, 4]], together[[0, 2, 3, 4]], atol=1e-13)
 
@@ -102,8 +102,8 @@ def test_only_the_roots_above_the_threshold_are_solved() -> None:
     frozen = frozen_history(history)
     assert frozen.first == 16 and len(frozen.lo) == 5  # 4 nonzero directions + the one above them
     x = torch.randn(6, 50, generator=g, dtype=D64)
-    dense = filter_each_against(history, x, 2, solver="eigh")
-    assert rel_err(filter_each_against(history, x, 2, frozen=frozen), dense) < 1e-10
+    dense = filter_each_against(history, x, k=2, solver="eigh")
+    assert rel_err(filter_each_against(history, x, k=2, frozen=frozen), dense) < 1e-10
 
 
 def test_guard_caches_the_history_decomposition_until_the_history_changes() -> None:
@@ -114,7 +114,7 @@ def test_guard_caches_the_history_decomposition_until_the_history_changes() -> N
     x = torch.randn(5, 2, 3, 3, generator=g)
 
     def dense() -> torch.Tensor:
-        return filter_each_against(guard.history, x.flatten(1), 3, solver="eigh").view_as(x)
+        return filter_each_against(guard.history, x.flatten(1), k=3, solver="eigh").view_as(x)
 
     out = guard(x)
     assert torch.allclose(out, dense(), atol=1e-5)

@@ -265,8 +265,8 @@ def test_clb_surrogate_killed_mid_training_resumes_from_its_last_epoch(
     class Kill(BaseException):
         pass
 
-    def stopping_save(self: Checkpoints, index: int, epoch: int, *args: object, **kwargs: object) -> None:
-        save(self, index, epoch, *args, **kwargs)  # type: ignore[arg-type]
+    def stopping_save(self: Checkpoints, phase: str, epoch: int, *args: object, **kwargs: object) -> None:
+        save(self, phase, epoch, *args, **kwargs)  # type: ignore[arg-type]
         saved.append(epoch)
         if epoch == 1 and len(saved) == 1:
             raise Kill

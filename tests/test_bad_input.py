@@ -111,8 +111,11 @@ def interrupted_run(tmp: Path) -> Path:
 def corrupt_checkpoint(tmp: Path) -> Path:
     run = interrupted_run(tmp)
     (run / "checkpoint").mkdir()
-    (run / "checkpoint" / "fit-1.json").write_text('{"format": 1, "tensors": "fit-1.epoch-1.safetensors"}')
-    (run / "checkpoint" / "fit-1.epoch-1.safetensors").write_bytes(b"\x00" * 64)
+    (run / "checkpoint" / "fit-1.json").write_text(
+        '{"format": 2, "phase": "fit-1", "step": 1, "steps": 2, "tensors": "fit-1.step-1.safetensors", '
+        '"optimizers": {}, "record": {}}'
+    )
+    (run / "checkpoint" / "fit-1.step-1.safetensors").write_bytes(b"\x00" * 64)
     return run
 
 
@@ -254,7 +257,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "resume a finished run": (resume(finished_run), "has finished"),
     "resume what is not a run": (resume(lambda tmp: tmp), "no config.yaml"),
     "resume with settings": (resume(interrupted_run, "--epochs", "3"), "--resume takes no other settings"),
-    "resume a corrupt checkpoint": (resume(corrupt_checkpoint), "fit-1.epoch-1.safetensors' is unreadable"),
+    "resume a corrupt checkpoint": (resume(corrupt_checkpoint), "fit-1.step-1.safetensors' is unreadable"),
     "runs of a missing folder": (lambda tmp: ["runs", str(tmp / "nowhere")], "is not a directory"),
     # grid files
     "grid file missing": (lambda tmp: ["bench", str(tmp / "none.yaml")], "none.yaml"),

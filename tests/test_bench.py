@@ -519,8 +519,8 @@ def test_ray_executor_resumes_a_killed_cell_from_its_checkpoint(
 
     save = Checkpoints.save
 
-    def stopping_save(self: Checkpoints, index: int, epoch: int, *args: object, **kwargs: object) -> None:
-        save(self, index, epoch, *args, **kwargs)  # type: ignore[arg-type]
+    def stopping_save(self: Checkpoints, *args: object, **kwargs: object) -> None:
+        save(self, *args, **kwargs)  # type: ignore[arg-type]
         raise Kill
 
     with monkeypatch.context() as m:
@@ -528,7 +528,7 @@ def test_ray_executor_resumes_a_killed_cell_from_its_checkpoint(
         with pytest.raises(Kill):
             run_cell(cell.key, cell.config.model_dump(), str(runs))  # killed after epoch 1 of 2
     partial = runs / ".partial" / cell.key
-    first_epoch = json.loads((partial / "checkpoint" / "fit-1.json").read_text())["log"][0]
+    first_epoch = json.loads((partial / "checkpoint" / "fit-1.json").read_text())["record"]["log"][0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         summary = run_grid(grid, store, RayExecutor(store, runs, workers=1), runs)

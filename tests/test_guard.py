@@ -10,7 +10,15 @@ from torch import nn
 from eigenguard import TrainConfig, create_model, train
 from eigenguard.defenses.eigenguard import EigenGuardDefense, pick_by_loss
 from eigenguard.errors import EigenguardError
-from eigenguard.guard import EigenGuard, filter_each_against, filter_rows_gram, filter_rows_svd, find_guards, guard
+from eigenguard.guard import (
+    EigenGuard,
+    GuardOptions,
+    filter_each_against,
+    filter_rows_gram,
+    filter_rows_svd,
+    find_guards,
+    guard,
+)
 from eigenguard.guard.safe_eigh import safe_eigh
 from eigenguard.guard.spectral_filter import SPECTRA, filter_jointly
 from eigenguard.models import MODELS
@@ -39,9 +47,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_gram_path_matches_literal_svd(name: str, k: int, spectrum: str) -> None:
     feat = inputs()[name]
     for rows in (1, 12):
-        ref = filter_rows_svd(feat, rows, k, spectrum=spectrum)
+        ref = filter_rows_svd(feat, rows, k=k, spectrum=spectrum)
         for grad in ("constant", "full"):
-            fast = filter_rows_gram(feat, rows, k, grad=grad, spectrum=spectrum)
+            fast = filter_rows_gram(feat, rows, k=k, grad=grad, spectrum=spectrum)
             assert torch.isfinite(fast).all()
             assert rel_err(fast, ref) < 1e-4 or ref.abs().max() == fast.abs().max() == 0
 
@@ -91,8 +99,8 @@ def test_joint_filter_with_a_context_equals_the_concatenated_one(grad: str) -> N
     context = torch.randn(14, 40, generator=g, dtype=D64)
     x = torch.randn(6, 40, generator=g, dtype=D64, requires_grad=True)
     w = torch.randn(6, 40, generator=g, dtype=D64)
-    joint = filter_jointly(context, x, 4, grad=grad)
-    whole = filter_rows_gram(torch.cat([context, x]), 6, 4, grad=grad)
+    joint = filter_jointly(context, x, k=4, grad=grad)
+    whole = filter_rows_gram(torch.cat([context, x]), 6, k=4, grad=grad)
     assert rel_err(joint, whole) < 1e-12
     (g_joint,) = torch.autograd.grad((joint * w).sum(), x)
     (g_whole,) = torch.autograd.grad((whole * w).sum(), x)
@@ -105,7 +113,7 @@ def test_rank_below_k_uses_sigma_r_and_zero_maps_to_zero() -> None:
     s_in, s_out = torch.linalg.svdvals(feat), torch.linalg.svdvals(out)
     assert torch.allclose(s_out[:3], s_in[2].expand(3), rtol=1e-8)
     assert s_out[3:].max() < 1e-6 * s_out[0]
-    assert filter_rows_gram(torch.zeros(4, 10, dtype=D64), 4, 2).abs().max() == 0
+    assert filter_rows_gram(torch.zeros(4, 10, dtype=D64), 4, k=2).abs().max() == 0
 
 
 @pytest.mark.parametrize("name", list(inputs()))
@@ -114,7 +122,7 @@ def test_rank_below_k_uses_sigma_r_and_zero_maps_to_zero() -> None:
 def test_gradients_finite_on_degenerate_inputs(name: str, grad: str, spectrum: str) -> None:
     x = inputs()[name].clone().requires_grad_(True)
     history = inputs()[name].flip(0)
-    out = filter_rows_gram(torch.cat([history, x]), x.shape[0], 5, grad=grad, spectrum=spectrum)
+    out = filter_rows_gram(torch.cat([history, x]), x.shape[0], k=5, grad=grad, spectrum=spectrum)
     (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=D64).view_as(out)).sum(), x)
     assert torch.isfinite(out).all() and torch.isfinite(g).all()
 
@@ -124,9 +132,9 @@ def test_full_gradient_equals_autograd_through_the_svd() -> None:
     history = torch.randn(10, 40, generator=g, dtype=D64)
     x = torch.randn(10, 40, generator=g, dtype=D64, requires_grad=True)
     w = torch.randn(10, 40, generator=g, dtype=D64)
-    (g_svd,) = torch.autograd.grad((filter_rows_svd(torch.cat([history, x]), 10, 4) * w).sum(), x)
-    (g_full,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, 4, grad="full") * w).sum(), x)
-    (g_const,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, 4) * w).sum(), x)
+    (g_svd,) = torch.autograd.grad((filter_rows_svd(torch.cat([history, x]), 10, k=4) * w).sum(), x)
+    (g_full,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, k=4, grad="full") * w).sum(), x)
+    (g_const,) = torch.autograd.grad((filter_rows_gram(torch.cat([history, x]), 10, k=4) * w).sum(), x)
     assert rel_err(g_full, g_svd) < 1e-8
     assert rel_err(g_const, g_svd) > 1e-3  # a different (cheaper) gradient, by design
 
@@ -150,12 +158,14 @@ def test_per_sample_equals_one_image_at_a_time_and_is_batch_independent(spectrum
     g = torch.Generator().manual_seed(3)
     history = torch.randn(16, 50, generator=g, dtype=D64)
     x = torch.randn(9, 50, generator=g, dtype=D64)
-    together = filter_each_against(history, x, 5, spectrum=spectrum)
-    alone = torch.cat([filter_rows_svd(torch.cat([history, x[i : i + 1]]), 1, 5, spectrum=spectrum) for i in range(9)])
+    together = filter_each_against(history, x, k=5, spectrum=spectrum)
+    alone = torch.cat(
+        [filter_rows_svd(torch.cat([history, x[i : i + 1]]), 1, k=5, spectrum=spectrum) for i in range(9)]
+    )
     assert rel_err(together, alone) < 1e-8
     perm = torch.randperm(9, generator=g)
-    assert torch.allclose(filter_each_against(history, x[perm], 5, spectrum=spectrum), together[perm], atol=1e-12)
-    assert torch.allclose(filter_each_against(history, x[:1], 5, spectrum=spectrum), together[:1], atol=1e-12)
+    assert torch.allclose(filter_each_against(history, x[perm], k=5, spectrum=spectrum), together[perm], atol=1e-12)
+    assert torch.allclose(filter_each_against(history, x[:1], k=5, spectrum=spectrum), together[:1], atol=1e-12)
 
 
 @pytest.mark.parametrize("spectrum", SPECTRA)
@@ -164,20 +174,20 @@ def test_per_sample_with_gradient_is_the_same_filter(spectrum: str) -> None:
     g = torch.Generator().manual_seed(7)
     history = torch.randn(12, 30, generator=g, dtype=D64)
     x = torch.randn(5, 30, generator=g, dtype=D64, requires_grad=True)
-    reference = filter_each_against(history, x, 4, spectrum=spectrum)
+    reference = filter_each_against(history, x, k=4, spectrum=spectrum)
     assert not reference.requires_grad
     for grad in ("constant", "full"):
-        out = filter_each_against(history, x, 4, spectrum=spectrum, grad=grad)
+        out = filter_each_against(history, x, k=4, spectrum=spectrum, grad=grad)
         assert rel_err(out, reference) < 1e-12
         (gx,) = torch.autograd.grad(out.sum(), x)
         assert torch.isfinite(gx).all() and gx.abs().max() > 0
-    alone = lambda xi: filter_rows_svd(torch.cat([history, xi]), 1, 4, spectrum=spectrum)  # noqa: E731
+    alone = lambda xi: filter_rows_svd(torch.cat([history, xi]), 1, k=4, spectrum=spectrum)  # noqa: E731
     w = torch.randn(5, 30, generator=g, dtype=D64)
-    (g_full,) = torch.autograd.grad((filter_each_against(history, x, 4, spectrum=spectrum, grad="full") * w).sum(), x)
+    (g_full,) = torch.autograd.grad((filter_each_against(history, x, k=4, spectrum=spectrum, grad="full") * w).sum(), x)
     (g_svd,) = torch.autograd.grad(sum((alone(x[i : i + 1]) * w[i]).sum() for i in range(5)), x)
     assert rel_err(g_full, g_svd) < 1e-8
     degenerate = inputs(5, 30)["duplicated-rows"].clone().requires_grad_(True)
-    (g_deg,) = torch.autograd.grad(filter_each_against(history, degenerate, 4, grad="full").sum(), degenerate)
+    (g_deg,) = torch.autograd.grad(filter_each_against(history, degenerate, k=4, grad="full").sum(), degenerate)
     assert torch.isfinite(g_deg).all()
 
 
@@ -193,7 +203,7 @@ def test_per_sample_training_matches_per_sample_inference() -> None:
     out = module(x2)
     # training goes through the dense float32 eigh (it needs gradients), inference through the secular
     # solver, which is the more exact of the two (tests/test_arrowhead.py): they agree to float32 accuracy
-    expected = filter_each_against(before, x2.flatten(1), 3).view_as(x2)
+    expected = filter_each_against(before, x2.flatten(1), k=3).view_as(x2)
     assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(module.history, 0.7 * before + 0.3 * x2.flatten(1))
     module.history.copy_(before)
@@ -210,7 +220,7 @@ def test_per_sample_training_matches_per_sample_inference() -> None:
     out = anchored(xa)
     context = torch.cat([x1.flatten(1), x1[:2].flatten(1)])
     assert out.shape == x2.shape
-    assert torch.allclose(out, filter_each_against(context, x2.flatten(1), 3).view_as(x2), atol=1e-5)
+    assert torch.allclose(out, filter_each_against(context, x2.flatten(1), k=3).view_as(x2), atol=1e-5)
     out.sum().backward()
     assert xa.grad[6:].abs().max() == 0 and xa.grad[:6].abs().max() > 0
 
@@ -330,7 +340,7 @@ def test_detached_anchors_run_apart_from_the_batch() -> None:
     assert len(seen) == 1 and torch.equal(seen[0], expected) and not seen[0].requires_grad
     (guard_in, guard_out) = io[0]
     context = torch.cat([g_detached.history, expected.flatten(1)])
-    assert torch.allclose(guard_out.flatten(1), filter_jointly(context, guard_in.flatten(1), 3), atol=1e-5)
+    assert torch.allclose(guard_out.flatten(1), filter_jointly(context, guard_in.flatten(1), k=3), atol=1e-5)
     # the batch's BatchNorm statistics are its own: as without anchors, unlike the joint pass
     for a, j, d in zip(stem_statistics(alone), stem_statistics(joint), stem_statistics(detached), strict=True):
         assert torch.allclose(a, d, atol=1e-6) and not torch.allclose(a, j, atol=1e-6)
@@ -447,6 +457,26 @@ def test_bad_options() -> None:
     ):
         with pytest.raises(EigenguardError, match=pattern):
             EigenGuard(**kwargs)
+    with pytest.raises(EigenguardError, match="spectrum 'flat' is not allowed; allowed: paper, equalize, shrink"):
+        GuardOptions(spectrum="flat")  # type: ignore[arg-type]
+
+
+def test_guard_options_are_one_frozen_object_passed_whole() -> None:
+    import dataclasses
+
+    from eigenguard.defenses.eigenguard import EigenGuardDefense
+    from eigenguard.models import create_model
+
+    options = GuardOptions(k=7, spectrum="shrink")
+    assert EigenGuard(options).options is options and EigenGuard(k=7, spectrum="shrink").options == options
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.k = 8  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not both"):
+        EigenGuard(options, k=7)
+    defense = EigenGuardDefense(k=7, spectrum="shrink", anchor_count=16)
+    module = defense.rebuild(create_model("resnet18", in_channels=1, num_classes=10, width=0.125))
+    assert module.options is defense.guard and defense.guard == options
+    assert "k=7" in repr(module) and "spectrum=shrink" in repr(module)
 
 
 @pytest.mark.parametrize(

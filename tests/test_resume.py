@@ -59,18 +59,18 @@ def interrupt_after(
     checkpoint: its tensor file written, its JSON not)."""
     save, write = Checkpoints.save, checkpoint_module.atomic_write_text
 
-    def stopping_save(self: Checkpoints, index: int, at: int, *args: object, **kwargs: object) -> None:
-        if while_writing and (index, at) == (fit, epoch):
+    def stopping_save(self: Checkpoints, phase: str, at: int, *args: object, **kwargs: object) -> None:
+        if while_writing and (phase, at) == (f"fit-{fit}", epoch):
 
             def fail(path: Path, text: str) -> None:
                 raise error
 
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", fail)
         try:
-            save(self, index, at, *args, **kwargs)
+            save(self, phase, at, *args, **kwargs)  # type: ignore[arg-type]
         finally:
             monkeypatch.setattr(checkpoint_module, "atomic_write_text", write)
-        if (index, at) == (fit, epoch):
+        if (phase, at) == (f"fit-{fit}", epoch):
             raise error
 
     monkeypatch.setattr(Checkpoints, "save", stopping_save)
@@ -82,8 +82,14 @@ FAST_ANCHORS = {**RANKED_BY_TRAINING, "anchor_features": "detached"}  # its anch
 
 @pytest.mark.parametrize(
     ("epoch", "while_writing", "defense"),
-    [(1, False, "eigenguard"), (2, False, "eigenguard"), (2, True, "eigenguard"), (1, False, RANKED_BY_TRAINING)],
-    ids=["epoch-1", "epoch-2", "epoch-2-while-writing", "ranked-by-training-epoch-1"],
+    [
+        (1, False, "eigenguard"),
+        (2, False, "eigenguard"),
+        (2, True, "eigenguard"),
+        (1, False, RANKED_BY_TRAINING),
+        (1, False, FAST_ANCHORS),
+    ],
+    ids=["epoch-1", "epoch-2", "epoch-2-while-writing", "ranked-by-training-epoch-1", "fast-anchors-epoch-1"],
 )
 def test_guarded_run_resumes_bit_identically(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, while_writing: bool, defense: object
@@ -97,7 +103,7 @@ def test_guarded_run_resumes_bit_identically(
     assert not (cut / "metrics.json").exists() and not (cut / ".lock").exists()
     saved = sorted(p.name for p in (cut / "checkpoint").iterdir())
     done = epoch - 1 if while_writing else epoch  # a checkpoint cut short leaves the one before in force
-    assert f"fit-1.epoch-{done}.safetensors" in saved
+    assert f"fit-1.step-{done}.safetensors" in saved
     train(config(mnist_root, cut, defense), progress=False, resume=True)
     assert_same_run(whole, cut)
 
@@ -164,7 +170,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(
     cut, save = tmp_path / "cut", checkpoint_module.atomic_save_tensors
 
     def disk_full(path: Path, tensors: object, metadata: object) -> None:
-        if "epoch-2" in path.name:
+        if "fit-1.step-2" in path.name:
             raise OSError(errno.ENOSPC, "No space left on device")
         save(path, tensors, metadata)
 
@@ -173,7 +179,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(
         with pytest.raises(EigenguardError, match=r"No space left on device.*last complete checkpoint is kept"):
             train(config(mnist_root, cut), progress=False)
     assert json.loads((cut / "state.json").read_text())["state"] == "failed"
-    assert sorted(p.name for p in (cut / "checkpoint").iterdir()) == ["fit-1.epoch-1.safetensors", "fit-1.json"]
+    assert sorted(p.name for p in (cut / "checkpoint").iterdir()) == ["fit-1.json", "fit-1.step-1.safetensors"]
     train(config(mnist_root, cut), progress=False, resume=True)
     assert_same_run(whole, cut)
 
@@ -184,8 +190,8 @@ def test_a_corrupt_checkpoint_is_named(mnist_root: Path, tmp_path: Path, monkeyp
         interrupt_after(m, 1, 1)
         with pytest.raises(Interrupt):
             train(config(mnist_root, cut), progress=False)
-    (cut / "checkpoint" / "fit-1.epoch-1.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(EigenguardError, match=r"checkpoint .*fit-1\.epoch-1\.safetensors' is unreadable"):
+    (cut / "checkpoint" / "fit-1.step-1.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(EigenguardError, match=r"checkpoint .*fit-1\.step-1\.safetensors' is unreadable"):
         train(config(mnist_root, cut), progress=False, resume=True)
 
 
@@ -206,7 +212,7 @@ def test_kill_9_mid_run_then_resume(mnist_root: Path, tmp_path: Path) -> None:
     manifest = cut / "checkpoint" / "fit-1.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.is_file() and json.loads(manifest.read_text())["epoch"] >= 2:
+        if manifest.is_file() and json.loads(manifest.read_text())["step"] >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -271,34 +277,6 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("defense", ["none", "eigenguard", FAST_ANCHORS], ids=["none", "eigenguard", "fast-anchors"])
-def test_resume_within_an_epoch(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: object
-) -> None:
-    # checkpoint_every=1: a checkpoint after every step; cut after the first step of epoch 2 (with the
-    # guard: after the anchors of epoch 2 were chosen from the model as it was at the epoch's start)
-    def cfg(out: Path) -> TrainConfig:
-        return config(mnist_root, out, defense).model_copy(update={"checkpoint_every": 1, "batch_size": 20})
-
-    whole = train(cfg(tmp_path / "whole"), progress=False).run_dir
-    cut, save = tmp_path / "cut", Checkpoints.save
-
-    def stopping_save(self: Checkpoints, *args: object, midway: object = None, **kwargs: object) -> None:
-        save(self, *args, midway=midway, **kwargs)
-        if midway is not None and (midway.epoch, midway.at.step) == (2, 1):  # type: ignore[attr-defined]
-            raise Interrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save", stopping_save)
-        with pytest.raises(Interrupt):
-            train(cfg(cut), progress=False)
-    saved = json.loads((cut / "checkpoint" / "fit-1.json").read_text())
-    assert saved["epoch"] == 1 and saved["midway"]["step"] == 1
-    train(cfg(cut), progress=False, resume=True)
-    assert_same_run(whole, cut)
-
-
 def test_a_post_training_defense_resumes_within_its_own_phase(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,7 +292,7 @@ def test_a_post_training_defense_resumes_within_its_own_phase(
         interrupt_after(m, 1, 1)
         with pytest.raises(Interrupt):
             train(ft(cut), progress=False)
-    assert json.loads((cut / "checkpoint" / "fit-1.json").read_text())["log"][0]["phase"] == "finetune"
+    assert json.loads((cut / "checkpoint" / "fit-1.json").read_text())["record"]["log"][0]["phase"] == "finetune"
     train(ft(cut), progress=False, resume=True)
     assert_same_run(whole, cut)
 
@@ -324,17 +302,20 @@ def cut_within_a_phase(
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Run (`run(False)`) until the phase checkpoint `stop` (phase name, step) is written, then resume
     (`run(True)`); returns the phase checkpoints written before the cut and by the resumed run."""
-    save, before, after = Checkpoints.save_phase, [], []
+    save, before, after = Checkpoints.save, [], []
 
-    def recording(self: Checkpoints, name: str, step: int, *args: object) -> None:
-        save(self, name, step, *args)
+    def recording(self: Checkpoints, phase: str, step: int, *args: object, **kwargs: object) -> None:
+        save(self, phase, step, *args, **kwargs)  # type: ignore[arg-type]
+        if not phase.startswith("phase-"):
+            return
+        name = phase.removeprefix("phase-")
         (after if resuming else before).append((name, step))
         if not resuming and (name, step) == stop:
             raise Interrupt
 
     resuming = False
     with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save_phase", recording)
+        m.setattr(Checkpoints, "save", recording)
         with pytest.raises(Interrupt):
             run(False)
         resuming = True
@@ -405,3 +386,10 @@ def test_dst_resumes_within_its_feature_extractor(
                                   ("st-extractor", 2))  # fmt: skip
     assert after == [("st-extractor", 3), ("st-head", 1), ("st-head", 2)]
     assert_same_run(whole, cut)
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "fit-1.json").write_text('{"format": 1, "fit": 1, "epoch": 1, "tensors": "x"}')
+    with pytest.raises(EigenguardError, match=r"format 1, this eigenguard reads 2; run it again without --resume"):
+        Checkpoints(tmp_path, resume=True).check(torch.device("cpu"))

@@ -213,8 +213,8 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(
         0,
         ge=0,
-        description="also checkpoint every N training steps within an epoch, and every N iterations of a "
-        "defense's own optimisation such as ANP's (0: at epoch ends, and every tenth of such a phase)",
+        description="checkpoint a defense's own iteration loop (ANP's masks) every N iterations (0: every tenth "
+        "of it); fits checkpoint at every epoch end",
     )
     out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
     runs_dir: str = Field("runs", description="parent of auto-named run directories")

@@ -58,7 +58,7 @@ from eigenguard.models import MODELS, create_model
 from eigenguard.registry import Ranges
 from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import accuracy
-from eigenguard.training.fit import Recipe, Resume, Scheduler, fit
+from eigenguard.training.fit import Fit, Recipe
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
 SURROGATE_TRAINING = ("adversarial", "standard")
@@ -258,32 +258,25 @@ class CleanLabel(Attack):
                 model, normalize, epsilon=self.surrogate_epsilon, steps=self.surrogate_pgd_steps, generator=generator
             )
         recipe, checkpoints = self.surrogate_recipe(), Checkpoints(scratch)
+        run = Fit(model, train.images, train.labels, recipe, normalize=normalize, generator=generator, loss_fn=loss_fn)
         log: list[dict[str, object]] = []
-        resume = None
         try:
-            state = checkpoints.state(1, device)
-        except EigenguardError:  # a checkpoint cut short by a crash: train from the start
+            saved = checkpoints.load("surrogate", device)
+        except EigenguardError:  # a checkpoint cut short by a crash, or an older format: train from the start
             shutil.rmtree(scratch, ignore_errors=True)
-            state = None
-        if state is not None:
-            model.load_state_dict(state.model)
-            generator.set_state(state.generators["surrogate"])
-            torch.set_rng_state(state.generators["torch-global"])
-            log, resume = list(state.log), Resume(state.epoch, state.optimizer, state.scheduler)
-
-        def on_epoch_end(
-            epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
-        ) -> None:
-            log.append({"epoch": epoch, "train_acc": round(stats["train_acc"], 4)})
+            saved = None
+        if saved is not None:
+            run.resume(saved, model=model, generators={})
+            log = list(saved.record["log"])
+        while not run.finished:
+            stats = run.epoch()
+            log.append({"epoch": run.done, "train_acc": round(stats["train_acc"], 4)})
             self.say(
-                f"clean-label surrogate {epoch:>3}/{recipe.epochs}  loss {stats['train_loss']:.4f}  "
+                f"clean-label surrogate {run.done:>3}/{recipe.epochs}  loss {stats['train_loss']:.4f}  "
                 f"train acc {stats['train_acc']:.1%}"
             )
             scratch.mkdir(parents=True, exist_ok=True)
-            checkpoints.save(1, epoch, recipe.epochs, model, optimizer, scheduler, {"surrogate": generator}, log, {})
-
-        fit(model, train.images, train.labels, recipe, normalize=normalize, generator=generator, loss_fn=loss_fn,
-            on_epoch_end=on_epoch_end, resume=resume)  # fmt: skip
+            run.save(checkpoints, "surrogate", model=model, generators={}, record={"log": log})
         self.surrogate_report = {"surrogate_train_acc": log[-1]["train_acc"]}  # type: ignore[dict-item]
         return model
 

@@ -89,7 +89,7 @@ class ANP(Defense):
         optimizer = torch.optim.SGD(masks.values(), lr=self.mask_lr, momentum=0.9)
         pool, t = ctx.clean_pool, ctx.trainer
         gen = t.generator
-        start = t.load_phase_state(self.name, {}, {"sgd": optimizer}, masks)  # resumed: after iteration `start`
+        start = t.resume_phase(self.name, {}, {"sgd": optimizer}, masks)  # resumed: after iteration `start`
         every = t.phase_every(self.iterations)
 
         def forward(x: torch.Tensor, perturbed: bool) -> torch.Tensor:
@@ -125,7 +125,7 @@ class ANP(Defense):
                 for m in masks.values():
                     m.clamp_(0, 1)
             if (step + 1) % every == 0 or step + 1 == self.iterations:
-                t.save_phase_state(self.name, step + 1, self.iterations, {}, {"sgd": optimizer}, masks)
+                t.save_phase(self.name, step + 1, self.iterations, {}, {"sgd": optimizer}, masks)
         return {n: m.detach() for n, m in masks.items()}
 
     @staticmethod

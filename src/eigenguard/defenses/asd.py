@@ -204,7 +204,7 @@ class ASD(Defense):
         model = t.new_model(num_classes=data.num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         seeds = self.seeds(ctx)
-        start = t.load_phase_state(self.name, {"model": model}, {"adam": optimizer})  # resumed: after epoch `start`
+        start = t.resume_phase(self.name, {"model": model}, {"adam": optimizer})  # resumed: after epoch `start`
         poisoned = torch.zeros(len(data), dtype=torch.bool, device=data.images.device)
         poisoned[ctx.poison_indices] = True
         report: dict[str, Any] = {"iterations": iterations, "epochs": epochs}
@@ -227,5 +227,5 @@ class ASD(Defense):
                     "clean_pool_poisoned": int(poisoned[chosen].sum()),
                 }
             )  # fmt: skip  (ground truth: the log only)
-            t.save_phase_state(self.name, epoch + 1, epochs, {"model": model}, {"adam": optimizer})
+            t.save_phase(self.name, epoch + 1, epochs, {"model": model}, {"adam": optimizer})
         return model, report

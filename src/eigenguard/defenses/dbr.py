@@ -205,7 +205,7 @@ class DBR(Defense):
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
-        start = t.load_phase_state(self.name, {"model": model}, {"sgd": optimizer})  # resumed: after epoch `start`
+        start = t.resume_phase(self.name, {"model": model}, {"sgd": optimizer})  # resumed: after epoch `start`
         recipe = t.recipe(self.epochs)  # the run's augmentation
         common = {"batch_size": self.batch_size, "normalize": t.normalize, "generator": t.generator,
                   "crop_pad": recipe.crop_pad, "flip": recipe.flip, "amp": t.amp}  # fmt: skip
@@ -216,7 +216,7 @@ class DBR(Defense):
             down = train_one_epoch(model, optimizer, scheduler, clean.images, clean.labels, **common)
             t.log({"phase": self.name, "epoch": epoch, "train_loss": round(down["train_loss"], 6),
                    "unlearn_loss": round(-up["train_loss"], 6)})  # fmt: skip
-            t.save_phase_state(self.name, epoch, self.epochs, {"model": model}, {"sgd": optimizer})
+            t.save_phase(self.name, epoch, self.epochs, {"model": model}, {"sgd": optimizer})
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         # a resumed run passes through here again: the SD model comes from the cache (or, if it was cut while

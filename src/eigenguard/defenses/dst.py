@@ -130,7 +130,7 @@ class DST(DBR):
         flag = torch.zeros(len(data), dtype=torch.bool, device=t.device)
         flag[clean] = True
         modules, optimizers = {"model": model, "projection": projection}, {"sgd": optimizer}
-        start = t.load_phase_state("st-extractor", modules, optimizers)  # resumed: after epoch `start`
+        start = t.resume_phase("st-extractor", modules, optimizers)  # resumed: after epoch `start`
         model.train()
         step = start * steps
         with FeatureTap({"features": last}, inputs=True) as tap:
@@ -151,7 +151,7 @@ class DST(DBR):
                 t.log(
                     {"phase": "st-extractor", "epoch": epoch, "train_loss": round(sum(losses) / max(len(losses), 1), 6)}
                 )
-                t.save_phase_state("st-extractor", epoch, self.st_epochs, modules, optimizers)
+                t.save_phase("st-extractor", epoch, self.st_epochs, modules, optimizers)
 
     def head(
         self, model: nn.Module, data: ImageDataset, clean: torch.Tensor, poisoned: torch.Tensor, ctx: DefenseContext
@@ -167,7 +167,7 @@ class DST(DBR):
         optimizer = torch.optim.SGD(last.parameters(), lr=self.head_lr, momentum=0.9, weight_decay=0.0)
         used = torch.cat([clean, poisoned])
         is_clean = torch.cat([torch.ones_like(clean, dtype=torch.bool), torch.zeros_like(poisoned, dtype=torch.bool)])
-        start = t.load_phase_state("st-head", {"head": last}, {"sgd": optimizer})
+        start = t.resume_phase("st-head", {"head": last}, {"sgd": optimizer})
         model.eval()  # the extractor frozen, BatchNorm statistics included
         for epoch in range(start + 1, self.head_epochs + 1):
             losses = []
@@ -181,7 +181,7 @@ class DST(DBR):
                 optimizer.step()
                 losses.append(float(loss.detach()))
             t.log({"phase": "st-head", "epoch": epoch, "train_loss": round(sum(losses) / max(len(losses), 1), 6)})
-            t.save_phase_state("st-head", epoch, self.head_epochs, {"head": last}, {"sgd": optimizer})
+            t.save_phase("st-head", epoch, self.head_epochs, {"head": last}, {"sgd": optimizer})
         for p in model.parameters():
             p.requires_grad_(True)
 

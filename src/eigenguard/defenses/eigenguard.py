@@ -39,6 +39,7 @@ How the anchors' features are computed each step (`anchor_features`):
 """
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, ClassVar
 
 import torch
@@ -48,7 +49,7 @@ from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.errors import EigenguardError
-from eigenguard.guard import EigenGuard, guard, inference_mode
+from eigenguard.guard import EigenGuard, GuardOptions, guard, inference_mode
 from eigenguard.models import Backbone
 from eigenguard.registry import Ranges
 from eigenguard.training.evaluate import per_sample_loss
@@ -145,7 +146,8 @@ class Anchors:
             poisoned = int(torch.isin(chosen, self.poisoned.cpu()).sum())  # for the log only
         extra = t.normalize(images)
         self._attach(extra)
-        return extra, {"anchors_poisoned": poisoned}
+        # joint anchors ride along every batch; detached ones are computed apart by the guard (_attach)
+        return (extra if self.detached_from is None else None), {"anchors_poisoned": poisoned}
 
     def _attach(self, extra: torch.Tensor | None) -> None:
         """Hand the epoch's anchors (None: none) to the guards: as batch rows, or as a detached source."""
@@ -154,17 +156,11 @@ class Anchors:
         for g in self.guards:
             g.anchor_rows, g.anchor_source = len(extra) if joint else 0, source
 
-    def appends_rows(self) -> bool:
-        return self.detached_from is None
-
     def after_epoch(self, epoch: int) -> None:
         self._attach(None)
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"anchors": self.generator}
-
-    def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
-        self._attach(extra)
 
     def sample_losses(self) -> torch.Tensor | None:
         return self.training_losses
@@ -222,40 +218,34 @@ class EigenGuardDefense(Defense):
             raise EigenguardError(f"anchor_features '{anchor_features}' is not allowed; allowed: {allowed}")
         if not isinstance(anchor_count, int) or isinstance(anchor_count, bool) or anchor_count < 1:
             raise EigenguardError(f"anchor_count {anchor_count!r} must be an integer >= 1 (no anchors: anchors=none)")
-        self.at, self.k, self.momentum = at, k, momentum
-        self.history_init, self.grad, self.precision = history_init, grad, precision
-        self.spectrum, self.floor, self.training = spectrum, floor, training
+        self.at = at
+        # the module's options, passed whole; GuardOptions checks them
+        self.guard = GuardOptions(
+            k=k, momentum=momentum, floor=floor, history_init=history_init, grad=grad,  # type: ignore[arg-type]
+            precision=precision, spectrum=spectrum, training=training,  # type: ignore[arg-type]
+        )  # fmt: skip
         self.anchors, self.anchor_count, self.ranking = anchors, anchor_count, ranking
         self.anchor_features = anchor_features
         self.needs_clean_pool = anchors == "clean"
-        # the module's own checks of its options
-        EigenGuard(k=k, momentum=momentum, **self._guard_options())
-
-    def _guard_options(self) -> dict[str, Any]:
-        return {
-            "history_init": self.history_init,
-            "grad": self.grad,
-            "precision": self.precision,
-            "spectrum": self.spectrum,
-            "floor": self.floor,
-            "training": self.training,
-        }
 
     def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in super().describe().items() if k != "needs_clean_pool"}
+        guard = {f.name: getattr(self.guard, f.name) for f in fields(self.guard) if f.name != "solver"}
+        anchors = {"anchors": self.anchors, "anchor_count": self.anchor_count, "ranking": self.ranking}
+        return {"name": self.name, "at": self.at, **guard, **anchors, "anchor_features": self.anchor_features}
 
     def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
         check_insertion_point(self.at, insertion_points, config.model)
         # sigma_k is clamped to the matrix's rank, so a k past its row count means the same as that count
         rows = 2 * config.batch_size + (0 if self.anchors == "none" else self.anchor_count)
-        if self.k > rows:
+        k = self.guard.k
+        if k > rows:
             raise EigenguardError(
-                f"invalid defense option k = {self.k}: the guard's matrix [His; batch; anchors] has 2 x batch_size"
+                f"invalid defense option k = {k}: the guard's matrix [His; batch; anchors] has 2 x batch_size"
                 f" + anchor_count = {rows} rows; allowed: 1..{rows}"
             )
 
     def rebuild(self, model: nn.Module) -> EigenGuard:
-        return guard(model, at=self.at, k=self.k, momentum=self.momentum, **self._guard_options())
+        return guard(model, at=self.at, options=self.guard)
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         return self.train_guarded(ctx, ctx.config.epochs), {}

@@ -10,7 +10,8 @@ from eigenguard.models.backbone import Backbone
 
 
 def guard(model: nn.Module, at: str = "stage1", **options: Any) -> EigenGuard:
-    """Insert an EigenGuard (built from `options`) into `model` and return it.
+    """Insert an EigenGuard (built from `options`: `options=GuardOptions(...)`, or its fields by name) into
+    `model` and return it.
 
     For eigenguard's models, `at` is an insertion point ("stem", "stage1", ...; "stage1" is after the first
     residual stage, where the paper puts it). For any other nn.Module, `at` is a dotted submodule path

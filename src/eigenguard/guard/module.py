@@ -2,20 +2,54 @@
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 from torch import nn
 
 from eigenguard.errors import EigenguardError
 from eigenguard.guard.arrowhead import FrozenHistory
-from eigenguard.guard.spectral_filter import SOLVERS, SPECTRA, filter_each_against, filter_jointly, frozen_history
+from eigenguard.guard.spectral_filter import Solver, Spectrum, filter_each_against, filter_jointly, frozen_history
 
-HISTORY_INITS = ("first", "zeros")
-GRAD_MODES = ("constant", "full")
 INFERENCE_MODES = ("per-sample", "batch")
-TRAINING_MODES = ("batch", "per-sample")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """What a guard does: one typed, frozen object, passed whole from the defense to the module. The
+    defaults are the paper's; EigenGuard's docstring says what each option means."""
+
+    k: int = 20
+    momentum: float = 0.7
+    floor: float = 1e-3
+    history_init: Literal["first", "zeros"] = "first"
+    grad: Literal["constant", "full"] = "constant"
+    precision: Literal["float32", "float64"] = "float32"
+    spectrum: Spectrum = "paper"
+    training: Literal["batch", "per-sample"] = "batch"
+    solver: Solver = "secular"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1):
+            raise EigenguardError(f"EigenGuard k must be an integer >= 1, got {self.k!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise EigenguardError(f"EigenGuard momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.floor >= 0.0:
+            raise EigenguardError(f"EigenGuard floor must be >= 0, got {self.floor!r}")
+        for option in fields(self):
+            allowed = choices(option.type)
+            value = getattr(self, option.name)
+            if allowed and value not in allowed:
+                raise EigenguardError(
+                    f"EigenGuard {option.name} '{value}' is not allowed; allowed: {', '.join(allowed)}"
+                )
+
+
+def choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a Literal annotation allows (empty for any other)."""
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
 
 
 class EigenGuard(nn.Module):
@@ -59,52 +93,24 @@ class EigenGuard(nn.Module):
 
     history: torch.Tensor
 
-    def __init__(
-        self,
-        k: int = 20,
-        momentum: float = 0.7,
-        floor: float = 1e-3,
-        history_init: str = "first",
-        grad: str = "constant",
-        inference: str = "per-sample",
-        precision: str = "float32",
-        spectrum: str = "paper",
-        training: str = "batch",
-        solver: str = "secular",
-    ) -> None:
+    def __init__(self, options: GuardOptions | None = None, inference: str = "per-sample", **fields: Any) -> None:
+        """`options`, or its `fields` by name (`EigenGuard(k=20)`); `inference`: the eval-mode protocol."""
         super().__init__()
-        if not (isinstance(k, int) and k >= 1):
-            raise EigenguardError(f"EigenGuard k must be an integer >= 1, got {k!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise EigenguardError(f"EigenGuard momentum must be in [0, 1), got {momentum!r}")
-        if not floor >= 0.0:
-            raise EigenguardError(f"EigenGuard floor must be >= 0, got {floor!r}")
-        for name, value, allowed in (
-            ("history_init", history_init, HISTORY_INITS),
-            ("grad", grad, GRAD_MODES),
-            ("inference", inference, INFERENCE_MODES),
-            ("precision", precision, tuple(PRECISIONS)),
-            ("spectrum", spectrum, SPECTRA),
-            ("training", training, TRAINING_MODES),
-            ("solver", solver, SOLVERS),
-        ):
-            if value not in allowed:
-                raise EigenguardError(f"EigenGuard {name} '{value}' is not allowed; allowed: {', '.join(allowed)}")
-        self.k, self.momentum, self.floor = k, float(momentum), float(floor)
-        self.history_init, self.grad, self.inference, self.precision = history_init, grad, inference, precision
-        self.spectrum, self.training_mode, self.solver = spectrum, training, solver
+        if options is not None and fields:
+            raise TypeError("EigenGuard takes its options as one GuardOptions or as fields, not both")
+        if inference not in INFERENCE_MODES:
+            allowed = ", ".join(INFERENCE_MODES)
+            raise EigenguardError(f"EigenGuard inference '{inference}' is not allowed; allowed: {allowed}")
+        self.options = options if options is not None else GuardOptions(**fields)
+        self.inference = inference
         self.anchor_rows = 0
         self.anchor_source: Callable[[], torch.Tensor] | None = None
         self.register_buffer("history", torch.zeros(0, 0))
         self._frozen: tuple[torch.Tensor, int, torch.dtype, FrozenHistory] | None = None
 
     def extra_repr(self) -> str:
-        return (
-            f"k={self.k}, momentum={self.momentum}, floor={self.floor}, history_init={self.history_init}, "
-            f"grad={self.grad}, inference={self.inference}, spectrum={self.spectrum}, training={self.training_mode}, "
-            f"solver={self.solver}, "
-            f"history={tuple(self.history.shape)}"
-        )
+        options = ", ".join(f"{f.name}={getattr(self.options, f.name)}" for f in fields(self.options))
+        return f"{options}, inference={self.inference}, history={tuple(self.history.shape)}"
 
     def reset_history(self) -> None:
         self.history = torch.zeros(0, 0, device=self.history.device)
@@ -121,8 +127,9 @@ class EigenGuard(nn.Module):
         return cached[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.options
         rows = x.shape[0] - (self.anchor_rows if self.training else 0)
-        dtype = PRECISIONS[self.precision]
+        dtype = PRECISIONS[o.precision]
         sourced = self.anchor_source() if self.training and self.anchor_source is not None else None
         with torch.autocast(x.device.type, enabled=False):
             flat = x.flatten(1).float()
@@ -131,26 +138,33 @@ class EigenGuard(nn.Module):
                 if sourced is not None:
                     anchors = torch.cat([anchors, sourced.detach().flatten(1).float()])
                 self._check_width(batch)
-                if self.training_mode == "batch":
+                if o.training == "batch":
                     self._update_history(batch.detach())
                     context = torch.cat([self.history, anchors])
-                    out = filter_jointly(context, batch, self.k, self.floor, self.grad, dtype, self.spectrum)
+                    out = filter_jointly(
+                        context, batch, k=o.k, floor=o.floor, grad=o.grad, dtype=dtype, spectrum=o.spectrum
+                    )
                 else:
                     if self.history.numel() == 0:
                         self._start_history(batch.detach())
                     context = torch.cat([self.history, anchors])
-                    out = filter_each_against(context, batch, self.k, self.floor, dtype, self.spectrum, self.grad)
+                    out = filter_each_against(
+                        context, batch, k=o.k, floor=o.floor, dtype=dtype, spectrum=o.spectrum, grad=o.grad
+                    )
                     self._update_history(batch.detach())
             else:
                 history = self.history.to(flat.dtype) if self.history.numel() else flat.new_zeros(0, flat.shape[1])
                 if self.inference == "batch":
-                    out = filter_jointly(history, flat, self.k, self.floor, "constant", dtype, self.spectrum)
+                    out = filter_jointly(
+                        history, flat, k=o.k, floor=o.floor, grad="constant", dtype=dtype, spectrum=o.spectrum
+                    )
                 else:
-                    secular = self.solver == "secular" and len(history) > 0
+                    secular = o.solver == "secular" and len(history) > 0
                     frozen = self._frozen_history(history, dtype) if secular else None
                     out = filter_each_against(
-                        history, flat, self.k, self.floor, dtype, self.spectrum, solver=self.solver, frozen=frozen
-                    )
+                        history, flat, k=o.k, floor=o.floor, dtype=dtype, spectrum=o.spectrum, solver=o.solver,
+                        frozen=frozen,
+                    )  # fmt: skip
         return out.view(rows, *x.shape[1:]).to(x.dtype)
 
     def _check_width(self, batch: torch.Tensor) -> None:
@@ -162,14 +176,15 @@ class EigenGuard(nn.Module):
 
     @torch.no_grad()
     def _start_history(self, batch: torch.Tensor) -> None:
-        self.history = batch.clone() if self.history_init == "first" else torch.zeros_like(batch)
+        self.history = batch.clone() if self.options.history_init == "first" else torch.zeros_like(batch)
 
     @torch.no_grad()
     def _update_history(self, batch: torch.Tensor) -> None:
         if self.history.numel() == 0:
             self._start_history(batch)
         n = min(self.history.shape[0], batch.shape[0])
-        self.history[:n].mul_(self.momentum).add_(batch[:n], alpha=1.0 - self.momentum)
+        momentum = self.options.momentum
+        self.history[:n].mul_(momentum).add_(batch[:n], alpha=1.0 - momentum)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # His is sized by the first batch; adopt the checkpoint's shape before the normal copy.

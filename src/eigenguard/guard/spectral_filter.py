@@ -29,15 +29,17 @@ Three implementations agree on that definition (tests check them against each ot
   1 with a batch of one image), all rows at once through one batched eigh of bordered Gram matrices.
 """
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from eigenguard.guard.arrowhead import FrozenHistory, bordered_weights
 from eigenguard.guard.safe_eigh import safe_eigh
 
-SPECTRA = ("paper", "equalize", "shrink")
-SOLVERS = ("secular", "eigh")
+Spectrum = Literal["paper", "equalize", "shrink"]
+Solver = Literal["secular", "eigh"]
+SPECTRA: tuple[str, ...] = get_args(Spectrum)
+SOLVERS: tuple[str, ...] = get_args(Solver)
 
 
 def _filter_ratio(
@@ -100,7 +102,7 @@ def _normalized(feat: torch.Tensor, reference: torch.Tensor | None = None, own: 
 
 
 def filter_rows_svd(
-    feat: torch.Tensor, rows: int, k: int, floor: float = 1e-3, spectrum: str = "paper"
+    feat: torch.Tensor, rows: int, *, k: int, floor: float = 1e-3, spectrum: str = "paper"
 ) -> torch.Tensor:
     """Reference: the last `rows` rows of U diag(s') V^T from a literal SVD of `feat` (n x D)."""
     n = feat.shape[0]
@@ -112,6 +114,7 @@ def filter_rows_svd(
 def filter_rows_gram(
     feat: torch.Tensor,
     rows: int,
+    *,
     k: int,
     floor: float = 1e-3,
     grad: str = "constant",
@@ -126,12 +129,15 @@ def filter_rows_gram(
     dtype: the dtype of the Gram matrix and its eigh (default: feat's); the final product stays in feat's.
     """
     n = feat.shape[0]
-    return filter_jointly(feat[: n - rows], feat[n - rows :], k, floor, grad, dtype, spectrum)
+    return filter_jointly(
+        feat[: n - rows], feat[n - rows :], k=k, floor=floor, grad=grad, dtype=dtype, spectrum=spectrum
+    )
 
 
 def filter_jointly(
     context: torch.Tensor,
     batch: torch.Tensor,
+    *,
     k: int,
     floor: float = 1e-3,
     grad: str = "constant",
@@ -189,6 +195,7 @@ def frozen_history(history: torch.Tensor, dtype: torch.dtype | None = None) -> F
 def filter_each_against(
     history: torch.Tensor,
     x: torch.Tensor,
+    *,
     k: int,
     floor: float = 1e-3,
     dtype: torch.dtype | None = None,

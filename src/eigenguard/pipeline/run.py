@@ -147,11 +147,10 @@ def _train_in(
     )
 
     # -- 3. the defense trains (or repairs) the model ----------------------------------------------
-    checkpoints = Checkpoints(out)
+    checkpoints = Checkpoints(out, resume=resume)
     trainer = Trainer(
         config, device, data.normalize, data.flip, data.test, data.asr_set,
-        log=run.append_log, console=console, progress=progress,
-        checkpoints=checkpoints, resume=resume, restore_log=run.set_log,
+        log=run.append_log, console=console, progress=progress, checkpoints=checkpoints, restore_log=run.set_log,
     )  # fmt: skip
     # where this setting's no-defense model lives in the cache (hashes the training set: computed once)
     entry = backdoored_entry(config, data.train_set, device)

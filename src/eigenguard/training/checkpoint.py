@@ -1,28 +1,26 @@
-"""Epoch-end checkpoints of a run's fits, and what a resumed run reads back from them.
+"""Checkpoints of a run's training, and what a resumed run reads back from them: the one place training
+state is serialised.
 
-A run trains through one or more fits (`Trainer.fit`: the victim's model, a defense's retraining or
-fine-tuning phases), numbered in the order the run calls them. At the end of every epoch of fit i (and,
-with `checkpoint_every: N`, every N steps within one: then also the epoch's batch order, running sums and
-the rows its hook attached) the trainer writes `checkpoint/fit-<i>.epoch-<e>[.step-<s>].safetensors` (the
-model's state dict, the optimizer's momentum buffers, every random stream the fit draws from: the
-trainer's batch-order and augmentation generator, the epoch hook's, torch's global one) and then
-`checkpoint/fit-<i>.json` (the epoch reached, the optimizer's and the schedule's positions, the run's log
-rows and time counters so far). The JSON is written last and names the tensor file it belongs to, so a
-kill between the two leaves the previous, complete pair in force; the previous tensor file is removed
-only after the new JSON is in place. Safetensors and JSON only: nothing is unpickled.
+A run trains in phases: its fits (`Trainer.fit`: the victim's model, a defense's retraining or fine-tuning),
+named `fit-<i>` in the order the run calls them, and a defense's own optimisation outside a fit (ANP's
+masks, D-BR's unlearning, D-ST's two stages, ASD's epochs), named `phase-<defense's name>`. After step s of
+a phase (an epoch of a fit; an epoch or an iteration of a defense's loop) the trainer writes
+`checkpoint/<phase>.step-<s>.safetensors` (the modules' weights, the optimizers' tensors such as momentum
+buffers, every random stream the phase draws from, torch's global one included, and the phase's other
+tensors) and then `checkpoint/<phase>.json` (the step reached, the optimizers' plain state, and the
+phase's record: the log rows so far, time counters, the lr schedule's position). The JSON is written last
+and names the tensor file it belongs to, so a kill between the two leaves the previous, complete pair in
+force; the previous tensor file is removed only after the new JSON is in place. Safetensors and JSON
+only: nothing is unpickled.
 
-A resumed run replays the pipeline from its config (data, poisoning and splits are deterministic): a fit
-whose last checkpoint says it finished is not trained again, its end state is loaded; the fit that was
-interrupted continues from its last checkpoint; later fits run as usual. On one CPU model the result
-is bit-identical to an uninterrupted run (tests/test_resume.py); wall times are not.
-
-A defense's own optimisation that is not a fit (ANP's masks) checkpoints as a phase:
-`checkpoint/phase-<name>.step-<s>.safetensors` (its tensors and random streams) and then
-`checkpoint/phase-<name>.json` (the step reached), with the same write order and the same guarantees.
+A resumed run replays the pipeline from its config (data, poisoning and splits are deterministic): a
+phase whose checkpoint says it finished is not trained again, its end state is loaded; the phase that was
+interrupted continues from its last checkpoint; later ones run as usual. On one CPU model the result is
+bit-identical to an uninterrupted run (tests/test_resume.py); wall times are not.
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,154 +31,139 @@ from torch import nn
 
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_save_tensors, atomic_write_text
-from eigenguard.training.loop import EpochPosition
 
 DIRECTORY = "checkpoint"
-FORMAT = 1
+FORMAT = 2  # 1: fits and phases in two layouts, with checkpoints within an epoch
 
 
 @dataclass
-class Midway:
-    """A checkpoint within an epoch: the epoch in progress, how far it got, the rows the epoch hook
-    attached to its batches (EigenGuard's anchors, chosen at its start) with the hook's log fields, and the
-    epoch's seconds so far."""
+class Saved:
+    """A phase's last complete checkpoint: after `step` of its `steps`."""
 
-    epoch: int
-    at: EpochPosition
-    extra: torch.Tensor | None
-    fields: dict[str, Any]
-    seconds: float
-
-
-@dataclass
-class FitState:
-    """A fit's state at the end of `epoch` (of `epochs`), as read from its checkpoint."""
-
-    index: int
-    epoch: int
-    epochs: int
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]  # torch's optimizer state dict, momentum buffers as tensors
-    scheduler: dict[str, Any]
-    generators: dict[str, torch.Tensor]  # name -> get_state() of that generator
-    log: list[dict[str, Any]]  # the run's log rows up to here, every fit's
-    counters: dict[str, float]
-    midway: Midway | None = None  # set when checkpointed within epoch `epoch + 1`
-    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the epoch hook's (EpochHook.sample_losses)
+    phase: str
+    step: int
+    steps: int
+    tensors: dict[str, torch.Tensor]  # by kind: module.<m>.*, optimizer.<o>.*, generator.<g>, tensor.<t>
+    record: dict[str, Any]  # the phase's own record (log rows, counters, schedule)
+    optimizers: dict[str, Any]  # the optimizers' state dicts without their tensors
 
     @property
     def finished(self) -> bool:
-        return self.epoch >= self.epochs and self.midway is None
+        return self.step >= self.steps
+
+    def restore(
+        self,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        generators: dict[str, torch.Generator],
+        tensors: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Put the saved state back in place: weights, optimizer state, random streams (torch's global one
+        too) and `tensors` (copied into the given ones)."""
+        for m, module in modules.items():
+            module.load_state_dict(_under(self.tensors, f"module.{m}."))
+        for o, optimizer in optimizers.items():
+            state = self.optimizers[o]
+            values: dict[int, dict[str, Any]] = {int(p): dict(v) for p, v in state["state"].items()}
+            for key, value in _under(self.tensors, f"optimizer.{o}.").items():
+                param, name = key.split(".", 1)
+                values.setdefault(int(param), {})[name] = value
+            optimizer.load_state_dict({"state": values, "param_groups": state["param_groups"]})
+        for g, generator in generators.items():
+            generator.set_state(self.tensors[f"generator.{g}"].cpu())
+        torch.set_rng_state(self.tensors["generator.torch-global"].cpu())
+        with torch.no_grad():
+            for t, tensor in (tensors or {}).items():
+                tensor.copy_(self.tensors[f"tensor.{t}"])
 
 
-@dataclass
-class PhaseState:
-    """A phase's state after `step` of its `steps`, as read from its checkpoint."""
-
-    step: int
-    steps: int
-    tensors: dict[str, torch.Tensor]
-    generators: dict[str, torch.Tensor]  # name -> get_state() of that generator, torch's global included
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class Checkpoints:
-    """The run directory's checkpoint folder: `save` after an epoch, `state(i)` to resume fit i."""
+    """The run directory's checkpoint folder: `save` after a phase's step, `load` to resume it."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.path = run_dir / DIRECTORY
+        self.resume = resume  # whether `resumed` reads what an interrupted run left here
 
     def save(
         self,
-        index: int,
-        epoch: int,
-        epochs: int,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        phase: str,
+        step: int,
+        steps: int,
+        *,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
         generators: dict[str, torch.Generator],
-        log: list[dict[str, Any]],
-        counters: dict[str, float],
-        midway: Midway | None = None,
-        buffers: dict[str, torch.Tensor] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
-        """After `epoch` complete epochs of fit `index` (of `epochs`), or within the next one (`midway`);
-        `buffers`: tensors the fit's epoch hook keeps across steps and epochs (EigenGuard's training losses)."""
-        try:
-            self.path.mkdir(exist_ok=True)
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-            opt = optimizer.state_dict()
-            for param, values in opt["state"].items():
+        """After `step` of the `steps` of `phase`; `record` must be JSON."""
+        saved = {f"tensor.{k}": v.detach() for k, v in (tensors or {}).items()}
+        plain: dict[str, Any] = {}
+        for m, module in modules.items():
+            saved |= {f"module.{m}.{k}": v for k, v in module.state_dict().items()}
+        for o, optimizer in optimizers.items():
+            state = optimizer.state_dict()
+            plain[o] = {"param_groups": state["param_groups"], "state": {}}
+            for param, values in state["state"].items():
                 for name, value in values.items():
                     if isinstance(value, torch.Tensor):
-                        tensors[f"optimizer.{param}.{name}"] = value
-            for name, gen in generators.items():
-                tensors[f"generator.{name}"] = gen.get_state()
-            tensors["generator.torch-global"] = torch.get_rng_state()
-            tensors |= {f"buffer.{k}": v for k, v in (buffers or {}).items()}
-            tensor_file = f"fit-{index}.epoch-{epoch}.safetensors"
-            if midway is not None:
-                at = midway.at
-                tensors |= {"midway.order": at.order, "midway.loss_sum": at.loss_sum, "midway.correct": at.correct}
-                if midway.extra is not None:
-                    tensors["midway.extra"] = midway.extra
-                tensor_file = f"fit-{index}.epoch-{epoch}.step-{at.step}.safetensors"
-            record = {
-                "format": FORMAT,
-                "fit": index,
-                "epoch": epoch,
-                "epochs": epochs,
-                "tensors": tensor_file,
-                "optimizer": {
-                    "param_groups": opt["param_groups"],
-                    "state": {
-                        str(param): {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
-                        for param, values in opt["state"].items()
-                    },
-                },
-                "scheduler": scheduler.state_dict(),  # plain numbers (LambdaLR keeps None for a function's lambda)
-                "log": log,
-                "counters": counters,
-                "midway": None
-                if midway is None
-                else {
-                    "epoch": midway.epoch,
-                    "step": midway.at.step,
-                    "seen": midway.at.seen,
-                    "fields": midway.fields,
-                    "seconds": midway.seconds,
-                },
-            }
-            self._commit(f"fit-{index}.json", tensor_file, tensors, record)
+                        saved[f"optimizer.{o}.{param}.{name}"] = value
+                    else:
+                        plain[o]["state"].setdefault(str(param), {})[name] = value
+        saved |= {f"generator.{g}": generator.get_state() for g, generator in generators.items()}
+        saved["generator.torch-global"] = torch.get_rng_state()
+        tensor_file = f"{phase}.step-{step}.safetensors"
+        manifest = {
+            "format": FORMAT,
+            "phase": phase,
+            "step": step,
+            "steps": steps,
+            "tensors": tensor_file,
+            "optimizers": plain,
+            "record": record or {},
+        }
+        try:
+            self.path.mkdir(exist_ok=True)
+            atomic_save_tensors(self.path / tensor_file, saved, {"format": str(FORMAT)})
+            path = self.path / f"{phase}.json"
+            previous = self._tensor_file(path)
+            atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")  # the commit point
+            if previous and previous != tensor_file:
+                (self.path / previous).unlink(missing_ok=True)
         except OSError as e:  # a full disk, a read-only or vanished directory: the previous one is intact
             raise EigenguardError(
-                f"could not write the checkpoint of epoch {epoch} in '{self.path}' ({e.strerror or e}); "
+                f"could not write the checkpoint of {phase} step {step} in '{self.path}' ({e.strerror or e}); "
                 f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
             ) from None
 
-    def _commit(self, manifest_name: str, tensor_file: str, tensors: dict[str, torch.Tensor], record: dict) -> None:
-        """The tensors first, then the manifest naming them (the commit point), then the previous tensors go."""
-        atomic_save_tensors(self.path / tensor_file, tensors, {"format": str(FORMAT)})
-        manifest = self.path / manifest_name
-        previous = self._tensor_file(manifest)
-        atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
-        if previous and previous != tensor_file:
-            (self.path / previous).unlink(missing_ok=True)
+    def resumed(self, phase: str, device: torch.device) -> Saved | None:
+        """What an interrupted run left of `phase` when resuming (None: the phase starts at its beginning)."""
+        return self.load(phase, device) if self.resume else None
 
-    def _read(self, manifest: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-        """A manifest and its tensors (None where there is no manifest); unreadable: one EigenguardError."""
-        if not manifest.is_file():
+    def load(self, phase: str, device: torch.device) -> Saved | None:
+        """`phase`'s last complete checkpoint (None where it has none); unreadable: one EigenguardError."""
+        path = self.path / f"{phase}.json"
+        if not path.is_file():
             return None
         try:
-            record = json.loads(manifest.read_text())
-            if not isinstance(record, dict) or record.get("format") != FORMAT:
-                raise ValueError(f"format {record.get('format') if isinstance(record, dict) else '?'}")
-            tensor_file = self.path / record["tensors"]
+            manifest = json.loads(path.read_text())
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+                found = manifest.get("format") if isinstance(manifest, dict) else "?"
+                raise ValueError(f"format {found}, this eigenguard reads {FORMAT}; run it again without --resume")
+            tensor_file = self.path / manifest["tensors"]
+            step, steps = int(manifest["step"]), int(manifest["steps"])
+            optimizers, record = dict(manifest["optimizers"]), dict(manifest["record"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
+            raise EigenguardError(f"checkpoint '{path}' is unreadable ({e}); it cannot be resumed") from None
         try:
-            return record, load_file(str(tensor_file), device=str(device))
+            tensors = load_file(str(tensor_file), device=str(device))
         except (OSError, ValueError, SafetensorError) as e:  # the file the manifest names is the bad one
             raise EigenguardError(f"checkpoint '{tensor_file}' is unreadable ({e}); it cannot be resumed") from None
+        return Saved(phase, step, steps, tensors, record, optimizers)
 
     def _tensor_file(self, manifest: Path) -> str | None:
         if not manifest.is_file():
@@ -190,89 +173,11 @@ class Checkpoints:
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             return None
 
-    def state(self, index: int, device: torch.device) -> FitState | None:
-        """Fit `index`'s last complete checkpoint, or None where it never reached an epoch's end."""
-        read = self._read(self.path / f"fit-{index}.json", device)
-        if read is None:
-            return None
-        record, tensors = read
-        model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-        state: dict[int, dict[str, Any]] = {int(p): dict(v) for p, v in record["optimizer"]["state"].items()}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                param, name = key.removeprefix("optimizer.").split(".", 1)
-                state.setdefault(int(param), {})[name] = value
-        generators = {k.removeprefix("generator."): v.cpu() for k, v in tensors.items() if k.startswith("generator.")}
-        midway = None
-        if record.get("midway"):
-            m = record["midway"]
-            at = EpochPosition(
-                int(m["step"]), tensors["midway.order"], tensors["midway.loss_sum"], tensors["midway.correct"],
-                int(m["seen"]),
-            )  # fmt: skip
-            midway = Midway(int(m["epoch"]), at, tensors.get("midway.extra"), m["fields"], float(m["seconds"]))
-        return FitState(
-            index=index,
-            epoch=int(record["epoch"]),
-            epochs=int(record["epochs"]),
-            model=model,
-            optimizer={"state": state, "param_groups": record["optimizer"]["param_groups"]},
-            scheduler=record["scheduler"],
-            generators=generators,
-            log=record["log"],
-            counters=record["counters"],
-            midway=midway,
-            buffers={k.removeprefix("buffer."): v for k, v in tensors.items() if k.startswith("buffer.")},
-        )
-
-    def save_phase(
-        self, name: str, step: int, steps: int, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]
-    ) -> None:
-        """After `step` of the `steps` of phase `name` (a defense's optimisation outside `Trainer.fit`)."""
-        try:
-            self.path.mkdir(exist_ok=True)
-            saved = {f"state.{k}": v for k, v in tensors.items()}
-            saved |= {f"generator.{k}": g.get_state() for k, g in generators.items()}
-            saved["generator.torch-global"] = torch.get_rng_state()
-            tensor_file = f"phase-{name}.step-{step}.safetensors"
-            record = {"format": FORMAT, "phase": name, "step": step, "steps": steps, "tensors": tensor_file}
-            self._commit(f"phase-{name}.json", tensor_file, saved, record)
-        except OSError as e:
-            raise EigenguardError(
-                f"could not write the checkpoint of {name} step {step} in '{self.path}' ({e.strerror or e}); "
-                f"the run stopped, its last complete checkpoint is kept: eigenguard train --resume {self.path.parent}"
-            ) from None
-
-    def phase(self, name: str, device: torch.device) -> PhaseState | None:
-        """Phase `name`'s last complete checkpoint, or None where it has none."""
-        manifest = self.path / f"phase-{name}.json"
-        read = self._read(manifest, device)
-        if read is None:
-            return None
-        record, tensors = read
-        try:
-            step, steps = int(record["step"]), int(record["steps"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise EigenguardError(f"checkpoint '{manifest}' is unreadable ({e}); it cannot be resumed") from None
-        return PhaseState(
-            step=step,
-            steps=steps,
-            tensors={k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")},
-            generators={
-                k.removeprefix("generator."): v.cpu() for k, v in tensors.items() if k.startswith("generator.")
-            },
-        )
-
     def check(self, device: torch.device) -> None:
-        """Read every fit's checkpoint once (before a resumed run prints or writes anything): a corrupt one
-        is one EigenguardError naming its file."""
-        for manifest in sorted(self.path.glob("phase-*.json")):
-            self.phase(manifest.stem.removeprefix("phase-"), device)
-        for manifest in sorted(self.path.glob("fit-*.json")):
-            index = manifest.stem.removeprefix("fit-")
-            if not index.isdigit():
-                raise EigenguardError(f"checkpoint '{manifest}' is not one eigenguard writes; it cannot be resumed")
-            self.state(int(index), device)
+        """Read every checkpoint once (before a resumed run prints or writes anything): a corrupt one is one
+        EigenguardError naming its file."""
+        for manifest in sorted(self.path.glob("*.json")):
+            self.load(manifest.stem, device)
 
     def remove(self) -> None:
         """After the run has finished (its model and metrics written), the checkpoints are redundant."""

@@ -8,7 +8,6 @@ Speed habits, one line each:
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +16,6 @@ from torch import nn
 from eigenguard.data.transforms import Normalize, augment
 
 StepCallback = Callable[[int, float], None]  # (steps done this epoch, mean loss so far)
-
-
-@dataclass
-class EpochPosition:
-    """How far an epoch got: `step` steps done of the batch order `order`, and its running sums (a
-    checkpoint within an epoch saves this; a resumed epoch continues from it)."""
-
-    step: int
-    order: torch.Tensor
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    seen: int
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels, inputs) -> loss
@@ -52,9 +39,6 @@ def train_one_epoch(
     log_every: int = 10,
     extra_inputs: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
-    position: EpochPosition | None = None,
-    on_position: Callable[[EpochPosition], None] | None = None,
-    position_every: int = 0,
     sample_losses: torch.Tensor | None = None,
     make_batch: BatchFn | None = None,
 ) -> dict[str, float]:
@@ -66,8 +50,6 @@ def train_one_epoch(
     with anchor rows) must remove them again, so the logits have one row per batch sample.
     `loss_fn(logits, labels, inputs)` replaces the mean cross-entropy (ABL's gradient ascent, NAD's
     attention distillation); `inputs` is the normalised batch the model saw.
-    `on_position` is called every `position_every` steps (not after the last) with where the epoch is;
-    `position` continues an epoch from such a point (the generator restored by the caller).
     `sample_losses` (one float per sample, on the data's device): each sample's cross-entropy in the step
     that trained it is written there, in place (EigenGuard's anchors ranked without a pass of their own); a
     fresh epoch first sets it to +inf, so a sample in the dropped last batch is never among the lowest.
@@ -79,17 +61,13 @@ def train_one_epoch(
     model.train()
     n = images.shape[0]
     steps = max(n // batch_size, 1)
-    if position is None:
-        order = torch.randperm(n, device=images.device, generator=generator)
-        loss_sum = torch.zeros((), device=images.device)
-        correct = torch.zeros((), device=images.device, dtype=torch.int64)
-        seen, first = 0, 0
-        if sample_losses is not None:
-            sample_losses.fill_(float("inf"))
-    else:
-        order, seen, first = position.order, position.seen, position.step
-        loss_sum, correct = position.loss_sum.clone(), position.correct.clone()
-    for step in range(first, steps):
+    order = torch.randperm(n, device=images.device, generator=generator)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.int64)
+    seen = 0
+    if sample_losses is not None:
+        sample_losses.fill_(float("inf"))
+    for step in range(steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
         x = normalize(augment(images[idx], crop_pad, flip, generator)) if make_batch is None else make_batch(idx)
         y = labels[idx]
@@ -112,6 +90,4 @@ def train_one_epoch(
         seen += len(idx)
         if on_step is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             on_step(step + 1, loss_sum.item() / seen)
-        if on_position is not None and position_every and (step + 1) % position_every == 0 and step + 1 < steps:
-            on_position(EpochPosition(step + 1, order, loss_sum, correct, seen))
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}

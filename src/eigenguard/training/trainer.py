@@ -24,10 +24,10 @@ from eigenguard.data.transforms import Normalize, augment
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
 from eigenguard.models import Backbone, create_model
-from eigenguard.training.checkpoint import Checkpoints, Midway, PhaseState
+from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import evaluate_protocols
-from eigenguard.training.fit import CROP_PAD, Recipe, Resume, Scheduler, fit
-from eigenguard.training.loop import BatchFn, EpochPosition, LossFn
+from eigenguard.training.fit import CROP_PAD, Fit, Recipe
+from eigenguard.training.loop import BatchFn, LossFn
 
 
 class RecipeKnobs(TypedDict, total=False):
@@ -42,30 +42,21 @@ class RecipeKnobs(TypedDict, total=False):
 
 
 class EpochHook(Protocol):
-    """Runs around each training epoch (EigenGuard uses it to choose and attach its lowest-loss samples)."""
+    """Runs around each epoch of a fit (EigenGuard's: choose the epoch's anchors, attach them to the guard)."""
 
     def before_epoch(self, epoch: int, model: nn.Module) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """Extra normalised rows to append to every batch (or None), and extra log fields."""
+        """Normalised rows to append to every batch of the epoch (or None), and extra log fields."""
         ...
 
     def after_epoch(self, epoch: int) -> None: ...
 
     def generators(self) -> dict[str, torch.Generator]:
-        """The random streams the hook draws from (a checkpoint saves and a resumed fit restores them)."""
-        ...
-
-    def resume_epoch(self, epoch: int, extra: torch.Tensor | None) -> None:
-        """An epoch resumed from a checkpoint within it: attach the rows `before_epoch` had chosen."""
-        ...
-
-    def appends_rows(self) -> bool:
-        """Whether `before_epoch`'s rows are appended to every batch (else the hook uses them itself; either
-        way a checkpoint within the epoch saves them and `resume_epoch` gets them back)."""
+        """The random streams the hook draws from (checkpointed and restored with the fit)."""
         ...
 
     def sample_losses(self) -> torch.Tensor | None:
         """A buffer (one float per training sample) the training steps fill with each sample's loss, or
-        None; the checkpoints save it and a resumed fit restores it."""
+        None (checkpointed and restored with the fit)."""
         ...
 
 
@@ -93,7 +84,6 @@ class Trainer:
         console: Console | None = None,
         progress: bool = True,
         checkpoints: Checkpoints | None = None,
-        resume: bool = False,
         restore_log: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.config, self.device, self.normalize, self.flip = config, device, normalize, flip
@@ -106,9 +96,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0  # every fit of this run, summed
         self.images_trained = 0  # images through the training loop (augmented batches), every fit summed
-        # checkpoints after every epoch of every fit (training/checkpoint.py); `resume`: read them back,
-        # fit by fit in the order the run calls them; `restore_log` hands the run's log back to its writer
-        self.checkpoints, self.resume, self._restore_log = checkpoints, resume, restore_log
+        # checkpoints after every epoch of every fit (training/checkpoint.py), read back fit by fit in the
+        # order the run calls them when resuming; `restore_log` hands the run's log back to its writer
+        self.checkpoints, self._restore_log = checkpoints, restore_log
         self.fits = 0
 
     # -- models ----------------------------------------------------------------------------------
@@ -163,11 +153,7 @@ class Trainer:
         """How often a phase of `steps` iterations checkpoints: `checkpoint_every`, else every tenth of it."""
         return self.config.checkpoint_every or max(1, steps // 10)
 
-    def resumed_phase(self, name: str) -> PhaseState | None:
-        """Phase `name`'s state from before the run was interrupted (None: it starts from its beginning)."""
-        return self.checkpoints.phase(name, self.device) if self.checkpoints and self.resume else None
-
-    def save_phase_state(
+    def save_phase(
         self,
         name: str,
         step: int,
@@ -179,50 +165,28 @@ class Trainer:
         """Checkpoint a defense's own training loop after `step` of `steps` (its epochs or iterations): the
         modules' weights, the optimizers' state, other `tensors` it optimises (ANP's masks), this trainer's
         random streams and the log rows of phase `name` so far."""
-        if self.checkpoints is None:
-            return
-        saved = {f"tensor.{k}": v.detach() for k, v in (tensors or {}).items()}
-        saved |= {f"module.{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}
-        for o, optimizer in optimizers.items():
-            for i, values in optimizer.state_dict()["state"].items():
-                for key, value in values.items():
-                    saved[f"optimizer.{o}.{i}.{key}"] = (
-                        value if isinstance(value, torch.Tensor) else torch.tensor(value)
-                    )
-        saved["log"] = self.log_tensor((name,))
-        self.checkpoints.save_phase(name, step, steps, saved, {"batches": self.generator})
+        if self.checkpoints is not None:
+            rows = [r for r in self.history if r.get("phase") == name]
+            self.checkpoints.save(
+                f"phase-{name}", step, steps, modules=modules, optimizers=optimizers,
+                generators={"batches": self.generator}, tensors=tensors, record={"log": rows},
+            )  # fmt: skip
 
-    def load_phase_state(
+    def resume_phase(
         self,
         name: str,
         modules: dict[str, nn.Module],
         optimizers: dict[str, torch.optim.Optimizer],
         tensors: dict[str, torch.Tensor] | None = None,
     ) -> int:
-        """Restore what `save_phase_state` saved when resuming (0 when there is nothing: start the loop at the
-        beginning); returns the step reached. `tensors` are restored in place; the phase's log rows are
-        logged again."""
-        saved = self.resumed_phase(name)
+        """Restore what `save_phase` saved when resuming and return the step reached (0, nothing restored:
+        the loop starts at its beginning); the phase's log rows are logged again."""
+        saved = self.checkpoints.resumed(f"phase-{name}", self.device) if self.checkpoints else None
         if saved is None:
             return 0
-        with torch.no_grad():
-            for k, v in (tensors or {}).items():
-                v.copy_(saved.tensors[f"tensor.{k}"])
-        for m, module in modules.items():
-            prefix = f"module.{m}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in saved.tensors.items() if k.startswith(prefix)})
-        for o, optimizer in optimizers.items():
-            state = optimizer.state_dict()
-            prefix = f"optimizer.{o}."
-            state["state"] = {}
-            for key, value in saved.tensors.items():
-                if key.startswith(prefix):
-                    index, field = key[len(prefix) :].split(".", 1)
-                    state["state"].setdefault(int(index), {})[field] = value
-            optimizer.load_state_dict(state)
-        self.generator.set_state(saved.generators["batches"])
-        torch.set_rng_state(saved.generators["torch-global"])
-        self.log_again(saved.tensors["log"])
+        saved.restore(modules, optimizers, {"batches": self.generator}, tensors)
+        for row in saved.record["log"]:
+            self.log(row)
         return saved.step
 
     def log_tensor(self, phases: tuple[str, ...]) -> torch.Tensor:
@@ -267,39 +231,91 @@ class Trainer:
         make_batch: BatchFn | None = None,
         **knobs: Unpack[RecipeKnobs],
     ) -> list[dict[str, Any]]:
-        """Train `model` on `data` with `self.recipe(epochs, **knobs)`, evaluating and logging every epoch.
-        `make_batch(idx)`: the batch's inputs, built by the defense (loop.train_one_epoch), drawing from
-        `self.generator`.
-
-        Returns this fit's log rows."""
+        """Train `model` on `data` with `self.recipe(epochs, **knobs)`, logging every epoch (evaluating every
+        `eval_every` and at the end) and checkpointing after it. `make_batch(idx)`: the batch's inputs, built
+        by the defense (loop.train_one_epoch), drawing from `self.generator`. Returns this fit's log rows."""
         recipe = self.recipe(epochs, **knobs)
-        steps_per_epoch = recipe.steps_per_epoch(len(data))
         forward = self.forward_of(model)
+        streams = hook.generators() if hook else {}
+        run = Fit(
+            forward, data.images, data.labels, recipe, normalize=self.normalize, generator=self.generator,
+            amp=self.amp, loss_fn=loss_fn, sample_losses=hook.sample_losses() if hook else None, make_batch=make_batch,
+        )  # fmt: skip
         self.fits += 1
-        index, first_row = self.fits, len(self.history)
-        streams = {"batches": self.generator, **(hook.generators() if hook else {})}
-        losses = hook.sample_losses() if hook else None
-        buffers = {} if losses is None else {"sample_losses": losses}
-        resume, midway = None, None
-        state = self.checkpoints.state(index, self.device) if self.checkpoints and self.resume else None
-        if state is not None:  # this fit ran before the run was interrupted: its state at its last epoch's end
-            model.load_state_dict(state.model)
-            for name, gen in streams.items():
-                gen.set_state(state.generators[name])
-            torch.set_rng_state(state.generators["torch-global"])
-            for name, buffer in buffers.items():
-                buffer.copy_(state.buffers[name])
-            self.history = list(state.log)
-            if self._restore_log is not None:
-                self._restore_log(self.history)
-            self.train_seconds = state.counters["train_seconds"]
-            self.images_trained = int(state.counters["images_trained"])
-            first_row = int(state.counters["first_row"])
-            if state.finished:
-                return self.history[first_row:]
-            midway = state.midway
-            resume = Resume(state.epoch, state.optimizer, state.scheduler, None if midway is None else midway.at)
-        rows: list[dict[str, Any]] = list(self.history[first_row:])
+        name = f"fit-{self.fits}"
+        first_row = self._resume(run, name, model, streams)
+        if run.finished:
+            return self.history[first_row:]
+        with EpochBar(self.console, self.progress, phase, epochs, recipe.steps_per_epoch(len(data))) as bar:
+            while not run.finished:
+                epoch, t0 = run.done + 1, time.perf_counter()
+                extra, fields = hook.before_epoch(epoch, forward) if hook else (None, {})
+                stats = run.epoch(extra, bar.on_step(epoch))
+                if hook:
+                    hook.after_epoch(epoch)
+                row = self._epoch_row(phase, run, stats, model, len(data), t0, fields)
+                self.log(row)
+                if self.checkpoints is not None:
+                    counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
+                    record = {"log": self.history, "counters": {**counters, "first_row": first_row}}
+                    run.save(self.checkpoints, name, model=model, generators=streams, record=record)
+                bar.print(f"{phase} {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  {format_eval(row)}  "
+                          f"({row['epoch_seconds']:.1f}s)")  # fmt: skip
+        return self.history[first_row:]
+
+    def _resume(self, run: Fit, name: str, model: nn.Module, streams: dict[str, torch.Generator]) -> int:
+        """Where fit `name` starts logging: restore its state when the interrupted run had checkpointed it
+        (the run's log and time counters with it); returns the index of its first log row."""
+        saved = self.checkpoints.resumed(name, self.device) if self.checkpoints else None
+        if saved is None:
+            return len(self.history)
+        run.resume(saved, model=model, generators=streams)
+        self.history = list(saved.record["log"])
+        if self._restore_log is not None:
+            self._restore_log(self.history)
+        counters = saved.record["counters"]
+        self.train_seconds, self.images_trained = counters["train_seconds"], int(counters["images_trained"])
+        return int(counters["first_row"])
+
+    def _epoch_row(
+        self,
+        phase: str,
+        run: Fit,
+        stats: dict[str, float],
+        model: nn.Module,
+        samples: int,
+        started: float,
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The log row of the epoch `run` has just trained, begun at perf_counter() `started` (evaluated every
+        `eval_every` and at the end; `fields`: the hook's); a diverged loss stops the run."""
+        epoch = run.done
+        if not math.isfinite(stats["train_loss"]):  # a diverged model must not be saved or cached
+            raise EigenguardError(
+                f"training diverged: {phase} epoch {epoch} ended with loss {stats['train_loss']}; "
+                "allowed: a finite loss (lower the lr, or check the data)"
+            )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.train_seconds += seconds
+        self.images_trained += min(run.recipe.steps_per_epoch(samples) * run.recipe.batch_size, samples)
+        row: dict[str, Any] = {
+            "phase": phase,
+            "epoch": epoch,
+            "lr": run.lr,
+            "train_loss": round(stats["train_loss"], 6),
+            "train_acc": round(stats["train_acc"], 6),
+        }
+        evaluated = self.evaluate(model) if epoch % self.config.eval_every == 0 or run.finished else {}
+        row |= {k: "" if v is None else round(v, 6) for k, v in evaluated.items()}
+        return row | fields | {"epoch_seconds": round(seconds, 3)}
+
+
+class EpochBar:
+    """The progress bar of one fit (nothing when progress is off) and its printed epoch lines."""
+
+    def __init__(self, console: Console, progress: bool, phase: str, epochs: int, steps_per_epoch: int) -> None:
         columns = (
             TextColumn(f"{phase} {{task.fields[epoch]}}"),
             BarColumn(),
@@ -307,95 +323,23 @@ class Trainer:
             TextColumn("loss {task.fields[loss]:.4f}"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=self.console, disable=not self.progress) as bar:
-            task = bar.add_task(phase, total=steps_per_epoch * epochs, epoch=f"1/{epochs}", loss=float("nan"))
-            started: dict[str, Any] = {}
+        self.bar = Progress(*columns, console=console, disable=not progress)
+        self.epochs, self.steps = epochs, steps_per_epoch
+        self.task = self.bar.add_task(phase, total=steps_per_epoch * epochs, epoch=f"1/{epochs}", loss=float("nan"))
 
-            def on_step(epoch: int, step: int, loss: float) -> None:
-                done = (epoch - 1) * steps_per_epoch + step
-                bar.update(task, completed=done, loss=loss, epoch=f"{epoch}/{epochs}")
+    def __enter__(self) -> "EpochBar":
+        self.bar.__enter__()
+        return self
 
-            def on_epoch_start(epoch: int) -> torch.Tensor | None:
-                if midway is not None and epoch == midway.epoch:  # resumed within this epoch
-                    started["t0"] = time.perf_counter() - midway.seconds
-                    extra, started["fields"] = midway.extra, dict(midway.fields)
-                    if hook:
-                        hook.resume_epoch(epoch, extra)
-                else:
-                    started["t0"] = time.perf_counter()
-                    extra, started["fields"] = hook.before_epoch(epoch, forward) if hook else (None, {})
-                started["extra"] = extra
-                return extra if hook is None or hook.appends_rows() else None
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
-            def checkpoint(
-                done: int, optimizer: torch.optim.Optimizer, scheduler: Scheduler, midway: Midway | None = None
-            ) -> None:  # after `done` complete epochs (and within the next one, with `midway`)
-                assert self.checkpoints is not None
-                counters = {"train_seconds": self.train_seconds, "images_trained": self.images_trained}
-                self.checkpoints.save(
-                    index, done, epochs, model, optimizer, scheduler, streams, self.history,
-                    {**counters, "first_row": first_row}, midway=midway, buffers=buffers,
-                )  # fmt: skip
+    def on_step(self, epoch: int) -> Callable[[int, float], None]:
+        def update(step: int, loss: float) -> None:
+            done = (epoch - 1) * self.steps + step
+            self.bar.update(self.task, completed=done, loss=loss, epoch=f"{epoch}/{self.epochs}")
 
-            def on_position(
-                epoch: int, at: EpochPosition, optimizer: torch.optim.Optimizer, scheduler: Scheduler
-            ) -> None:  # within an epoch, every config.checkpoint_every steps
-                way = Midway(epoch, at, started["extra"], started["fields"], time.perf_counter() - started["t0"])
-                checkpoint(epoch - 1, optimizer, scheduler, way)
+        return update
 
-            def on_epoch_end(
-                epoch: int, stats: dict[str, float], optimizer: torch.optim.Optimizer, scheduler: Scheduler
-            ) -> None:
-                if hook:
-                    hook.after_epoch(epoch)
-                if not math.isfinite(stats["train_loss"]):  # a diverged model must not be saved or cached
-                    raise EigenguardError(
-                        f"training diverged: {phase} epoch {epoch} ended with loss {stats['train_loss']}; "
-                        "allowed: a finite loss (lower the lr, or check the data)"
-                    )
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                seconds = time.perf_counter() - started["t0"]
-                self.train_seconds += seconds
-                self.images_trained += min(steps_per_epoch * recipe.batch_size, len(data))
-                row: dict[str, Any] = {
-                    "phase": phase,
-                    "epoch": epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": round(stats["train_loss"], 6),
-                    "train_acc": round(stats["train_acc"], 6),
-                }
-                evaluated: dict[str, Any] = {}
-                if epoch % self.config.eval_every == 0 or epoch == epochs:
-                    evaluated = self.evaluate(model)
-                row.update({k: "" if v is None else round(v, 6) for k, v in evaluated.items()})
-                row.update(started["fields"])
-                row["epoch_seconds"] = round(seconds, 3)
-                rows.append(row)
-                self.log(row)
-                if self.checkpoints is not None:
-                    checkpoint(epoch, optimizer, scheduler)
-                bar.console.print(
-                    f"{phase} {epoch:>3}/{epochs}  loss {stats['train_loss']:.4f}  "
-                    f"{format_eval(evaluated)}  ({seconds:.1f}s)"
-                )
-
-            fit(
-                forward,
-                data.images,
-                data.labels,
-                recipe,
-                normalize=self.normalize,
-                generator=self.generator,
-                amp=self.amp,
-                loss_fn=loss_fn,
-                on_epoch_start=on_epoch_start,
-                on_epoch_end=on_epoch_end,
-                on_step=on_step,
-                resume=resume,
-                on_position=on_position if self.checkpoints is not None and self.config.checkpoint_every else None,
-                position_every=self.config.checkpoint_every,
-                sample_losses=losses,
-                make_batch=make_batch,
-            )
-        return rows
+    def print(self, line: str) -> None:
+        self.bar.console.print(line)
