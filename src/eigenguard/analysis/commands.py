@@ -152,7 +152,7 @@ def survival_table(
             features_at(run, clean.images, point),
             features_at(run, triggered.images, point),
             guards[0].history.cpu(),
-            guards[0].k,
+            guards[0].options.k,
             batch_clean,
             batch_mixed,
             mixed_rows,
