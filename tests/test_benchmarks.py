@@ -239,6 +239,7 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
         ),
         {**cell("blend", {"name": "cbd"}, 0.1, 0.1, {}), "status": "failed"},
     ]
+    widened = {"name": "sieve", "target": "bimodal", "rule": "target-outliers", "widen": "trigger", "sieve_epochs": 6}
     queue = [
         cell(
             "badnets",
@@ -256,23 +257,10 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
             0.01,
             {**sieve_report, "loss_auroc": 0.897, "outlier_side": "high"},
         ),
-        cell(
-            "badnets",
-            {"name": "sieve", "target": "bimodal", "rule": "target-outliers", "widen": "trigger", "sieve_epochs": 6},
-            0.88,
-            0.007,
-            {**sieve_report, "loss_auroc": 0.899, "outlier_side": "high"},
-        ),
+        cell("badnets", widened, 0.88, 0.007, {**sieve_report, "loss_auroc": 0.899, "outlier_side": "high"}),
         # a second seed of no defense and of the 6-epoch widened sieve, and a stress cell at 1% (not seed 0's)
         cell("badnets", {"name": "none"}, 0.8, 0.9, {}, seed=1),
-        cell(
-            "badnets",
-            {"name": "sieve", "target": "bimodal", "rule": "target-outliers", "widen": "trigger", "sieve_epochs": 6},
-            0.86,
-            0.009,
-            {**sieve_report, "loss_auroc": 0.9, "outlier_side": "high"},
-            seed=1,
-        ),
+        cell("badnets", widened, 0.86, 0.009, {**sieve_report, "loss_auroc": 0.9, "outlier_side": "high"}, seed=1),
         cell("badnets", {"name": "sieve", "target": "bimodal", "rule": "target-outliers"}, 0.5, 0.5, {}, rate=0.01),
     ]
     paths = []

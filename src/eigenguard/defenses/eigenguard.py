@@ -229,9 +229,9 @@ class EigenGuardDefense(Defense):
         self.needs_clean_pool = anchors == "clean"
 
     def describe(self) -> dict[str, Any]:
-        guard = {f.name: getattr(self.guard, f.name) for f in fields(self.guard) if f.name != "solver"}
-        anchors = {"anchors": self.anchors, "anchor_count": self.anchor_count, "ranking": self.ranking}
-        return {"name": self.name, "at": self.at, **guard, **anchors, "anchor_features": self.anchor_features}
+        # the defense's own options, and the guard's but the solver (inference's, not the defense's)
+        own = {k: v for k, v in super().describe().items() if k not in ("guard", "needs_clean_pool")}
+        return own | {f.name: getattr(self.guard, f.name) for f in fields(self.guard) if f.name != "solver"}
 
     def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
         check_insertion_point(self.at, insertion_points, config.model)

@@ -10,10 +10,18 @@ from torch import nn
 
 from eigenguard.errors import EigenguardError
 from eigenguard.guard.arrowhead import FrozenHistory
-from eigenguard.guard.spectral_filter import Solver, Spectrum, filter_each_against, filter_jointly, frozen_history
+from eigenguard.guard.spectral_filter import (
+    Grad,
+    Solver,
+    Spectrum,
+    filter_each_against,
+    filter_jointly,
+    frozen_history,
+)
 
 INFERENCE_MODES = ("per-sample", "batch")
-PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+Precision = Literal["float32", "float64"]
+PRECISIONS = {name: getattr(torch, name) for name in get_args(Precision)}  # the dtype of each name
 
 
 @dataclass(frozen=True)
@@ -25,8 +33,8 @@ class GuardOptions:
     momentum: float = 0.7
     floor: float = 1e-3
     history_init: Literal["first", "zeros"] = "first"
-    grad: Literal["constant", "full"] = "constant"
-    precision: Literal["float32", "float64"] = "float32"
+    grad: Grad = "constant"
+    precision: Precision = "float32"
     spectrum: Spectrum = "paper"
     training: Literal["batch", "per-sample"] = "batch"
     solver: Solver = "secular"
@@ -38,6 +46,8 @@ class GuardOptions:
             raise EigenguardError(f"EigenGuard momentum must be in [0, 1), got {self.momentum!r}")
         if not self.floor >= 0.0:
             raise EigenguardError(f"EigenGuard floor must be >= 0, got {self.floor!r}")
+        object.__setattr__(self, "momentum", float(self.momentum))  # 0 and 0.0 print and hash as one setting
+        object.__setattr__(self, "floor", float(self.floor))
         for option in fields(self):
             allowed = choices(option.type)
             value = getattr(self, option.name)
@@ -93,15 +103,15 @@ class EigenGuard(nn.Module):
 
     history: torch.Tensor
 
-    def __init__(self, options: GuardOptions | None = None, inference: str = "per-sample", **fields: Any) -> None:
-        """`options`, or its `fields` by name (`EigenGuard(k=20)`); `inference`: the eval-mode protocol."""
+    def __init__(self, options: GuardOptions | None = None, inference: str = "per-sample", **by_name: Any) -> None:
+        """`options`, or its fields `by_name` (`EigenGuard(k=20)`); `inference`: the eval-mode protocol."""
         super().__init__()
-        if options is not None and fields:
+        if options is not None and by_name:
             raise TypeError("EigenGuard takes its options as one GuardOptions or as fields, not both")
         if inference not in INFERENCE_MODES:
             allowed = ", ".join(INFERENCE_MODES)
             raise EigenguardError(f"EigenGuard inference '{inference}' is not allowed; allowed: {allowed}")
-        self.options = options if options is not None else GuardOptions(**fields)
+        self.options = options if options is not None else GuardOptions(**by_name)
         self.inference = inference
         self.anchor_rows = 0
         self.anchor_source: Callable[[], torch.Tensor] | None = None

@@ -38,8 +38,10 @@ from eigenguard.guard.safe_eigh import safe_eigh
 
 Spectrum = Literal["paper", "equalize", "shrink"]
 Solver = Literal["secular", "eigh"]
+Grad = Literal["constant", "full"]
 SPECTRA: tuple[str, ...] = get_args(Spectrum)
 SOLVERS: tuple[str, ...] = get_args(Solver)
+GRADS: tuple[str, ...] = get_args(Grad)
 
 
 def _filter_ratio(
@@ -148,8 +150,8 @@ def filter_jointly(
     (mixing over context) @ context + (mixing over batch) @ batch, so that where only `batch` needs a
     gradient (the guard: the context is the history and the anchors) the backward pass forms a
     rows x D gradient from a rows x rows block instead of an n x D one from the whole rows x n matrix."""
-    if grad not in ("constant", "full"):
-        raise ValueError(f"unknown grad mode '{grad}'; allowed: constant, full")
+    if grad not in GRADS:
+        raise ValueError(f"unknown grad mode '{grad}'; allowed: {', '.join(GRADS)}")
     c, n = context.shape[0], context.shape[0] + batch.shape[0]
     with torch.set_grad_enabled(grad == "full" and torch.is_grad_enabled()):
         feat = torch.cat([context, batch])
@@ -216,8 +218,8 @@ def filter_each_against(
     training mode, always through eigh): gradients reach `x`, as in `filter_rows_gram`; `history` never
     gets one.
     """
-    if grad not in (None, "constant", "full"):
-        raise ValueError(f"unknown grad mode '{grad}'; allowed: constant, full")
+    if grad is not None and grad not in GRADS:
+        raise ValueError(f"unknown grad mode '{grad}'; allowed: {', '.join(GRADS)}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver '{solver}'; allowed: {', '.join(SOLVERS)}")
     if grad is None and solver == "secular" and len(history):

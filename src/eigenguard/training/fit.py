@@ -119,9 +119,13 @@ class Fit:
             modules={"model": model},
             optimizers={"sgd": self.optimizer},
             generators={"batches": self.generator, **generators},
-            tensors={} if self.sample_losses is None else {"sample_losses": self.sample_losses},
+            tensors=self._buffers(),
             record={**(record or {}), "scheduler": self.scheduler.state_dict()},
         )
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint keeps beside the weights: the per-sample loss buffer, if any."""
+        return {} if self.sample_losses is None else {"sample_losses": self.sample_losses}
 
     def resume(self, saved: Saved, *, model: nn.Module, generators: dict[str, torch.Generator]) -> None:
         """Continue from what `save` wrote (the same model, generators and recipe)."""
@@ -129,7 +133,7 @@ class Fit:
             {"model": model},
             {"sgd": self.optimizer},
             {"batches": self.generator, **generators},
-            {} if self.sample_losses is None else {"sample_losses": self.sample_losses},
+            self._buffers(),
         )
         self.scheduler.load_state_dict(saved.record["scheduler"])
         self.done = saved.step
