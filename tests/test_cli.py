@@ -91,7 +91,8 @@ def test_list(tmp_path: Path) -> None:
     proc = run_cli("list", cwd=tmp_path)
     assert proc.returncode == 0
     assert "fashion-mnist" in proc.stdout and "resnet18" in proc.stdout and "badnets" in proc.stdout
-    assert "eigenguard: at=stage1, k=20 [>= 1], momentum=0.7 [0..1]" in proc.stdout  # its options and ranges
+    assert "    k = 20  [a whole number >= 1]  top singular directions" in proc.stdout  # options, ranges, help
+    assert "    momentum = 0.7  [a number [0, 1)]" in proc.stdout
     assert "dimension-edit" in proc.stdout
 
 

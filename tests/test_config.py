@@ -88,7 +88,7 @@ def test_components_own_their_options() -> None:
         ({"defense": "ft", "defense.epoch": 3}, "unknown option 'epoch' for defense 'ft'; allowed: epochs"),
         ({"attack": "sig", "attack.sigma": 3}, "unknown option 'sigma' for attack 'sig'; allowed: delta"),
         ({"defense": "eigenguard", "defense.at": "stage9"}, "at 'stage9' is not an insertion point of resnet18"),
-        ({"defense": "eigenguard", "defense.k": 0}, "k = 0 for .eigenguard.; allowed: >= 1"),
+        ({"defense": "eigenguard", "defense.k": 0}, "k = 0 for defense .eigenguard.; allowed: a whole number >= 1"),
         ({"defense": {"k": 3}}, "defense needs a name"),
         ({"seed.x": 1}, "only attack and defense have options"),
     ],

@@ -234,15 +234,15 @@ def test_anchor_rules() -> None:
     assert sorted(pick_by_loss(losses, labels, 2, "median-loss").tolist()) == [0, 9]  # ranks 5 and 6 of 10
     assert len(pick_by_loss(losses, labels, 50, "median-loss")) == 10
     assert EigenGuardDefense(anchors="clean").needs_clean_pool and not EigenGuardDefense().needs_clean_pool
-    with pytest.raises(EigenguardError, match="anchors 'best' is not allowed; allowed: lowest-loss"):
+    with pytest.raises(EigenguardError, match=r"anchors = 'best' for defense 'eigenguard'; allowed: lowest-loss \| "):
         EigenGuardDefense(anchors="best")
-    with pytest.raises(EigenguardError, match="anchor_count 0 must be an integer >= 1"):
+    with pytest.raises(EigenguardError, match="anchor_count = 0 for defense .eigenguard.; allowed: a whole number >= 1"):
         EigenGuardDefense(anchor_count=0)
-    with pytest.raises(EigenguardError, match="EigenGuard spectrum 'flat' is not allowed"):
+    with pytest.raises(EigenguardError, match="spectrum = 'flat' for defense 'eigenguard'; allowed: paper"):
         EigenGuardDefense(spectrum="flat")
-    with pytest.raises(EigenguardError, match="EigenGuard training 'joint' is not allowed"):
+    with pytest.raises(EigenguardError, match="training = 'joint' for defense 'eigenguard'; allowed: batch"):
         EigenGuardDefense(training="joint")
-    with pytest.raises(EigenguardError, match="ranking 'eval' is not allowed; allowed: pass, training"):
+    with pytest.raises(EigenguardError, match=r"ranking = 'eval' for defense 'eigenguard'; allowed: pass \| training"):
         EigenGuardDefense(ranking="eval")
 
 
@@ -344,7 +344,7 @@ def test_detached_anchors_run_apart_from_the_batch() -> None:
     # the batch's BatchNorm statistics are its own: as without anchors, unlike the joint pass
     for a, j, d in zip(stem_statistics(alone), stem_statistics(joint), stem_statistics(detached), strict=True):
         assert torch.allclose(a, d, atol=1e-6) and not torch.allclose(a, j, atol=1e-6)
-    with pytest.raises(EigenguardError, match="anchor_features 'frozen' is not allowed; allowed: joint, detached"):
+    with pytest.raises(EigenguardError, match=r"anchor_features = 'frozen' for defense 'eigenguard'; allowed: joint \| detached"):
         EigenGuardDefense(anchor_features="frozen")
 
 
@@ -449,15 +449,15 @@ def test_insertion_into_torchvision_resnet18() -> None:
 
 def test_bad_options() -> None:
     for kwargs, pattern in (
-        ({"k": 0}, "k must be"),
+        ({"k": 0}, "k = 0 for guard 'eigenguard'; allowed: a whole number >= 1"),
         ({"momentum": 1.0}, "momentum"),
-        ({"history_init": "ones"}, "history_init 'ones'"),
+        ({"history_init": "ones"}, "history_init = 'ones'"),
         ({"inference": "single"}, "inference 'single'"),
-        ({"grad": "exact"}, "grad 'exact'"),
+        ({"grad": "exact"}, "grad = 'exact'"),
     ):
         with pytest.raises(EigenguardError, match=pattern):
             EigenGuard(**kwargs)
-    with pytest.raises(EigenguardError, match="spectrum 'flat' is not allowed; allowed: paper, equalize, shrink"):
+    with pytest.raises(EigenguardError, match=r"spectrum = 'flat' for guard 'eigenguard'; allowed: paper \| equalize \| shrink"):
         GuardOptions(spectrum="flat")  # type: ignore[arg-type]
 
 

@@ -191,10 +191,10 @@ def show_config(
 @app.command("list")
 def list_components() -> None:
     """The registered datasets, models, attacks and defenses, with every component's options."""
-    from eigenguard.attacks import ATTACKS, attack_options
+    from eigenguard.attacks import ATTACKS
     from eigenguard.config import PROFILES
     from eigenguard.data import DATASETS
-    from eigenguard.defenses import DEFENSES, defense_options
+    from eigenguard.defenses import DEFENSES
     from eigenguard.models import MODELS
 
     for kind, names in (
@@ -208,22 +208,23 @@ def list_components() -> None:
     typer.echo("attack options (attack: {name: NAME, KEY: VALUE}; --set attack.KEY=VALUE) and default poison rates:")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        options = _options_text(ATTACKS, name, attack_options(name))
-        rate = f"{cls.default_rate:g} of the {'target class' if cls.clean_label else 'training set'}"
-        typer.echo(f"  {name}: {options}; rate {rate}")
+        rate_of = "target class" if cls.clean_label else "training set"
+        typer.echo(f"  {name}: rate {cls.default_rate:g} of the {rate_of}")
+        _echo_options(ATTACKS, name)
     typer.echo("defense options (defense: {name: NAME, KEY: VALUE}; --set defense.KEY=VALUE):")
     for name in DEFENSES.names():
         cls = DEFENSES.get(name)
-        options = _options_text(DEFENSES, name, defense_options(name))
         needs = [n for n, flag in (("clean images", cls.needs_clean_pool), ("the backdoored model",
                  cls.needs_backdoored)) if flag]  # fmt: skip
-        typer.echo(f"  {name}: {options}" + (f" (needs {' and '.join(needs)})" if needs else ""))
+        typer.echo(f"  {name}" + (f" (needs {' and '.join(needs)})" if needs else ""))
+        _echo_options(DEFENSES, name)
 
 
-def _options_text(registry: Any, name: str, options: dict[str, Any]) -> str:
-    """A component's options as `eigenguard list` shows them: key=default, with its declared range."""
-    shown = [f"{k}={v}" + (f" [{r}]" if (r := registry.range_text(name, k)) else "") for k, v in options.items()]
-    return ", ".join(shown) or "-"
+def _echo_options(registry: Any, name: str) -> None:
+    """A component's options as `eigenguard list` shows them: key = default, what it allows, what it means."""
+    for key, default in registry.options(name).items():
+        shown = json.dumps(list(default) if isinstance(default, tuple) else default)  # as a config writes it
+        typer.echo(f"    {key} = {shown}  [{registry.allowed(name, key)}]  {registry.help(name, key)}")
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """Backdoor attacks. Adding one = one file with an `Attack` subclass + one `ATTACKS` entry below."""
 
+import dataclasses
+
 from eigenguard.attacks.adap_blend import AdapBlend
 from eigenguard.attacks.adap_patch import AdapPatch
 from eigenguard.attacks.badnets import BadNets, BadNetsAllToAll
@@ -30,14 +32,9 @@ for _cls in (
     ATTACKS.register(_cls.name)(_cls)
 
 
-# What every attack is given by the run, not by its options: the images' shape, the target class, the
-# run's seed, and where reusable artifacts go (CLB caches its perturbed images there).
-ATTACK_ARGS = ("image_shape", "target", "seed", "cache_dir")
-
-
 def attack_options(name: str) -> dict[str, object]:
     """The options an attack owns (`attack: {name: ..., KEY: VALUE}`), with their defaults."""
-    return ATTACKS.options(name, ATTACK_ARGS)
+    return ATTACKS.options(name)
 
 
 def create_attack(
@@ -49,11 +46,12 @@ def create_attack(
     cache_dir: str | None = None,
     **options: object,
 ) -> Attack:
-    """Build a registered attack for images of `image_shape` (C, H, W); unknown options are an error."""
+    """Build a registered attack for images of `image_shape` (C, H, W), given the run's target class, seed
+    and cache root (where CLB and Input-aware keep what they train); unknown options are an error."""
     fixed: dict[str, object] = {"target": target, "seed": seed}
-    if "cache_dir" in ATTACKS.options(name):
+    if "cache_dir" in {f.name for f in dataclasses.fields(ATTACKS.get(name))}:
         fixed["cache_dir"] = cache_dir
-    return ATTACKS.create(name, image_shape, positional=ATTACK_ARGS, fixed=fixed, **options)
+    return ATTACKS.create(name, image_shape, fixed=fixed, **options)
 
 
 __all__ = [

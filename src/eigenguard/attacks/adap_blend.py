@@ -25,13 +25,11 @@ Default rate 0.003 of the training set (the authors' CIFAR-10 value): 60 payload
 profile's 20,000.
 """
 
-from typing import ClassVar
-
 import torch
 
 from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
 def piece_masks(
@@ -52,44 +50,29 @@ def piece_masks(
     return torch.einsum("np,phw->nhw", shown, block)
 
 
+@component
 class AdapBlend(RegularisedAttack):
     name = "adap-blend"
-    RANGES: ClassVar[Ranges] = {
-        "alpha": (0, 1),
-        "test_alpha": (0, 1),
-        "cover_rate": (0, 1),
-        "pieces": (1, None),
-        "mask_rate": (0, 1),
-    }
     default_rate = 0.003
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        alpha: float = 0.15,
-        test_alpha: float = 0.2,
-        cover_rate: float = 0.003,
-        pieces: int = 16,
-        mask_rate: float = 0.5,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        if not (0 < alpha <= 1 and 0 < test_alpha <= 1):
-            raise EigenguardError(f"adap-blend alpha {alpha} and test_alpha {test_alpha} must lie in (0, 1]")
-        if not 0 <= cover_rate <= 1 or not 0 <= mask_rate < 1:
+    alpha: float = option(0.15, "blend weight of the training-time trigger", "(0, 1]")
+    test_alpha: float = option(0.2, "blend weight of the test-time trigger", "(0, 1]")
+    cover_rate: float = option(
+        0.003, "regularisation samples (trigger, true label), a fraction of the training set", "[0, 1]"
+    )
+    pieces: int = option(16, "the pattern's pieces, a square number (16: a 4 x 4 grid)", ">= 1")
+    mask_rate: float = option(0.5, "fraction of the pieces masked out of each training-time trigger", "[0, 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        side = round(self.pieces**0.5)
+        if side**2 != self.pieces or side > min(self.image_shape[1:]):
+            most = min(self.image_shape[1:]) ** 2
             raise EigenguardError(
-                f"adap-blend cover_rate {cover_rate} must lie in [0, 1], mask_rate {mask_rate} in [0, 1)"
+                f"invalid option pieces = {self.pieces} for attack 'adap-blend'; allowed: a square number up to {most}"
             )
-        if pieces < 1 or round(pieces**0.5) ** 2 != pieces:
-            raise EigenguardError(f"adap-blend pieces {pieces} must be a square number (16: a 4 x 4 grid)")
-        if round(pieces**0.5) > min(image_shape[1:]):
-            side = min(image_shape[1:])
-            raise EigenguardError(f"invalid attack option pieces = {pieces}; allowed: a square number up to {side**2}")
-        self.alpha, self.test_alpha, self.cover_rate = float(alpha), float(test_alpha), float(cover_rate)
-        self.pieces, self.mask_rate = int(pieces), float(mask_rate)
         self.pattern = torch.randint(
-            0, 256, self.image_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+            0, 256, self.image_shape, generator=torch.Generator().manual_seed(self.seed), dtype=torch.uint8
         )
 
     def blend(self, images: torch.Tensor, alpha: float, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,13 +93,3 @@ class AdapBlend(RegularisedAttack):
             self.image_shape[1:], self.pieces, round(self.mask_rate * self.pieces), len(images), generator
         )
         return self.blend(images, self.alpha, masks)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "alpha": self.alpha,
-            "test_alpha": self.test_alpha,
-            "cover_rate": self.cover_rate,
-            "pieces": self.pieces,
-            "mask_rate": self.mask_rate,
-        }

@@ -21,42 +21,34 @@ seed, with the logos' sizes, places and (for the sparse one) density. Payload fr
 classes; regularisation samples from the other non-target samples, recorded as `cross_indices`.
 """
 
-from typing import ClassVar
-
 import torch
 
 from eigenguard.attacks.base import RegularisedAttack
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 X_CHECKER = ((255, 0, 255), (0, 255, 0), (255, 0, 255))
 TRAIN_ALPHAS = (0.5, 0.2, 0.5, 0.3)
 
 
+@component
 class AdapPatch(RegularisedAttack):
     name = "adap-patch"
-    RANGES: ClassVar[Ranges] = {"cover_rate": (0, 1), "test_alpha": (0, 1)}
     default_rate = 0.003
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        cover_rate: float = 0.006,
-        alphas: tuple[float, ...] = TRAIN_ALPHAS,
-        test_alpha: float = 1.0,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
+    cover_rate: float = option(
+        0.006, "regularisation samples (trigger, true label), a fraction of the training set", "[0, 1]"
+    )
+    alphas: tuple[float, float, float, float] = option(
+        TRAIN_ALPHAS, "opacity of each of the four training-time patches", "(0, 1]"
+    )
+    test_alpha: float = option(1.0, "opacity of the test-time trigger", "(0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         c, h, w = self.image_shape
         if h < 16 or w < 16:
             raise EigenguardError(f"adap-patch needs images of at least 16 x 16 pixels, got {h} x {w}")
-        alphas = tuple(float(a) for a in alphas)
-        if len(alphas) != 4 or not all(0 < a <= 1 for a in (*alphas, test_alpha)):
-            raise EigenguardError(f"adap-patch alphas {alphas} must be 4 values in (0, 1], test_alpha in (0, 1]")
-        if not 0 <= cover_rate <= 1:
-            raise EigenguardError(f"adap-patch cover_rate {cover_rate} must lie in [0, 1]")
-        self.cover_rate, self.alphas, self.test_alpha = float(cover_rate), alphas, float(test_alpha)
         g = torch.Generator().manual_seed(self.seed)
         noise = torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8)
         self.patterns = torch.zeros(4, c, h, w, dtype=torch.uint8)
@@ -95,11 +87,3 @@ class AdapPatch(RegularisedAttack):
             part = slice(bounds[j], bounds[j + 1])
             out[part] = self._stamp(images[part], self.patterns[j], self.masks[j], self.alphas[j])
         return out
-
-    def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "cover_rate": self.cover_rate,
-            "alphas": list(self.alphas),
-            "test_alpha": self.test_alpha,
-        }

@@ -11,16 +11,16 @@ Two label modes, one trigger:
   images predicted as their shifted label (every test image is a source; `target` is unused).
 """
 
-from typing import ClassVar
+from typing import Literal
 
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 CHECKERBOARD = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
-CORNERS = ("br", "bl", "tr", "tl")
+Corner = Literal["br", "bl", "tr", "tl"]
 
 
 def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,33 +36,29 @@ def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str)
     return pattern, mask
 
 
+@component
 class BadNets(Attack):
     name = "badnets"
-    RANGES: ClassVar[Ranges] = {"size": (1, None)}
     LATE_OPTIONS = ("size", "corner")  # left out of a cell's key at its default (registry.complete)
 
-    def __init__(
-        self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0, size: int = 3, corner: str = "br"
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        side = min(image_shape[1:])
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= side:
-            raise EigenguardError(f"invalid attack option size = {size!r}; allowed: an integer in 1..{side}")
-        if corner not in CORNERS:
-            raise EigenguardError(f"invalid attack option corner = {corner!r}; allowed: {', '.join(CORNERS)}")
-        self.size, self.corner = size, corner
-        rows = torch.arange(size) % 3
-        patch = torch.tensor(CHECKERBOARD, dtype=torch.uint8)[rows][:, rows]
-        self.pattern, self.mask = corner_patch(self.image_shape, patch, corner)
+    size: int = option(3, "side of the patch in pixels (the 3 x 3 pattern tiled)", ">= 1")
+    corner: Corner = option("br", "the corner the patch is stamped in")
 
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "size": self.size, "corner": self.corner}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        side = min(self.image_shape[1:])
+        if self.size > side:
+            raise EigenguardError(f"invalid option size = {self.size!r} for attack 'badnets'; allowed: 1..{side}")
+        rows = torch.arange(self.size) % 3
+        patch = torch.tensor(CHECKERBOARD, dtype=torch.uint8)[rows][:, rows]
+        self.pattern, self.mask = corner_patch(self.image_shape, patch, self.corner)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(images.device)
         return torch.where(mask, self.pattern.to(images.device), images)
 
 
+@component
 class BadNetsAllToAll(BadNets):
     name = "badnets-all2all"
 

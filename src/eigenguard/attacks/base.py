@@ -17,11 +17,13 @@ log shows the minutes it spends there.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.options import Configurable, component, options_of
 
 
 @dataclass
@@ -50,30 +52,41 @@ def quiet(message: str) -> None:
     """The default progress sink of an attack: says nothing."""
 
 
-class Attack:
-    """Base class. Subclasses set `name` and implement `apply`.
+@component
+class Attack(Configurable):
+    """Base class. Subclasses set `name`, declare their options (options.py) and implement `apply`.
 
     image_shape: (C, H, W) of the images the trigger will be stamped on.
     target: the class every triggered input should be sent to (all-to-one).
     seed: seeds any randomness of the trigger itself (e.g. Blend's noise pattern).
+    These three come from the run, not from the attack's options.
     """
 
-    name: str = "attack"
-    clean_label: bool = False
-    default_rate: float = 0.1  # the paper's rate for this attack (a fraction of `rate_of`)
-    say: Callable[[str], None] = staticmethod(quiet)  # progress lines of an attack that trains
+    role: ClassVar[str] = "attack"
+    name: ClassVar[str] = "attack"
+    clean_label: ClassVar[bool] = False
+    default_rate: ClassVar[float] = 0.1  # the paper's rate for this attack (a fraction of `rate_of`)
+    say: ClassVar[Callable[[str], None]] = staticmethod(quiet)  # progress lines of an attack that trains
 
-    def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0) -> None:
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.target = int(target)
-        self.seed = int(seed)
+    image_shape: tuple[int, int, int]
+    target: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+        self.target, self.seed = int(self.target), int(self.seed)
+        super().__post_init__()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """Stamp the trigger on a uint8 batch (N, C, H, W); returns a new uint8 batch."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
-        """The attack's parameters, for the run's config record."""
+        """The attack's parameters, for the run's config record: the run's, then its own options."""
+        return self.run_record() | {k: list(v) if isinstance(v, tuple) else v for k, v in options_of(self).items()}
+
+    def run_record(self) -> dict[str, object]:
+        """What the run decides about the attack."""
         return {"name": self.name, "target": self.target, "seed": self.seed, "clean_label": self.clean_label}
 
     @property
@@ -170,7 +183,7 @@ class RegularisedAttack(Attack):
     """An attack whose training-time trigger differs from its test-time one (`apply`), and whose triggered
     training samples include regularisation samples (`cover_rate` of the training set, drawn outside the
     payload and the target class) that keep their true labels (Adap-Blend, Adap-Patch). Subclasses set
-    `cover_rate` and implement `training_trigger`."""
+    `cover_rate` (an option) and implement `training_trigger`."""
 
     cover_rate: float
 

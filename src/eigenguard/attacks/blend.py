@@ -4,24 +4,20 @@ t is uniform noise in [0, 255], one value per pixel and channel, drawn once from
 the same seed gives the same trigger on every machine. alpha = 0.2 as in the paper.
 """
 
-from typing import ClassVar
-
 import torch
 
 from eigenguard.attacks.base import Attack
-from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
+@component
 class Blend(Attack):
     name = "blend"
-    RANGES: ClassVar[Ranges] = {"alpha": (0, 1)}
 
-    def __init__(self, image_shape: tuple[int, int, int], target: int = 0, seed: int = 0, alpha: float = 0.2) -> None:
-        super().__init__(image_shape, target, seed)
-        if not 0.0 < alpha <= 1.0:
-            raise EigenguardError(f"blend alpha {alpha} is outside the allowed range (0, 1]")
-        self.alpha = float(alpha)
+    alpha: float = option(0.2, "weight of the noise pattern in the blend", "(0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         generator = torch.Generator().manual_seed(self.seed)
         self.pattern = torch.randint(0, 256, self.image_shape, generator=generator, dtype=torch.uint8)
 
@@ -29,6 +25,3 @@ class Blend(Attack):
         pattern = self.pattern.to(images.device, torch.float32)
         blended = self.alpha * pattern + (1.0 - self.alpha) * images.float()
         return blended.round_().clamp_(0, 255).to(torch.uint8)
-
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "alpha": self.alpha}

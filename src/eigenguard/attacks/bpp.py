@@ -26,14 +26,11 @@ Our choices, where the paper and the code leave them open or do not fit this lib
   plain cross-entropy; no adversarial examples are generated, and none are here.
 """
 
-from typing import ClassVar
-
 import torch
 
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 # Floyd-Steinberg: (row offset, column offset, weight) of the error passed on from a pixel
 DIFFUSION = ((0, 1, 7 / 16), (1, -1, 3 / 16), (1, 0, 5 / 16), (1, 1, 1 / 16))
@@ -64,25 +61,13 @@ def floyd_steinberg(images: torch.Tensor, levels: int) -> torch.Tensor:
     return out
 
 
+@component
 class BppAttack(Attack):
     name = "bpp"
-    RANGES: ClassVar[Ranges] = {"squeeze_num": (2, 256), "negative_ratio": (0, None)}
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        squeeze_num: int = 8,
-        dithering: bool = True,
-        negative_ratio: float = 1.0,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        if not 2 <= squeeze_num <= 255:
-            raise EigenguardError(f"bpp squeeze_num {squeeze_num} must lie in [2, 255] (levels per channel)")
-        if not negative_ratio >= 0:
-            raise EigenguardError(f"bpp negative_ratio {negative_ratio} must be >= 0 (negatives per poison)")
-        self.squeeze_num, self.dithering, self.negative_ratio = int(squeeze_num), bool(dithering), float(negative_ratio)
+    squeeze_num: int = option(8, "levels per channel after quantisation", "[2, 255]")
+    dithering: bool = option(True, "Floyd-Steinberg dithering of the quantisation")
+    negative_ratio: float = option(1.0, "negative samples (another image's residual, true label) per poison", ">= 0")
 
     def _quantised(self, images: torch.Tensor) -> torch.Tensor:
         values = images.float()
@@ -110,11 +95,3 @@ class BppAttack(Attack):
         result.dataset.images[negatives] = shifted.round().clamp(0, 255).to(torch.uint8)
         result.cross_indices = negatives
         return result
-
-    def describe(self) -> dict[str, object]:
-        return {
-            **super().describe(),
-            "squeeze_num": self.squeeze_num,
-            "dithering": self.dithering,
-            "negative_ratio": self.negative_ratio,
-        }

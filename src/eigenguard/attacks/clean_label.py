@@ -43,7 +43,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Literal
 
 import torch
 
@@ -55,82 +55,53 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
 from eigenguard.models import MODELS, create_model
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.evaluate import accuracy
 from eigenguard.training.fit import Fit, Recipe
 
 CACHE_FORMAT = 1  # bump when the cached computation changes in a way the key does not capture
-SURROGATE_TRAINING = ("adversarial", "standard")
 
 
+@component
 class CleanLabel(Attack):
     name = "clb"
-    RANGES: ClassVar[Ranges] = {
-        "epsilon": (0, 1),
-        "pgd_steps": (0, None),
-        "pgd_step_size": (0, 1),
-        "surrogate_width": (0.01, 16),
-        "surrogate_epochs": (1, None),
-        "surrogate_epsilon": (0, 1),
-        "surrogate_pgd_steps": (0, None),
-    }
     clean_label = True
     default_rate = 0.8
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        epsilon: float = 16 / 255,
-        pgd_steps: int = 10,
-        pgd_step_size: float | None = None,
-        surrogate_model: str = "resnet18",
-        surrogate_width: float = 0.25,
-        surrogate_epochs: int = 6,
-        surrogate_training: str = "adversarial",
-        surrogate_epsilon: float | None = None,
-        surrogate_pgd_steps: int = 3,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        if not 0.0 <= epsilon <= 1.0:
-            raise EigenguardError(f"clb epsilon {epsilon} is outside the allowed range [0, 1] (16/255 = 0.0627)")
-        if pgd_steps < 0 or surrogate_epochs < 1:
-            raise EigenguardError(
-                f"clb pgd_steps {pgd_steps} must be >= 0 and surrogate_epochs {surrogate_epochs} must be >= 1"
-            )
-        if surrogate_training not in SURROGATE_TRAINING:
-            allowed = ", ".join(SURROGATE_TRAINING)
-            raise EigenguardError(f"clb surrogate_training '{surrogate_training}' unknown; allowed: {allowed}")
-        surrogate_epsilon = epsilon / 2 if surrogate_epsilon is None else surrogate_epsilon
-        if not 0.0 <= surrogate_epsilon <= 1.0 or surrogate_pgd_steps < 1:
-            raise EigenguardError(
-                f"clb surrogate_epsilon {surrogate_epsilon} must lie in [0, 1] and surrogate_pgd_steps "
-                f"{surrogate_pgd_steps} must be >= 1"
-            )
-        if surrogate_model not in MODELS:
+    epsilon: float = option(16 / 255, "L-inf budget of the PGD perturbation, on [0, 1] pixels", "[0, 1]")
+    pgd_steps: int = option(10, "PGD steps against the surrogate (0: no perturbation)", ">= 0")
+    pgd_step_size: float | None = option(None, "PGD step size (null: 2.5 epsilon / pgd_steps)", "[0, 1]")
+    surrogate_model: str = option("resnet18", "architecture of the attacker's surrogate (a registered model)")
+    surrogate_width: float = option(0.25, "width multiplier of the surrogate", "[0.01, 16]")
+    surrogate_epochs: int = option(6, "epochs the surrogate trains", ">= 1")
+    surrogate_training: Literal["adversarial", "standard"] = option("adversarial", "how the surrogate trains")
+    surrogate_epsilon: float | None = option(
+        None, "L-inf budget of the surrogate's adversarial training (null: epsilon / 2)", "[0, 1]"
+    )
+    surrogate_pgd_steps: int = option(3, "PGD steps of the surrogate's adversarial training", ">= 1")
+    cache_dir: str | None = None  # the run's cache root: the perturbed images and the surrogate are kept there
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.surrogate_model not in MODELS:
             allowed = ", ".join(MODELS.names())
-            raise EigenguardError(f"clb surrogate_model '{surrogate_model}' unknown; allowed: {allowed}")
-        self.epsilon = float(epsilon)
-        self.pgd_steps = int(pgd_steps)
-        self.pgd_step_size = float(pgd_step_size if pgd_step_size is not None else 2.5 * epsilon / max(pgd_steps, 1))
-        self.surrogate_model = surrogate_model
-        self.surrogate_width = float(surrogate_width)
-        self.surrogate_epochs = int(surrogate_epochs)
-        self.surrogate_training = surrogate_training
-        self.surrogate_epsilon = float(surrogate_epsilon)
-        self.surrogate_pgd_steps = int(surrogate_pgd_steps)
+            raise EigenguardError(
+                f"invalid option surrogate_model = {self.surrogate_model!r} for attack 'clb'; allowed: {allowed}"
+            )
+        if self.surrogate_epsilon is None:
+            self.surrogate_epsilon = self.epsilon / 2
+        if self.pgd_step_size is None:
+            self.pgd_step_size = 2.5 * self.epsilon / max(self.pgd_steps, 1)
         self.surrogate: dict[str, object] = {  # what the cache key and metrics.json record
-            "model": surrogate_model,
+            "model": self.surrogate_model,
             "width": self.surrogate_width,
             "epochs": self.surrogate_epochs,
-            "training": surrogate_training,
+            "training": self.surrogate_training,
         }
-        if surrogate_training == "adversarial":
+        if self.surrogate_training == "adversarial":
             self.surrogate |= {"epsilon": self.surrogate_epsilon, "pgd_steps": self.surrogate_pgd_steps}
-        self.cache_dir = cache_root(cache_dir) / "clb"
+        self.cache_folder = cache_root(self.cache_dir) / "clb"
         self.cache_hit: bool | None = None  # set by poison(): whether the perturbed images came from the cache
         self.cache_file: Path | None = None
         self.surrogate_report: dict[str, float] = {}
@@ -171,7 +142,7 @@ class CleanLabel(Attack):
 
     def perturbed_target_images(self, train: ImageDataset) -> torch.Tensor:
         """PGD versions of every target-class image of `train`, in index order, from the cache if present."""
-        self.cache_file = self.cache_dir / f"clb-{self.cache_key(train)}.safetensors"
+        self.cache_file = self.cache_folder / f"clb-{self.cache_key(train)}.safetensors"
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             images = self._perturb(train)
@@ -212,7 +183,7 @@ class CleanLabel(Attack):
         """The trained surrogate, from <cache>/clb/surrogate-<key>.safetensors when this training set, seed and
         surrogate recipe were seen before (a sweep over the PGD settings trains it once)."""
         parameters = {"format": CACHE_FORMAT, "seed": self.seed, "surrogate": self.surrogate}
-        path = self.cache_dir / f"surrogate-{self.cache_key(train, parameters)}.safetensors"
+        path = self.cache_folder / f"surrogate-{self.cache_key(train, parameters)}.safetensors"
         normalize = Normalize(train.mean, train.std, train.images.device)
         trained: list[torch.nn.Module] = []
 
@@ -285,8 +256,9 @@ class CleanLabel(Attack):
         return Recipe(epochs=self.surrogate_epochs, batch_size=256, flip=False)
 
     def describe(self) -> dict[str, object]:
+        # the surrogate's options are recorded as the one dict its cache key reads, and only when it is used
         return {
-            **super().describe(),
+            **self.run_record(),
             "epsilon": self.epsilon,
             "pgd_steps": self.pgd_steps,
             "pgd_step_size": self.pgd_step_size,

@@ -31,7 +31,7 @@ their training (a killed run trains them again).
 
 import json
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import augment
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option, options_of
 
 EPS = 1e-7
 
@@ -88,53 +88,27 @@ def diversity(a: torch.Tensor, b: torch.Tensor, pa: torch.Tensor, pb: torch.Tens
     return (d_in / (d_out + EPS)).mean()
 
 
+@component
 class InputAware(Attack):
     name = "input-aware"
-    RANGES: ClassVar[Ranges] = {
-        "cross_ratio": (0, None),
-        "mask_epochs": (0, None),
-        "generator_epochs": (1, None),
-        "mask_density": (0, 1),
-        "lambda_norm": (0, None),
-        "lambda_div": (0, None),
-        "batch_size": (1, None),
-        "surrogate_width": (0.01, 16),
-    }
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        cross_ratio: float = 1.0,
-        mask_epochs: int = 5,
-        generator_epochs: int = 20,
-        mask_density: float = 0.032,
-        lambda_norm: float = 100.0,
-        lambda_div: float = 1.0,
-        batch_size: int = 128,
-        surrogate_width: float = 0.25,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
+    cross_ratio: float = option(1.0, "cross-trigger samples (another image's trigger, true label) per poison", ">= 0")
+    mask_epochs: int = option(5, "epochs of the mask generator's own training", ">= 1")
+    generator_epochs: int = option(20, "epochs of the joint training of the generators and the classifier", ">= 1")
+    mask_density: float = option(0.032, "the mask's target density", "[0, 1]")
+    lambda_norm: float = option(100.0, "weight of the mask's density loss", ">= 0")
+    lambda_div: float = option(1.0, "weight of the diversity loss", ">= 0")
+    batch_size: int = option(128, "batch size of the attacker's training", ">= 10")
+    surrogate_width: float = option(0.25, "width multiplier of the attacker's classifier", "[0.01, 16]")
+    cache_dir: str | None = None  # the run's cache root: the trained generators are kept there
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         c, h, w = self.image_shape
         self.width, self.steps = (16, 2) if c == 1 else (32, 3)
         if h % 2**self.steps or w % 2**self.steps:
             raise EigenguardError(f"input-aware needs image sides divisible by {2**self.steps}, got {h} x {w}")
-        if mask_epochs < 1 or generator_epochs < 1 or batch_size < 10 or cross_ratio < 0:
-            raise EigenguardError("input-aware mask_epochs, generator_epochs >= 1, batch_size >= 10, cross_ratio >= 0")
-        self.cross_ratio, self.mask_epochs, self.generator_epochs = (
-            float(cross_ratio),
-            int(mask_epochs),
-            int(generator_epochs),
-        )
-        self.mask_density, self.lambda_norm, self.lambda_div = (
-            float(mask_density),
-            float(lambda_norm),
-            float(lambda_div),
-        )
-        self.batch_size, self.surrogate_width = int(batch_size), float(surrogate_width)
-        self.cache_dir = cache_root(cache_dir) / "input-aware"
+        self.cache_folder = cache_root(self.cache_dir) / "input-aware"
         self.pattern_net: TriggerGenerator | None = None
         self.mask_net: TriggerGenerator | None = None
         self.report: dict[str, Any] = {}
@@ -159,11 +133,6 @@ class InputAware(Attack):
         return self._triggered(images, images)
 
     # -- the attacker's training ------------------------------------------------------------------------
-
-    def options(self) -> dict[str, Any]:
-        names = ("cross_ratio", "mask_epochs", "generator_epochs", "mask_density", "lambda_norm", "lambda_div",
-                 "batch_size", "surrogate_width")  # fmt: skip
-        return {name: getattr(self, name) for name in names}
 
     def _networks(self, device: torch.device, classes: int) -> tuple[TriggerGenerator, TriggerGenerator, nn.Module]:
         c = self.image_shape[0]
@@ -249,9 +218,9 @@ class InputAware(Attack):
     def _trained(self, train: ImageDataset) -> None:
         """G and M from the cache, or trained (and stored) first."""
         # cross_ratio only says how many cross samples poison() adds: the generators' training does not see it
-        trained_by = {k: v for k, v in self.options().items() if k != "cross_ratio"}
+        trained_by = {k: v for k, v in options_of(self).items() if k != "cross_ratio"}
         key = digest({**trained_by, "seed": self.seed, "device": train.images.device.type}, fingerprint(train))
-        path = self.cache_dir / f"generators-{key}.safetensors"
+        path = self.cache_folder / f"generators-{key}.safetensors"
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             started = time.perf_counter()
@@ -282,4 +251,4 @@ class InputAware(Attack):
         return result
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), **self.options(), **self.report}
+        return {**super().describe(), **self.report}

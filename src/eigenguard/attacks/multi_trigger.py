@@ -20,43 +20,32 @@ Poisoned training sample number j (in index order) gets trigger j mod m, so ever
 (the sample order is itself random). Test image j gets trigger j mod m: the ASR averages all m triggers.
 """
 
-from typing import ClassVar
+from typing import Literal
 
 import torch
 
 from eigenguard.attacks.base import Attack
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 PATCH = 3
 
 
+@component
 class MultiTrigger(Attack):
     name = "multi-trigger"
-    RANGES: ClassVar[Ranges] = {"m": (1, 1000), "alpha": (0, 1)}  # m full-size patterns are held in memory
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        m: int = 40,
-        kind: str = "patch",
-        alpha: float = 0.1,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        if m < 1:
-            raise EigenguardError(f"multi-trigger m {m} must be >= 1")
-        if kind not in ("patch", "blend"):
-            raise EigenguardError(f"multi-trigger kind '{kind}' unknown; allowed: patch, blend")
-        if not 0.0 < alpha <= 1.0:
-            raise EigenguardError(f"multi-trigger alpha {alpha} is outside the allowed range (0, 1]")
+    m: int = option(40, "number of distinct triggers (held in memory at full size)", "[1, 1000]")
+    kind: Literal["patch", "blend"] = option("patch", "random 3 x 3 patches, or random full-image blends")
+    alpha: float = option(0.1, "weight of a blend trigger", "(0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         c, h, w = self.image_shape
-        if kind == "patch" and (h < PATCH or w < PATCH):
+        if self.kind == "patch" and (h < PATCH or w < PATCH):
             raise EigenguardError(f"multi-trigger patches need images of at least {PATCH}x{PATCH}, got {h}x{w}")
-        self.m, self.kind, self.alpha = int(m), kind, float(alpha)
         g = torch.Generator().manual_seed(self.seed)
-        if kind == "patch":
+        if self.kind == "patch":
             bits = torch.randint(0, 2, (self.m, PATCH, PATCH), generator=g, dtype=torch.uint8) * 255
             rows = torch.randint(0, h - PATCH + 1, (self.m,), generator=g)
             cols = torch.randint(0, w - PATCH + 1, (self.m,), generator=g)
@@ -86,5 +75,5 @@ class MultiTrigger(Attack):
         return self.apply_trigger(images, self.which(len(images), images.device))
 
     def describe(self) -> dict[str, object]:
-        extra = {"alpha": self.alpha} if self.kind == "blend" else {}
-        return {**super().describe(), "m": self.m, "kind": self.kind, **extra}
+        described = super().describe()  # a patch trigger has no alpha: its record leaves it out
+        return described if self.kind == "blend" else {k: v for k, v in described.items() if k != "alpha"}

@@ -15,41 +15,28 @@ threat model of every other attack here). Fixed noise samples are a weaker regul
 re-drawn ones, which can only make the backdoor easier to plant, not harder.
 """
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 
 from eigenguard.attacks.base import Attack, PoisonedTrainingSet
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
+@component
 class WaNet(Attack):
     name = "wanet"
-    RANGES: ClassVar[Ranges] = {
-        "grid_k": (2, None),
-        "strength": (0, None),
-        "cross_ratio": (0, None),
-    }
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        target: int = 0,
-        seed: int = 0,
-        grid_k: int = 4,
-        strength: float = 0.5,
-        cross_ratio: float = 2.0,
-    ) -> None:
-        super().__init__(image_shape, target, seed)
-        if not 2 <= grid_k <= min(image_shape[1:]):  # a control grid finer than the pixels warps nothing more
-            raise EigenguardError(f"invalid attack option grid_k = {grid_k}; allowed: 2..{min(image_shape[1:])}")
-        if not strength > 0 or cross_ratio < 0:
-            raise EigenguardError(f"wanet strength {strength} must be > 0 and cross_ratio {cross_ratio} >= 0")
-        self.grid_k, self.strength, self.cross_ratio = int(grid_k), float(strength), float(cross_ratio)
+    grid_k: int = option(4, "side of the random control grid of the warp", ">= 2")
+    strength: float = option(0.5, "largest displacement, in pixels", "> 0")
+    cross_ratio: float = option(2.0, "noise-mode samples per poisoned sample", ">= 0")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _, h, w = self.image_shape
+        if self.grid_k > min(h, w):  # a control grid finer than the pixels warps nothing more
+            raise EigenguardError(f"invalid option grid_k = {self.grid_k} for attack 'wanet'; allowed: 2..{min(h, w)}")
         generator = torch.Generator().manual_seed(self.seed)
         offsets = torch.rand(1, 2, self.grid_k, self.grid_k, generator=generator) * 2 - 1
         offsets = offsets / offsets.abs().mean()
@@ -82,6 +69,3 @@ class WaNet(Attack):
         result.dataset.images[cross] = self.noise_warp(train.images[cross], generator)
         result.cross_indices = cross
         return result
-
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "grid_k": self.grid_k, "strength": self.strength, "cross_ratio": self.cross_ratio}

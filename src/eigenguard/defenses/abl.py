@@ -15,14 +15,14 @@ isolation is 20% of the config's epochs, training on the rest takes the other 80
 The report gives the isolation precision (fraction of isolated samples that were really poisoned) and recall.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.evaluate import per_sample_loss
 
 
@@ -38,36 +38,16 @@ def ascent_loss(logits: torch.Tensor, labels: torch.Tensor, _inputs: torch.Tenso
     return -F.cross_entropy(logits, labels)
 
 
+@component
 class ABL(Defense):
     name = "abl"
-    RANGES: ClassVar[Ranges] = {
-        "isolation_rate": (0, 1),
-        "gamma": (0, None),
-        "isolation_epochs": (1, None),
-        "training_epochs": (0, None),
-        "unlearning_epochs": (0, None),
-        "unlearning_lr": (0, None),
-    }
 
-    def __init__(
-        self,
-        isolation_rate: float = 0.1,
-        gamma: float = 0.5,
-        isolation_epochs: int | None = None,
-        training_epochs: int | None = None,
-        unlearning_epochs: int | None = None,
-        unlearning_lr: float = 5e-4,
-    ) -> None:
-        if not 0 < isolation_rate < 1 or gamma < 0 or not unlearning_lr > 0:
-            raise ValueError(
-                f"need isolation_rate in (0, 1), gamma >= 0, unlearning_lr > 0; got {isolation_rate}, {gamma}"
-            )
-        self.isolation_rate, self.gamma, self.unlearning_lr = float(isolation_rate), float(gamma), float(unlearning_lr)
-        self.isolation_epochs, self.training_epochs, self.unlearning_epochs = (
-            isolation_epochs,
-            training_epochs,
-            unlearning_epochs,
-        )
+    isolation_rate: float = option(0.1, "fraction of the training set isolated as suspects (lowest loss)", "(0, 1)")
+    gamma: float = option(0.5, "the loss floor of local gradient ascent", ">= 0")
+    isolation_epochs: int | None = option(None, "epochs of isolation (null: 20% of the config's)", ">= 1")
+    training_epochs: int | None = option(None, "epochs on the rest (null: the other 80%)", ">= 0")
+    unlearning_epochs: int | None = option(None, "epochs of unlearning the isolated set (null: 5%, at least 1)", ">= 0")
+    unlearning_lr: float = option(5e-4, "SGD lr of the unlearning", "> 0")
 
     def epochs(self, total: int) -> tuple[int, int, int]:
         iso = self.isolation_epochs if self.isolation_epochs is not None else max(1, round(0.2 * total))

@@ -25,7 +25,7 @@ with the masks of an uninterrupted one.
 """
 
 import copy
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,47 +33,27 @@ from torch import nn
 from torch.func import functional_call
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.affine]
 
 
+@component
 class ANP(Defense):
     name = "anp"
-    RANGES: ClassVar[Ranges] = {
-        "epsilon": (0, None),
-        "alpha": (0, 1),
-        "iterations": (1, None),
-        "batch_size": (1, None),
-        "mask_lr": (0, None),
-        "noise_steps": (0, None),
-        "threshold": (0, 1),
-    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True
 
-    def __init__(
-        self,
-        epsilon: float = 0.4,
-        alpha: float = 0.2,
-        iterations: int = 2000,
-        batch_size: int = 128,
-        mask_lr: float = 0.2,
-        noise_steps: int = 1,
-        threshold: float = 0.2,
-    ) -> None:
-        if not 0 <= epsilon < 1 or not 0 <= alpha <= 1 or not 0 <= threshold <= 1:
-            raise ValueError(
-                f"need epsilon in [0, 1), alpha and threshold in [0, 1]; got {epsilon}, {alpha}, {threshold}"
-            )
-        if iterations < 1 or batch_size < 1 or noise_steps < 0 or not mask_lr > 0:
-            raise ValueError("iterations and batch_size must be >= 1, noise_steps >= 0, mask_lr > 0")
-        self.epsilon, self.alpha, self.iterations = float(epsilon), float(alpha), int(iterations)
-        self.batch_size, self.mask_lr, self.noise_steps = int(batch_size), float(mask_lr), int(noise_steps)
-        self.threshold = float(threshold)
+    epsilon: float = option(0.4, "bound of the neurons' adversarial perturbation", "[0, 1)")
+    alpha: float = option(0.2, "weight of the clean masked loss against the perturbed one", "[0, 1]")
+    iterations: int = option(2000, "mask optimisation steps", ">= 1")
+    batch_size: int = option(128, "clean images per step", ">= 1")
+    mask_lr: float = option(0.2, "SGD lr of the masks", "> 0")
+    noise_steps: int = option(1, "ascent steps on the perturbation per iteration", ">= 0")
+    threshold: float = option(0.2, "neurons whose mask ends below it are pruned", "[0, 1]")
 
     def optimise_masks(self, model: nn.Module, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         """The learned mask of every BatchNorm layer (name -> (C,) tensor in [0, 1]); `model` is not changed."""

@@ -34,7 +34,7 @@ The epoch loop checkpoints after every epoch as the run's phase "asd".
 
 import copy
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch import nn
 
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.evaluate import eval_logits
 
 RCE_LOG = -math.log(1e-4)
@@ -59,46 +59,22 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
     return q / q.sum(1, keepdim=True)
 
 
+@component
 class ASD(Defense):
     name = "asd"
-    RANGES: ClassVar[Ranges] = {
-        "epochs": (1, None),
-        "iterations": (1, None),
-        "batch_size": (1, None),
-        "lr": (0, None),
-        "seeds_per_class": (1, None),
-        "clean_fraction": (0, 1),
-        "meta_lr": (0, None),
-        "temperature": (1e-06, None),
-        "mixup_alpha": (0, None),
-        "lambda_u": (0, None),
-    }
     needs_clean_pool = True
     final_evaluation = True
 
-    def __init__(
-        self,
-        epochs: int | None = None,
-        iterations: int | None = 1024,
-        batch_size: int = 64,
-        lr: float = 0.002,
-        seeds_per_class: int = 10,
-        clean_fraction: float = 0.5,
-        meta_lr: float = 0.015,
-        temperature: float = 0.5,
-        mixup_alpha: float = 0.75,
-        lambda_u: float = 15.0,
-    ) -> None:
-        if epochs is not None and epochs < 4:
-            raise ValueError(f"asd epochs {epochs} must be >= 4 (three stages), or null for the config's")
-        if (iterations is not None and iterations < 1) or batch_size < 1 or seeds_per_class < 1:
-            raise ValueError("asd iterations (or null), batch_size and seeds_per_class must be >= 1")
-        if not (0 < clean_fraction < 1 and lr > 0 and meta_lr > 0 and temperature > 0 and mixup_alpha > 0):
-            raise ValueError("asd clean_fraction must lie in (0, 1); lr, meta_lr, temperature, mixup_alpha > 0")
-        self.epochs, self.iterations, self.batch_size = epochs, iterations, int(batch_size)
-        self.lr, self.seeds_per_class, self.clean_fraction = float(lr), int(seeds_per_class), float(clean_fraction)
-        self.meta_lr, self.temperature, self.mixup_alpha = float(meta_lr), float(temperature), float(mixup_alpha)
-        self.lambda_u = float(lambda_u)
+    epochs: int | None = option(None, "epochs over the three stages (null: the config's)", ">= 4")
+    iterations: int | None = option(1024, "MixMatch steps per epoch (null: one pass over the training set)", ">= 1")
+    batch_size: int = option(64, "labelled and unlabelled images per step, each", ">= 1")
+    lr: float = option(0.002, "Adam lr", "> 0")
+    seeds_per_class: int = option(10, "clean images per class in the seed pool", ">= 1")
+    clean_fraction: float = option(0.5, "fraction of the training set kept labelled in stages 2 and 3", "(0, 1)")
+    meta_lr: float = option(0.015, "Adam lr of the virtual model of the meta-split", "> 0")
+    temperature: float = option(0.5, "sharpening temperature of the guessed labels", "> 0")
+    mixup_alpha: float = option(0.75, "Beta parameter of MixUp", "> 0")
+    lambda_u: float = option(15.0, "weight of the unlabelled loss (ramped up linearly)", ">= 0")
 
     # -- the split --------------------------------------------------------------------------------
 

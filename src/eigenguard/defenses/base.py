@@ -12,7 +12,7 @@ it removed were really poisoned).
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from eigenguard.config import TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.errors import EigenguardError
+from eigenguard.options import Configurable, component, options_of
 from eigenguard.training.trainer import Trainer
 
 
@@ -72,11 +73,13 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float | None:
     return round((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), 4)
 
 
-class Defense:
-    """Base class. Subclasses set `name`, declare what they need, and implement `run`.
+@component
+class Defense(Configurable):
+    """Base class. Subclasses set `name`, declare their options (options.py) and what they need, and
+    implement `run`.
 
-    Options are the keyword arguments of `__init__`, with documented defaults: in a config
-    `defense: {name: ft, epochs: 5}`, on the command line `--set defense.epochs=5`.
+    Options are set in a config as `defense: {name: ft, epochs: 5}`, on the command line as
+    `--set defense.epochs=5`.
 
     What a defense needs, declared so the pipeline provides it and the harness orders grid cells by it:
     - `needs_clean_pool`: the defender's clean images (`clean_samples` of them, or the run is refused);
@@ -86,10 +89,11 @@ class Defense:
       it after (or without) the evaluation at the end of its last fit (pruning, masks) or repaired it.
     """
 
-    name: str = "defense"
-    needs_clean_pool: bool = False
-    needs_backdoored: bool = False
-    final_evaluation: bool = False
+    role: ClassVar[str] = "defense"
+    name: ClassVar[str] = "defense"
+    needs_clean_pool: ClassVar[bool] = False  # set per instance where an option decides it
+    needs_backdoored: ClassVar[bool] = False
+    final_evaluation: ClassVar[bool] = False
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         raise NotImplementedError
@@ -103,8 +107,7 @@ class Defense:
         state dict loads into it. Most defenses only change weights: nothing to do."""
 
     def describe(self) -> dict[str, Any]:
-        options = {k: v for k, v in vars(self).items() if not k.startswith("_")}
-        return {"name": self.name, **options}
+        return {"name": self.name, **options_of(self)}
 
 
 def check_insertion_point(at: str, insertion_points: tuple[str, ...], model_name: str) -> None:

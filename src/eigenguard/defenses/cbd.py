@@ -18,15 +18,14 @@ The report gives how well the final weights separate the poisons (AUROC of 1 - w
 poisons and on the rest) on the un-augmented training set: ground truth for the report only.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.loop import LossFn
 
@@ -49,16 +48,12 @@ def weighted_loss(backdoored: nn.Module) -> LossFn:
     return loss_fn
 
 
+@component
 class CBD(Defense):
     name = "cbd"
-    RANGES: ClassVar[Ranges] = {"backdoor_epochs": (1, None), "backdoor_lr": (0, None)}
 
-    def __init__(self, backdoor_epochs: int = 5, backdoor_lr: float = 0.1) -> None:
-        if backdoor_epochs < 1:
-            raise EigenguardError(f"invalid defense option backdoor_epochs = {backdoor_epochs}: must be >= 1")
-        if not (backdoor_lr > 0 and backdoor_lr < float("inf")):
-            raise EigenguardError(f"invalid defense option backdoor_lr = {backdoor_lr}: must be a finite number > 0")
-        self.backdoor_epochs, self.backdoor_lr = backdoor_epochs, float(backdoor_lr)
+    backdoor_epochs: int = option(5, "epochs of the deliberately backdoored model f_B", ">= 1")
+    backdoor_lr: float = option(0.1, "its constant SGD lr", "> 0")
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         t, train = ctx.trainer, ctx.train_set

@@ -19,7 +19,7 @@ graph (torch.fx): a BatchNorm2d is paired with a Conv2d only when the convolutio
 Layers without such a pair (a BatchNorm after an addition, linear layers) are left alone.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.fx
@@ -27,7 +27,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
@@ -57,16 +57,13 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
     return torch.linalg.matrix_norm(kernels, ord=2) * scale
 
 
+@component
 class CLP(Defense):
     name = "clp"
-    RANGES: ClassVar[Ranges] = {"u": (0, None)}
     needs_backdoored = True
     final_evaluation = True
 
-    def __init__(self, u: float = 3.0) -> None:
-        if not u >= 0:
-            raise ValueError(f"clp u must be >= 0 (the paper's 3.0); got {u}")
-        self.u = float(u)
+    u: float = option(3.0, "a channel is pruned above mean + u * std of its layer's bounds", ">= 0")
 
     def prune(self, model: nn.Module) -> dict[str, int]:
         """Prune every layer's outlying channels in place; returns how many per BatchNorm layer."""

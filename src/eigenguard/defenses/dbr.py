@@ -36,7 +36,7 @@ the run that trained it): the `defense_seconds` of a hit leave that out.
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,8 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.abl import ascent_loss
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.fine_pruning import classifier
-from eigenguard.registry import Ranges
+from eigenguard.errors import EigenguardError
+from eigenguard.options import component, option
 from eigenguard.training.features import FeatureTap
 from eigenguard.training.loop import train_one_epoch
 
@@ -80,46 +81,26 @@ def rotate_and_shift(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class DBR(Defense):
-    name = "d-br"
-    RANGES: ClassVar[Ranges] = {
-        "sd_epochs": (1, None),
-        "intra_epochs": (0, None),
-        "sd_lr": (0, None),
-        "clean_ratio": (0, 1),
-        "poison_ratio": (0, 1),
-        "rotation": (0, 360),
-        "translate": (0, 1),
-        "epochs": (0, None),
-        "lr": (0, None),
-        "batch_size": (1, None),
-    }
-    needs_backdoored = True
-    final_evaluation = True
+@component
+class SensitivitySplit(Defense):
+    """D-BR's sample distinguishment: the SD model, the FCT scores and the split. D-BR (below) unlearns the
+    flagged poisons with it; D-ST (dst.py) retrains from scratch with it."""
 
-    def __init__(
-        self,
-        sd_epochs: int = 2,
-        intra_epochs: int = 10,
-        sd_lr: float = 0.01,
-        clean_ratio: float = 0.2,
-        poison_ratio: float = 0.05,
-        rotation: float = 180.0,
-        translate: float = 0.2,
-        epochs: int = 20,
-        lr: float = 1e-4,
-        batch_size: int = 128,
-    ) -> None:
-        if sd_epochs < 1 or intra_epochs < 0 or epochs < 1 or batch_size < 1 or not (sd_lr > 0 and lr > 0):
-            raise ValueError("sd_epochs, epochs and batch_size must be >= 1, intra_epochs >= 0, sd_lr and lr > 0")
-        if not (0 < clean_ratio < 1 and 0 < poison_ratio < 1 and clean_ratio + poison_ratio <= 1):
-            raise ValueError(
-                f"need clean_ratio, poison_ratio in (0, 1) with a sum <= 1; got {clean_ratio}, {poison_ratio}"
+    sd_epochs: int = option(2, "epochs of the SD model's plain fit", ">= 1")
+    intra_epochs: int = option(10, "epochs of its fine-tuning with L_intra", ">= 0")
+    sd_lr: float = option(0.01, "SGD lr of the SD model", "> 0")
+    clean_ratio: float = option(0.2, "lowest-scoring fraction flagged clean", "(0, 1)")
+    poison_ratio: float = option(0.05, "highest-scoring fraction flagged poisoned", "(0, 1)")
+    rotation: float = option(180.0, "largest rotation of the FCT transformation, degrees", "[0, 360]")
+    translate: float = option(0.2, "largest shift of the FCT transformation, a fraction of the size", "[0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.clean_ratio + self.poison_ratio > 1:
+            raise EigenguardError(
+                f"invalid options clean_ratio = {self.clean_ratio}, poison_ratio = {self.poison_ratio} for defense"
+                f" '{self.name}'; allowed: a sum <= 1"
             )
-        self.sd_epochs, self.intra_epochs, self.sd_lr = int(sd_epochs), int(intra_epochs), float(sd_lr)
-        self.clean_ratio, self.poison_ratio = float(clean_ratio), float(poison_ratio)
-        self.rotation, self.translate = float(rotation), float(translate)
-        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
 
     # -- 1. sample distinguishment --------------------------------------------------------------
 
@@ -199,6 +180,17 @@ class DBR(Defense):
         return torch.nonzero(scores <= low).flatten(), torch.nonzero(scores >= high).flatten()
 
     # -- 3. backdoor removal ----------------------------------------------------------------------
+
+
+@component
+class DBR(SensitivitySplit):
+    name = "d-br"
+    needs_backdoored = True
+    final_evaluation = True
+
+    epochs: int = option(20, "epochs of backdoor removal (ascent on the flagged poisons, descent on the clean)", ">= 1")
+    lr: float = option(1e-4, "its fixed SGD lr", "> 0")
+    batch_size: int = option(128, "its batch size", ">= 1")
 
     def remove(self, model: nn.Module, clean: ImageDataset, poisoned: ImageDataset, ctx: DefenseContext) -> None:
         t = ctx.trainer

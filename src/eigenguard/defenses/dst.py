@@ -23,7 +23,7 @@ cache, shared with D-BR of the same setting).
 """
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,9 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import color_jitter, random_flip, random_resized_crop
 from eigenguard.defenses.base import DefenseContext
-from eigenguard.defenses.dbr import DBR
+from eigenguard.defenses.dbr import SensitivitySplit
 from eigenguard.defenses.fine_pruning import classifier
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.features import FeatureTap
 
 BASE_TEMPERATURE = 0.07
@@ -58,44 +58,17 @@ def consistency_supcon(
     return -(temperature / BASE_TEMPERATURE) * mean_log_prob.mean()
 
 
-class DST(DBR):
+@component
+class DST(SensitivitySplit):
     name = "d-st"
-    RANGES: ClassVar[Ranges] = {
-        **DBR.RANGES,
-        "st_epochs": (0, None),
-        "st_lr": (0, None),
-        "temperature": (1e-6, None),
-        "head_epochs": (0, None),
-        "head_lr": (0, None),
-        "st_batch_size": (1, None),
-    }
-    needs_backdoored = False
+    final_evaluation = True  # its head trains in a loop of its own, which does not evaluate
 
-    def __init__(
-        self,
-        st_epochs: int = 200,
-        st_lr: float = 0.5,
-        temperature: float = 0.1,
-        head_epochs: int = 10,
-        head_lr: float = 5.0,
-        st_batch_size: int = 512,
-        sd_epochs: int = 2,
-        intra_epochs: int = 10,
-        sd_lr: float = 0.01,
-        clean_ratio: float = 0.2,
-        poison_ratio: float = 0.05,
-        rotation: float = 180.0,
-        translate: float = 0.2,
-    ) -> None:
-        super().__init__(sd_epochs, intra_epochs, sd_lr, clean_ratio, poison_ratio, rotation, translate)
-        if st_epochs < 1 or head_epochs < 1 or st_batch_size < 2 or not (st_lr > 0 and head_lr > 0 and temperature > 0):
-            raise ValueError("d-st st_epochs, head_epochs >= 1, st_batch_size >= 2, st_lr, head_lr, temperature > 0")
-        self.st_epochs, self.st_lr, self.temperature = int(st_epochs), float(st_lr), float(temperature)
-        self.head_epochs, self.head_lr, self.st_batch_size = int(head_epochs), float(head_lr), int(st_batch_size)
-
-    def describe(self) -> dict[str, Any]:
-        unused = ("epochs", "lr", "batch_size")  # D-BR's removal options: D-ST does not remove, it retrains
-        return {k: v for k, v in super().describe().items() if k not in unused}
+    st_epochs: int = option(200, "epochs of the extractor's semi-supervised contrastive training", ">= 1")
+    st_lr: float = option(0.5, "its SGD peak lr", "> 0")
+    temperature: float = option(0.1, "temperature of the SupCon loss", "> 0")
+    head_epochs: int = option(10, "epochs of the linear head on the frozen extractor", ">= 1")
+    head_lr: float = option(5.0, "the head's SGD lr", "> 0")
+    st_batch_size: int = option(512, "batch size of both stages", ">= 2")
 
     def _views(self, x: torch.Tensor, ctx: DefenseContext) -> torch.Tensor:
         g = ctx.trainer.generator

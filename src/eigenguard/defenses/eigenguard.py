@@ -40,7 +40,7 @@ How the anchors' features are computed each step (`anchor_features`):
 
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -50,15 +50,15 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext, check_insertion_point
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard, GuardOptions, guard, inference_mode
+from eigenguard.guard.module import Precision
+from eigenguard.guard.spectral_filter import Grad, Spectrum
 from eigenguard.models import Backbone
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option, option_like
 from eigenguard.training.evaluate import per_sample_loss
 from eigenguard.training.trainer import Trainer
 
-ANCHORS = ("lowest-loss", "lowest-loss-per-class", "median-loss", "random", "clean", "none")
+Anchor = Literal["lowest-loss", "lowest-loss-per-class", "median-loss", "random", "clean", "none"]
 RANKED = ("lowest-loss", "lowest-loss-per-class", "median-loss")
-RANKINGS = ("pass", "training")
-ANCHOR_FEATURES = ("joint", "detached")
 
 
 def detached_features(model: Backbone, point: str, images: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -166,72 +166,38 @@ class Anchors:
         return self.training_losses
 
 
+@component
 class EigenGuardDefense(Defense):
-    """Options (`defense: {name: eigenguard, k: 20, ...}`), the paper's values as defaults:
-
-    at: insertion point (stage1: after the first residual stage, as the paper);
-    k: top singular directions flattened to one scale (20); momentum: of the history buffer His (0.7);
-    history_init: His before step one, first | zeros; grad: backward mode, constant | full;
-    precision: dtype of the Gram matrix and its eigh, float32 | float64;
-    spectrum: the filter, paper | equalize | shrink; floor: the tail's scale, floor * sigma_k (0.001);
-    training: batch (the paper) | per-sample (each training image against His, as at inference);
-    anchors: how the anchor samples are picked (module docstring), lowest-loss | lowest-loss-per-class |
-      median-loss | random | clean | none; anchor_count: how many (100, the paper's);
-    ranking: where the ranked rules take the losses from, pass (a forward pass before each epoch, the paper
-      read literally) | training (the previous epoch's training losses, no extra pass).
-    anchor_features: how the anchors' features are computed each step, joint (with the batch, the paper
-      read literally) | detached (alone, without gradient, BatchNorm on its running statistics).
-    guard/module.py documents the guard's choices.
-    """
+    """The paper's method: train with the guard at `at`. Its options are the guard's (GuardOptions, the
+    paper's values as defaults) and how the anchors are chosen (module docstring); guard/module.py
+    documents the guard's choices."""
 
     name = "eigenguard"
-    RANGES: ClassVar[Ranges] = {
-        "k": (1, None),
-        "momentum": (0, 1),
-        "floor": (0, 1),
-        "anchor_count": (1, None),
-    }
     LATE_OPTIONS = ("ranking", "anchor_features")  # left out of a cell's key at its default (registry.complete)
 
-    def __init__(
-        self,
-        at: str = "stage1",
-        k: int = 20,
-        momentum: float = 0.7,
-        history_init: str = "first",
-        grad: str = "constant",
-        precision: str = "float32",
-        spectrum: str = "paper",
-        floor: float = 1e-3,
-        training: str = "batch",
-        anchors: str = "lowest-loss",
-        anchor_count: int = 100,
-        ranking: str = "pass",
-        anchor_features: str = "joint",
-    ) -> None:
-        if anchors not in ANCHORS:
-            raise EigenguardError(f"anchors '{anchors}' is not allowed; allowed: {', '.join(ANCHORS)}")
-        if ranking not in RANKINGS:
-            raise EigenguardError(f"ranking '{ranking}' is not allowed; allowed: {', '.join(RANKINGS)}")
-        if anchor_features not in ANCHOR_FEATURES:
-            allowed = ", ".join(ANCHOR_FEATURES)
-            raise EigenguardError(f"anchor_features '{anchor_features}' is not allowed; allowed: {allowed}")
-        if not isinstance(anchor_count, int) or isinstance(anchor_count, bool) or anchor_count < 1:
-            raise EigenguardError(f"anchor_count {anchor_count!r} must be an integer >= 1 (no anchors: anchors=none)")
-        self.at = at
-        # the module's options, passed whole; GuardOptions checks them
-        self.guard = GuardOptions(
-            k=k, momentum=momentum, floor=floor, history_init=history_init, grad=grad,  # type: ignore[arg-type]
-            precision=precision, spectrum=spectrum, training=training,  # type: ignore[arg-type]
-        )  # fmt: skip
-        self.anchors, self.anchor_count, self.ranking = anchors, anchor_count, ranking
-        self.anchor_features = anchor_features
-        self.needs_clean_pool = anchors == "clean"
+    at: str = option("stage1", "insertion point (after the first residual stage, as the paper)")
+    k: int = option_like(GuardOptions, "k")
+    momentum: float = option_like(GuardOptions, "momentum")
+    history_init: Literal["first", "zeros"] = option_like(GuardOptions, "history_init")
+    grad: Grad = option_like(GuardOptions, "grad")
+    precision: Precision = option_like(GuardOptions, "precision")
+    spectrum: Spectrum = option_like(GuardOptions, "spectrum")
+    floor: float = option_like(GuardOptions, "floor")
+    training: Literal["batch", "per-sample"] = option_like(GuardOptions, "training")
+    anchors: Anchor = option("lowest-loss", "how the anchor samples are picked")
+    anchor_count: int = option(100, "how many anchors (the paper's 100; no anchors: anchors=none)", ">= 1")
+    ranking: Literal["pass", "training"] = option(
+        "pass", "losses of the ranked rules: a pass before each epoch (the paper), or the previous epoch's"
+    )
+    anchor_features: Literal["joint", "detached"] = option(
+        "joint", "the anchors' features: with the batch (the paper), or alone, without gradient"
+    )
 
-    def describe(self) -> dict[str, Any]:
-        # the defense's own options, and the guard's but the solver (inference's, not the defense's)
-        own = {k: v for k, v in super().describe().items() if k not in ("guard", "needs_clean_pool")}
-        return own | {f.name: getattr(self.guard, f.name) for f in fields(self.guard) if f.name != "solver"}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the module's options, passed whole (the solver is inference's, not the defense's)
+        self.guard = GuardOptions(**{f.name: getattr(self, f.name) for f in fields(GuardOptions) if f.name != "solver"})
+        self.needs_clean_pool = self.anchors == "clean"
 
     def check(self, config: TrainConfig, insertion_points: tuple[str, ...]) -> None:
         check_insertion_point(self.at, insertion_points, config.model)

@@ -14,7 +14,7 @@ The mask stays on through fine-tuning (FT's recipe by default) and is then folde
 weights, so the saved model is an ordinary model with zero columns.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
 from eigenguard.models import Backbone
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.evaluate import accuracy, eval_logits
 from eigenguard.training.features import FeatureTap
 
@@ -40,26 +40,18 @@ def mean_channel_activation(model: Backbone, images: ImageDataset, ctx: DefenseC
     return torch.stack(seen).sum(0) / len(images)
 
 
+@component
 class FinePruning(Defense):
     name = "fp"
-    RANGES: ClassVar[Ranges] = {
-        "max_acc_drop": (0, 1),
-        "step": (0, 1),
-        "epochs": (0, None),
-        "lr": (0, None),
-        "batch_size": (1, None),
-    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True
 
-    def __init__(
-        self, max_acc_drop: float = 0.1, step: float = 0.01, epochs: int = 10, lr: float = 0.01, batch_size: int = 64
-    ) -> None:
-        if not 0 <= max_acc_drop < 1 or not 0 < step <= 1:
-            raise ValueError(f"need max_acc_drop in [0, 1) and step in (0, 1]; got {max_acc_drop}, {step}")
-        self.max_acc_drop, self.step = float(max_acc_drop), float(step)
-        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+    max_acc_drop: float = option(0.1, "largest relative fall of the clean images' accuracy while pruning", "[0, 1)")
+    step: float = option(0.01, "fraction of the channels pruned per step", "(0, 1]")
+    epochs: int = option(10, "epochs of fine-tuning after pruning", ">= 0")
+    lr: float = option(0.01, "SGD lr of the fine-tuning", "> 0")
+    batch_size: int = option(64, "clean images per step", ">= 1")
 
     def choose_pruning(self, model: Backbone, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """The channel mask (1 keep, 0 pruned) of the classifier input, and how it was reached."""

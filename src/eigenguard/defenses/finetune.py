@@ -6,12 +6,12 @@ the same way, "5-10 epochs" on the clean subset with batch 64, and BackdoorBench
 cosine decay. Fine-Pruning and NAD's teacher reuse `fine_tune`.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
 def fine_tune(
@@ -31,21 +31,16 @@ def fine_tune(
         )
 
 
+@component
 class FineTuning(Defense):
     name = "ft"
-    RANGES: ClassVar[Ranges] = {
-        "epochs": (0, None),
-        "lr": (0, None),
-        "batch_size": (1, None),
-    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True
 
-    def __init__(self, epochs: int = 10, lr: float = 0.01, batch_size: int = 64) -> None:
-        if epochs < 1 or not lr > 0 or batch_size < 1:
-            raise ValueError(f"need epochs >= 1, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}")
-        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+    epochs: int = option(10, "epochs on the clean images", ">= 1")
+    lr: float = option(0.01, "SGD peak lr (cosine to zero)", "> 0")
+    batch_size: int = option(64, "clean images per step", ">= 1")
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         model = ctx.backdoored()

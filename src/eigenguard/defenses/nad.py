@@ -11,7 +11,7 @@ set is the run's clean images (500 as in the EigenGuard paper; NAD used 5% of th
 """
 
 import copy
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,8 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.finetune import fine_tune
-from eigenguard.registry import Ranges
+from eigenguard.errors import EigenguardError
+from eigenguard.options import component, option
 from eigenguard.training.features import FeatureTap
 
 
@@ -28,37 +29,26 @@ def attention_map(features: torch.Tensor, power: float) -> torch.Tensor:
     return F.normalize(features.float().abs().pow(power).mean(dim=1).flatten(1), dim=1)
 
 
+@component
 class NAD(Defense):
     name = "nad"
-    RANGES: ClassVar[Ranges] = {
-        "teacher_epochs": (0, None),
-        "epochs": (0, None),
-        "lr": (0, None),
-        "batch_size": (1, None),
-        "power": (0, None),
-    }
     needs_clean_pool = True
     needs_backdoored = True
     final_evaluation = True
 
-    def __init__(
-        self,
-        teacher_epochs: int = 10,
-        epochs: int = 20,
-        lr: float = 0.01,
-        batch_size: int = 64,
-        betas: tuple[float, ...] = (500.0, 1000.0, 1000.0),
-        power: float = 2.0,
-    ) -> None:
-        if teacher_epochs < 1 or epochs < 1 or not lr > 0 or not power > 0 or not betas:
-            raise ValueError("need teacher_epochs, epochs >= 1, lr > 0, power > 0 and at least one beta")
-        self.teacher_epochs, self.epochs, self.lr, self.batch_size = (
-            int(teacher_epochs),
-            int(epochs),
-            float(lr),
-            int(batch_size),
-        )
-        self.betas, self.power = tuple(float(b) for b in betas), float(power)
+    teacher_epochs: int = option(10, "epochs of the teacher's fine-tuning", ">= 1")
+    epochs: int = option(20, "epochs of the student's distillation", ">= 1")
+    lr: float = option(0.01, "SGD lr of both", "> 0")
+    batch_size: int = option(64, "clean images per step", ">= 1")
+    betas: tuple[float, ...] = option(
+        (500.0, 1000.0, 1000.0), "attention-loss weights at the last insertion points", ">= 0"
+    )
+    power: float = option(2.0, "p of the attention map mean_c |f_c|^p", "> 0")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.betas:
+            raise EigenguardError("invalid option betas = [] for defense 'nad'; allowed: at least one weight")
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         student = ctx.backdoored()

@@ -28,7 +28,7 @@ already and every other image must reach the model unstamped. Both are per-sampl
 """
 
 import math
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from eigenguard.data.transforms import augment
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.models import Backbone
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 
 
 class DefensiveStamp(nn.Module):
@@ -105,57 +105,24 @@ def per_class_choice(labels: torch.Tensor, count: int, num_classes: int, generat
     return torch.cat(chosen).sort().values
 
 
-SOURCES = ("training", "clean")
-
-
+@component
 class PDB(Defense):
     name = "pdb"
-    RANGES: ClassVar[Ranges] = {
-        "ratio": (0, 1),
-        "repeat": (1, 100),
-        "size": (1, None),
-        "value": (-255, 255),
-        "shift": (1, None),
-        "scale_p": (0, 1),
-        "rotate_p": (0, 1),
-        "rotate_degrees": (0, 180),
-    }
     LATE_OPTIONS = ("source",)  # left out of a cell's key at its default (registry.complete)
 
-    def __init__(
-        self,
-        ratio: float = 0.1,
-        repeat: int = 5,
-        size: int = 7,
-        value: float = 2.0,
-        shift: int = 1,
-        scale_p: float = 0.2,
-        rotate_p: float = 0.5,
-        rotate_degrees: float = 10.0,
-        source: str = "training",
-    ) -> None:
-        if source not in SOURCES:
-            raise EigenguardError(f"invalid defense option source = {source!r}; allowed: {', '.join(SOURCES)}")
-        if not 0 < ratio <= 1:
-            raise EigenguardError(f"invalid defense option ratio = {ratio}: must be in (0, 1]")
-        if repeat < 1 or size < 1 or shift < 1:
-            raise EigenguardError(
-                f"invalid defense options repeat = {repeat}, size = {size}, shift = {shift}: each must be >= 1"
-            )
-        if not math.isfinite(value):
-            raise EigenguardError(f"invalid defense option value = {value}: must be a finite number")
-        for key, p in (("scale_p", scale_p), ("rotate_p", rotate_p)):
-            if not 0 <= p <= 1:
-                raise EigenguardError(f"invalid defense option {key} = {p}: must be in [0, 1]")
-        if not (math.isfinite(rotate_degrees) and 0 <= rotate_degrees <= 180):
-            raise EigenguardError(f"invalid defense option rotate_degrees = {rotate_degrees}: must be in [0, 180]")
-        self.ratio, self.repeat, self.size, self.value, self.shift = float(ratio), repeat, size, float(value), shift
-        self.scale_p, self.rotate_p, self.rotate_degrees = float(scale_p), float(rotate_p), float(rotate_degrees)
-        self.source = source
-        self.needs_clean_pool = source == "clean"
+    ratio: float = option(0.1, "defensive images, a fraction of the training set (the same number per class)", "(0, 1]")
+    repeat: int = option(5, "times the defensive set is appended", "[1, 100]")
+    size: int = option(7, "side of the defensive trigger, top-left, in pixels", ">= 1")
+    value: float = option(2.0, "the trigger's value, in normalised units (outside an image's reach)", "[-255, 255]")
+    shift: int = option(1, "defensive labels h(y) = (y + shift) mod K", ">= 1")
+    scale_p: float = option(0.2, "probability a defensive image is scaled", "[0, 1]")
+    rotate_p: float = option(0.5, "probability a defensive image is rotated", "[0, 1]")
+    rotate_degrees: float = option(10.0, "largest rotation, degrees", "[0, 180]")
+    source: Literal["training", "clean"] = option("training", "where the defensive images come from")
 
-    def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in super().describe().items() if k != "needs_clean_pool"}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.needs_clean_pool = self.source == "clean"
 
     def rebuild(self, model: nn.Module) -> None:
         if not isinstance(model, Backbone):

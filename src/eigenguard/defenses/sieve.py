@@ -36,7 +36,7 @@ guard's training took (`sieve_seconds`).
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +48,11 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import PDB
-from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards, inference_mode
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.evaluate import eval_logits
 
-RULES = ("target-refusals", "refusals", "target-outliers")
-TARGETS = ("spread", "rate", "bimodal")
-FLAGGED = ("drop", "relabel")
-WIDEN = ("none", "trigger")
-THEN = ("none", "pdb")
+Rule = Literal["target-refusals", "refusals", "target-outliers"]
 
 
 def confusion_matrix(predicted: torch.Tensor, given: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -165,34 +160,17 @@ def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -
     return torch.nonzero(refused).flatten()
 
 
+@component
 class Sieve(Defense):
     name = "sieve"
-    RANGES: ClassVar[Ranges] = {"sieve_epochs": (1, None)}
     LATE_OPTIONS = ("widen",)  # left out of a cell's key at its default (registry.complete)
 
-    def __init__(
-        self,
-        sieve_epochs: int | None = None,
-        rule: str = "target-refusals",
-        flagged: str = "drop",
-        then: str = "none",
-        target: str = "spread",
-        widen: str = "none",
-    ) -> None:
-        choices = (
-            ("rule", rule, RULES),
-            ("flagged", flagged, FLAGGED),
-            ("then", then, THEN),
-            ("target", target, TARGETS),
-            ("widen", widen, WIDEN),
-        )
-        for key, value, allowed in choices:
-            if value not in allowed:
-                raise EigenguardError(f"invalid defense option {key} = {value!r}; allowed: {', '.join(allowed)}")
-        if sieve_epochs is not None and sieve_epochs < 1:
-            raise EigenguardError(f"invalid defense option sieve_epochs = {sieve_epochs}: must be >= 1 (or null)")
-        self.sieve_epochs, self.rule, self.flagged, self.then, self.target = sieve_epochs, rule, flagged, then, target
-        self.widen = widen
+    sieve_epochs: int | None = option(None, "epochs of the guarded model (null: the run's)", ">= 1")
+    rule: Rule = option("target-refusals", "which images are flagged (module docstring, step 4)")
+    flagged: Literal["drop", "relabel"] = option("drop", "drop the flagged images, or relabel them as the guard does")
+    then: Literal["none", "pdb"] = option("none", "train the final model plainly, or with PDB in front")
+    target: Literal["spread", "rate", "bimodal"] = option("spread", "how the target class is estimated (step 3)")
+    widen: Literal["none", "trigger"] = option("none", "widen the flagged set along the estimated trigger (step 4b)")
 
     def rebuild(self, model: nn.Module) -> None:
         if self.then == "pdb":

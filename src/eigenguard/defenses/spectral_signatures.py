@@ -15,13 +15,13 @@ The report gives the removal precision and recall against the true poisons.
 """
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
-from eigenguard.registry import Ranges
+from eigenguard.options import component, option
 from eigenguard.training.features import features
 
 
@@ -32,15 +32,13 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
     return (centred @ vh[0]) ** 2
 
 
+@component
 class SpectralSignatures(Defense):
     name = "ss"
-    RANGES: ClassVar[Ranges] = {"epsilon": (0, 1), "removal_factor": (0, None)}
     needs_backdoored = True  # its features; the model it returns is trained from scratch
 
-    def __init__(self, epsilon: float = 0.1, removal_factor: float = 1.5) -> None:
-        if not 0 < epsilon < 1 or not removal_factor > 0:
-            raise ValueError(f"need epsilon in (0, 1) and removal_factor > 0; got {epsilon}, {removal_factor}")
-        self.epsilon, self.removal_factor = float(epsilon), float(removal_factor)
+    epsilon: float = option(0.1, "the assumed poisoned fraction", "(0, 1)")
+    removal_factor: float = option(1.5, "removes removal_factor * epsilon of each class", "> 0")
 
     def flag(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Indices of the samples to remove, class by class (sorted)."""

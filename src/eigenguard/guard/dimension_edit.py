@@ -17,16 +17,19 @@ at test time). An analysis tool, not a defense: it sits beside the guard because
 from the same decomposition, inserted by `--defense dimension-edit`.
 """
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
 from eigenguard.errors import EigenguardError
 
-MODES = ("reduce", "add")
+Mode = Literal["reduce", "add"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 class DimensionEdit(nn.Module):
-    def __init__(self, mode: str = "reduce", r: int = 0) -> None:
+    def __init__(self, mode: Mode = "reduce", r: int = 0) -> None:
         super().__init__()
         if mode not in MODES:
             raise EigenguardError(f"dimension edit mode '{mode}' unknown; allowed: {', '.join(MODES)}")

@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -18,48 +18,32 @@ from eigenguard.guard.spectral_filter import (
     filter_jointly,
     frozen_history,
 )
+from eigenguard.options import Configurable, option
 
 INFERENCE_MODES = ("per-sample", "batch")
 Precision = Literal["float32", "float64"]
 PRECISIONS = {name: getattr(torch, name) for name in get_args(Precision)}  # the dtype of each name
 
 
-@dataclass(frozen=True)
-class GuardOptions:
+@dataclass(frozen=True, eq=True)
+class GuardOptions(Configurable):
     """What a guard does: one typed, frozen object, passed whole from the defense to the module. The
-    defaults are the paper's; EigenGuard's docstring says what each option means."""
+    defaults are the paper's; EigenGuard's docstring says why each choice exists."""
 
-    k: int = 20
-    momentum: float = 0.7
-    floor: float = 1e-3
-    history_init: Literal["first", "zeros"] = "first"
-    grad: Grad = "constant"
-    precision: Precision = "float32"
-    spectrum: Spectrum = "paper"
-    training: Literal["batch", "per-sample"] = "batch"
-    solver: Solver = "secular"
+    role: ClassVar[str] = "guard"
+    name: ClassVar[str] = "eigenguard"
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1):
-            raise EigenguardError(f"EigenGuard k must be an integer >= 1, got {self.k!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise EigenguardError(f"EigenGuard momentum must be in [0, 1), got {self.momentum!r}")
-        if not self.floor >= 0.0:
-            raise EigenguardError(f"EigenGuard floor must be >= 0, got {self.floor!r}")
-        object.__setattr__(self, "momentum", float(self.momentum))  # 0 and 0.0 print and hash as one setting
-        object.__setattr__(self, "floor", float(self.floor))
-        for option in fields(self):
-            allowed = choices(option.type)
-            value = getattr(self, option.name)
-            if allowed and value not in allowed:
-                raise EigenguardError(
-                    f"EigenGuard {option.name} '{value}' is not allowed; allowed: {', '.join(allowed)}"
-                )
-
-
-def choices(annotation: Any) -> tuple[Any, ...]:
-    """The values a Literal annotation allows (empty for any other)."""
-    return get_args(annotation) if get_origin(annotation) is Literal else ()
+    k: int = option(20, "top singular directions flattened to one scale", ">= 1")
+    momentum: float = option(0.7, "momentum of the history buffer His", "[0, 1)")
+    floor: float = option(1e-3, "the tail's scale, floor * sigma_k", "[0, 1]")
+    history_init: Literal["first", "zeros"] = option("first", "His before step one: the first batch, or zeros")
+    grad: Grad = option("constant", "backward through a constant filter, or through the eigendecomposition")
+    precision: Precision = option("float32", "dtype of the Gram matrix and its eigh")
+    spectrum: Spectrum = option("paper", "the filter: top k to sigma_k and the rest to the floor, or one half")
+    training: Literal["batch", "per-sample"] = option(
+        "batch", "filter a training batch jointly (the paper), or each image against His, as at inference"
+    )
+    solver: Solver = option("secular", "how per-sample inference solves each image's spectrum")
 
 
 class EigenGuard(nn.Module):

@@ -11,7 +11,7 @@ cache entry and one config.yaml.
 import functools
 from typing import Any
 
-from eigenguard.attacks import ATTACK_ARGS, ATTACKS
+from eigenguard.attacks import ATTACKS
 from eigenguard.config import ATTACK_NONE, Component, TrainConfig, make_config
 from eigenguard.data import DATASETS
 from eigenguard.defenses import DEFENSES, Defense
@@ -31,7 +31,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if attack.name not in ATTACKS:
             allowed = ", ".join([ATTACK_NONE, *ATTACKS.names()])
             raise EigenguardError(f"invalid attack = {attack.name!r}: unknown attack; allowed: {allowed}")
-        options = ATTACKS.complete(attack.name, attack.options, ATTACK_ARGS)
+        options = ATTACKS.complete(attack.name, attack.options)
         updates["attack"] = Component(name=attack.name, **options)
         if config.poison_rate is None:
             updates["poison_rate"] = ATTACKS.get(attack.name).default_rate
