@@ -323,9 +323,11 @@ def test_adversarial_training_loss_attacks_inside_the_ball_and_the_pixel_range()
 
 
 def test_clb_bad_surrogate_options_are_one_line_errors() -> None:
-    with pytest.raises(EigenguardError, match=r"surrogate_training = 'robust' for attack 'clb'; allowed: adversarial \| standard"):
+    with pytest.raises(
+        EigenguardError, match=r"surrogate_training = 'robust' for attack 'clb'; allowed: adversarial \|"
+    ):
         CleanLabel((1, 8, 8), surrogate_training="robust")
-    with pytest.raises(EigenguardError, match="surrogate_pgd_steps = 0 for attack .clb.; allowed: a whole number >= 1"):
+    with pytest.raises(EigenguardError, match=r"surrogate_pgd_steps = 0 for attack .clb.; allowed: a whole number"):
         CleanLabel((1, 8, 8), surrogate_pgd_steps=0)
 
 
@@ -418,7 +420,9 @@ def test_multi_trigger_blend_kind_and_budget_split() -> None:
 def test_unknown_attack_option_lists_allowed() -> None:
     with pytest.raises(EigenguardError, match="unknown option 'sigma' for attack 'sig'; allowed: delta, freq"):
         create_attack("sig", (1, 8, 8), sigma=3)
-    with pytest.raises(EigenguardError, match=r"option m = 'many' for attack 'multi-trigger'; allowed: a whole number \[1, 1000\]"):
+    with pytest.raises(
+        EigenguardError, match=r"m = 'many' for attack 'multi-trigger'; allowed: a whole number \[1, 1000\]"
+    ):
         create_attack("multi-trigger", (1, 8, 8), m="many")
     assert attack_options("wanet") == {"grid_k": 4, "strength": 0.5, "cross_ratio": 2.0}
 

@@ -127,14 +127,15 @@ def test_set_reaches_component_options_and_profile_matches_python(mnist_root: Pa
     assert resolve(python) == TrainConfig(**recorded)
 
 
-def test_old_run_config_still_loads(mnist_root: Path, tmp_path: Path) -> None:
-    """A config.yaml of eigenguard 0.1 (flat guard fields, *_options) is read as today's layout."""
+def test_old_layout_in_a_users_config_is_one_line_saying_how_to_write_it(mnist_root: Path, tmp_path: Path) -> None:
+    """eigenguard 0.1's layout (flat guard fields, *_options); its run directories convert where they are read
+    back (test_config)."""
     cfg = tmp_path / "old.yaml"
     cfg.write_text("attack: blend\nattack_options: {alpha: 0.3}\ndefense: none\ndefense_options: {}\nk: 20\n")
     proc = run_cli("train", "--config", str(cfg), *BASE, "--data-root", str(mnist_root), "--out",
                    str(tmp_path / "r"), cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["attack"]["alpha"] == 0.3
+    assert proc.returncode == 2 and "'attack_options' is eigenguard 0.1's layout: write attack: {name:" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from eigenguard.config import (
 )
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline import resolve
+from eigenguard.run_directory import stored_config
 
 
 def resolved(values: dict, settings: dict | None = None) -> TrainConfig:
@@ -122,28 +123,32 @@ def test_old_flat_layout_still_loads() -> None:
         "defense": "eigenguard", "defense_options": {}, "guard_at": "stage2", "k": 40, "momentum": 0.5,
         "history_init": "zeros", "guard_grad": "full", "guard_precision": "float64", "lowest_loss_samples": 7,
     }  # fmt: skip
-    cfg = make_config(old)
+    with pytest.raises(EigenguardError, match=r"'attack_options' is eigenguard 0\.1's layout: write attack: "):
+        make_config(old)  # a config a user writes is read in today's layout only
+    cfg = stored_config(old)  # a run directory, a store or an export of 0.1
     assert cfg.attack == Component(name="clb", epsilon=0.1)
     assert cfg.defense.options == {
         "at": "stage2", "k": 40, "momentum": 0.5, "history_init": "zeros", "grad": "full", "precision": "float64",
         "anchor_count": 7,
     }  # fmt: skip
     # another defense never read the guard fields: they are dropped, its own options kept
-    ft = make_config({"defense": "ft", "defense_options": {"epochs": 3}, "k": 20, "guard_at": "stage1"})
+    ft = stored_config({"defense": "ft", "defense_options": {"epochs": 3}, "k": 20, "guard_at": "stage1"})
     assert ft.defense == Component(name="ft", epochs=3)
     with pytest.raises(EigenguardError, match="invalid defense_options = 3"):
-        make_config({"defense_options": 3})
+        stored_config({"defense_options": 3})
 
 
 def test_lowest_loss_samples_of_0_2_reads_as_anchors() -> None:
-    """eigenguard 0.2 spelled the anchor count `lowest_loss_samples`; 0 meant none."""
-    assert make_config({"defense": {"name": "eigenguard", "lowest_loss_samples": 7}}).defense == Component(
+    """eigenguard 0.2 spelled the anchor count `lowest_loss_samples`; 0 meant none. Its run directories,
+    stores and exports read as today's options; a user's config gets the unknown option's error."""
+    assert stored_config({"defense": {"name": "eigenguard", "lowest_loss_samples": 7}}).defense == Component(
         name="eigenguard", anchor_count=7
     )
-    assert resolved({"defense": "eigenguard"}, {"defense.lowest_loss_samples": 0}).defense.options["anchors"] == "none"
-    assert resolved({"defense": {"name": "eigenguard", "lowest_loss_samples": 0}}) == resolved(
+    assert resolve(stored_config({"defense": {"name": "eigenguard", "lowest_loss_samples": 0}})) == resolved(
         {"defense": {"name": "eigenguard", "anchors": "none"}}
     )
+    with pytest.raises(EigenguardError, match="unknown option 'lowest_loss_samples' for defense 'eigenguard'"):
+        resolved({"defense": "eigenguard"}, {"defense.lowest_loss_samples": 0})
 
 
 def test_clean_run_records_zero_poison_rate() -> None:

@@ -236,7 +236,9 @@ def test_anchor_rules() -> None:
     assert EigenGuardDefense(anchors="clean").needs_clean_pool and not EigenGuardDefense().needs_clean_pool
     with pytest.raises(EigenguardError, match=r"anchors = 'best' for defense 'eigenguard'; allowed: lowest-loss \| "):
         EigenGuardDefense(anchors="best")
-    with pytest.raises(EigenguardError, match="anchor_count = 0 for defense .eigenguard.; allowed: a whole number >= 1"):
+    with pytest.raises(
+        EigenguardError, match=r"anchor_count = 0 for defense .eigenguard.; allowed: a whole number"
+    ):
         EigenGuardDefense(anchor_count=0)
     with pytest.raises(EigenguardError, match="spectrum = 'flat' for defense 'eigenguard'; allowed: paper"):
         EigenGuardDefense(spectrum="flat")
@@ -344,7 +346,9 @@ def test_detached_anchors_run_apart_from_the_batch() -> None:
     # the batch's BatchNorm statistics are its own: as without anchors, unlike the joint pass
     for a, j, d in zip(stem_statistics(alone), stem_statistics(joint), stem_statistics(detached), strict=True):
         assert torch.allclose(a, d, atol=1e-6) and not torch.allclose(a, j, atol=1e-6)
-    with pytest.raises(EigenguardError, match=r"anchor_features = 'frozen' for defense 'eigenguard'; allowed: joint \| detached"):
+    with pytest.raises(
+        EigenguardError, match=r"anchor_features = 'frozen' for defense 'eigenguard'; allowed: joint \|"
+    ):
         EigenGuardDefense(anchor_features="frozen")
 
 
@@ -457,7 +461,9 @@ def test_bad_options() -> None:
     ):
         with pytest.raises(EigenguardError, match=pattern):
             EigenGuard(**kwargs)
-    with pytest.raises(EigenguardError, match=r"spectrum = 'flat' for guard 'eigenguard'; allowed: paper \| equalize \| shrink"):
+    with pytest.raises(
+        EigenguardError, match=r"spectrum = 'flat' for guard 'eigenguard'; allowed: paper \| equalize \|"
+    ):
         GuardOptions(spectrum="flat")  # type: ignore[arg-type]
 
 

@@ -108,6 +108,7 @@ def train(
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "set_", "resume") and v is not None}
     from eigenguard.config import load_yaml, make_config, merge_settings
     from eigenguard.pipeline import train as run_training
+    from eigenguard.run_directory import stored_config
 
     target = out
     try:
@@ -122,7 +123,7 @@ def train(
                 raise EigenguardError(f"'{resume}' is not a run directory (no config.yaml); nothing to resume")
             target = str(resume)
             values = {**load_yaml(resume / "config.yaml"), "out": str(resume)}
-            result = run_training(make_config(values), progress=not quiet, resume=True)
+            result = run_training(stored_config(values), progress=not quiet, resume=True)
         else:
             values = merge_settings(load_yaml(config) if config else {}, flags)
             values = merge_settings(values, _parse_settings(set_))

@@ -109,54 +109,6 @@ LEGACY_GUARD_FIELDS = {
     "lowest_loss_samples": "lowest_loss_samples",
 }
 LEGACY_FIELDS = ("attack_options", "defense_options", *LEGACY_GUARD_FIELDS)
-# which defenses took which of the old guard fields
-LEGACY_GUARD_USERS = {"eigenguard": tuple(LEGACY_GUARD_FIELDS), "dimension-edit": ("guard_at",)}
-
-
-def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
-    """A config written before components owned their options (eigenguard 0.1: `attack_options`,
-    `defense_options`, `k`, `guard_at`, ...) in today's layout. Old run directories' config.yaml files load
-    through this; the old guard fields of a run whose defense did not use them are dropped (they were
-    recorded at their defaults and never read)."""
-    if not any(key in values for key in LEGACY_FIELDS):
-        return _upgrade_guard_anchors(values)
-    values = dict(values)
-    attack_options = values.pop("attack_options", None) or {}
-    defense_options = values.pop("defense_options", None) or {}
-    guard_values = {key: values.pop(key) for key in LEGACY_GUARD_FIELDS if key in values}
-    for field, given in (("attack", attack_options), ("defense", defense_options)):
-        if not isinstance(given, dict):
-            raise ValueError(f"invalid {field}_options = {given!r}: must be a mapping of option: value")
-    defense_options = dict(defense_options)
-    attack = values.get("attack", "badnets")
-    if isinstance(attack, str) and attack.lower() != ATTACK_NONE:
-        values["attack"] = {"name": attack, **{k: v for k, v in attack_options.items() if k != "cache_dir"}}
-    defense = values.get("defense", DEFENSE_NONE)
-    if isinstance(defense, str):
-        for key in LEGACY_GUARD_USERS.get(defense.lower(), ()):
-            if key in guard_values:
-                defense_options.setdefault(LEGACY_GUARD_FIELDS[key], guard_values[key])
-        values["defense"] = {"name": defense, **defense_options}
-    return _upgrade_guard_anchors(values)
-
-
-def _upgrade_guard_anchors(values: dict[str, Any]) -> dict[str, Any]:
-    """EigenGuard's `lowest_loss_samples: N` (eigenguard 0.2) is `anchor_count: N` now (`anchors: none` for
-    N = 0), since `anchors` chooses how they are picked."""
-    defense = values.get("defense")
-    if not (isinstance(defense, dict) and str(defense.get("name", "")).lower() == "eigenguard"):
-        return values
-    if "lowest_loss_samples" not in defense:
-        return values
-    defense = dict(defense)
-    count = defense.pop("lowest_loss_samples")
-    if count == 0:
-        defense.setdefault("anchors", "none")
-    else:
-        defense.setdefault("anchor_count", count)
-    return {**values, "defense": defense}
-
-
 MAX_WIDTH = 16.0  # a ResNet-18 at width 16 has about 2.8 billion weights
 MAX_IMAGE_SIZE = 1024
 
@@ -228,7 +180,12 @@ class TrainConfig(BaseModel):
         """The profile's values first, then everything given explicitly (Python, YAML and CLI alike)."""
         if not isinstance(values, dict):
             return values
-        values = upgrade_legacy({str(k).replace("-", "_"): v for k, v in values.items()})
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        if old := [key for key in LEGACY_FIELDS if key in values]:
+            raise ValueError(
+                f"'{old[0]}' is eigenguard 0.1's layout: write attack: {{name: NAME, KEY: VALUE}} and defense: "
+                "{name: NAME, KEY: VALUE} (`eigenguard list` shows the options; 0.1's run directories still load)"
+            )
         profile = values.get("profile", DEFAULT_PROFILE)
         return {**PROFILES.get(profile, {}), **values}  # an unknown profile is reported by _profile
 
@@ -421,7 +378,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise EigenguardError(f"config file '{p}' is empty; allowed: a YAML mapping of option: value")
     if not isinstance(values, dict):
         raise EigenguardError(f"config file '{p}' must hold a mapping of option: value, got {type(values).__name__}")
-    return upgrade_legacy({str(k).replace("-", "_"): v for k, v in values.items()})
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
 COMPONENT_FIELDS = ("attack", "defense")

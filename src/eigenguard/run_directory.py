@@ -24,6 +24,14 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from eigenguard.config import (
+    ATTACK_NONE,
+    DEFENSE_NONE,
+    LEGACY_FIELDS,
+    LEGACY_GUARD_FIELDS,
+    TrainConfig,
+    make_config,
+)
 from eigenguard.errors import EigenguardError
 
 
@@ -266,3 +274,58 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
+
+
+# -- configs of older versions, where they are read back -----------------------------------------
+
+# which defenses took which of the old guard fields
+LEGACY_GUARD_USERS = {"eigenguard": tuple(LEGACY_GUARD_FIELDS), "dimension-edit": ("guard_at",)}
+
+
+def stored_config(values: dict[str, Any]) -> TrainConfig:
+    """A config read back from a run directory, a results store or an export, in today's layout (a config
+    a user writes is read in today's layout only: `make_config`)."""
+    return make_config(upgrade_legacy(values))
+
+
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A config written before components owned their options (eigenguard 0.1: `attack_options`,
+    `defense_options`, `k`, `guard_at`, ...) in today's layout; the old guard fields of a run whose defense
+    did not use them are dropped (they were recorded at their defaults and never read)."""
+    if not any(key in values for key in LEGACY_FIELDS):
+        return _upgrade_guard_anchors(values)
+    values = dict(values)
+    attack_options = values.pop("attack_options", None) or {}
+    defense_options = values.pop("defense_options", None) or {}
+    guard_values = {key: values.pop(key) for key in LEGACY_GUARD_FIELDS if key in values}
+    for field, given in (("attack", attack_options), ("defense", defense_options)):
+        if not isinstance(given, dict):
+            raise EigenguardError(f"invalid {field}_options = {given!r}: must be a mapping of option: value")
+    defense_options = dict(defense_options)
+    attack = values.get("attack", "badnets")
+    if isinstance(attack, str) and attack.lower() != ATTACK_NONE:
+        values["attack"] = {"name": attack, **{k: v for k, v in attack_options.items() if k != "cache_dir"}}
+    defense = values.get("defense", DEFENSE_NONE)
+    if isinstance(defense, str):
+        for key in LEGACY_GUARD_USERS.get(defense.lower(), ()):
+            if key in guard_values:
+                defense_options.setdefault(LEGACY_GUARD_FIELDS[key], guard_values[key])
+        values["defense"] = {"name": defense, **defense_options}
+    return _upgrade_guard_anchors(values)
+
+
+def _upgrade_guard_anchors(values: dict[str, Any]) -> dict[str, Any]:
+    """EigenGuard's `lowest_loss_samples: N` (eigenguard 0.2) is `anchor_count: N` now (`anchors: none` for
+    N = 0), since `anchors` chooses how they are picked."""
+    defense = values.get("defense")
+    if not (isinstance(defense, dict) and str(defense.get("name", "")).lower() == "eigenguard"):
+        return values
+    if "lowest_loss_samples" not in defense:
+        return values
+    defense = dict(defense)
+    count = defense.pop("lowest_loss_samples")
+    if count == 0:
+        defense.setdefault("anchors", "none")
+    else:
+        defense.setdefault("anchor_count", count)
+    return {**values, "defense": defense}

@@ -2,8 +2,9 @@
 
 The model is rebuilt from config.yaml (architecture, width, and the structure a defense adds, such as
 EigenGuard at its insertion point) and filled from model.safetensors (no pickle). A config.yaml of
-eigenguard 0.1 (flat `attack_options`, `k`, `guard_at`, ...) loads too (config.upgrade_legacy). Nothing is retrained and
-the training set is not poisoned again: the analyses need only the clean test images and the trigger.
+eigenguard 0.1 (flat `attack_options`, `k`, `guard_at`, ...) loads too (run_directory.stored_config).
+Nothing is retrained and the training set is not poisoned again: the analyses need only the clean test
+images and the trigger.
 """
 
 import json
@@ -12,18 +13,18 @@ from pathlib import Path
 
 import torch
 import yaml
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from eigenguard.attacks import Attack, create_attack
-from eigenguard.config import ATTACK_NONE, TrainConfig, format_validation_error
+from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import load_dataset
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
 from eigenguard.models import Backbone, create_model
 from eigenguard.pipeline.components import build_defense
+from eigenguard.run_directory import stored_config
 from eigenguard.training.features import features
 
 
@@ -49,9 +50,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
             raise EigenguardError(f"'{path}' is not a finished run directory: {needed} is missing")
     try:
         values = yaml.safe_load((path / "config.yaml").read_text())
-        config = TrainConfig(**{**values, **({"data_root": data_root} if data_root else {})})
-    except ValidationError as e:
-        raise EigenguardError(f"{path}/config.yaml: {format_validation_error(e)}") from None
+        config = stored_config({**values, **({"data_root": data_root} if data_root else {})})
+    except EigenguardError as e:
+        raise EigenguardError(f"{path}/config.yaml: {e}") from None
     device = torch.device(device)
     try:  # the run's own files first: a broken one is named before any dataset is looked for
         weights = load_file(str(path / "model.safetensors"))

@@ -40,8 +40,7 @@ def run_cell(
     import torch
 
     from eigenguard.bench.store import ResultStore, this_owner
-    from eigenguard.config import TrainConfig
-    from eigenguard.run_directory import atomic_write_text, read_log
+    from eigenguard.run_directory import atomic_write_text, read_log, stored_config
     from eigenguard.version import __version__
 
     results = ResultStore(store) if store else None
@@ -54,7 +53,7 @@ def run_cell(
     partial = root / PARTIAL / key
     result: dict[str, Any]
     try:
-        cfg = TrainConfig(**config)
+        cfg = stored_config(config)
         cfg = cfg.model_copy(update={"out": str(partial), **({"device": device} if device else {})})
         final = final_run_dir(root, key, cfg.run_name())
         if final.exists():  # left by a runner killed after the rename but before recording: redo it

@@ -20,10 +20,9 @@ from typing import Any
 
 from eigenguard.bench.grid import LAYOUTS, cell_key
 from eigenguard.bench.store import ResultStore
-from eigenguard.config import make_config
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.components import resolve
-from eigenguard.run_directory import read_log
+from eigenguard.run_directory import read_log, stored_config
 from eigenguard.version import __version__
 
 CELL_FIELDS = ("key", "labels", "status", "error", "config", "metrics", "log", "wall_seconds", "versions",
@@ -84,7 +83,7 @@ def read_export(path: Path) -> dict[str, Any]:
         if cell.get("log") is not None and not isinstance(cell["log"], list):
             raise EigenguardError(f"{where} ({cell['key']}): 'log' must be a list of epoch rows")
         try:
-            key = cell_key(resolve(make_config(cell["config"])))
+            key = cell_key(resolve(stored_config(cell["config"])))
         except EigenguardError as e:
             raise EigenguardError(f"{where} ({cell['key']}): its config is not valid here: {e}") from None
         if key != cell["key"]:
