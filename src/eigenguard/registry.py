@@ -3,8 +3,8 @@
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from eigenguard import options
 from eigenguard.errors import EigenguardError
+from eigenguard.options import allowed_text, checked_options, defaults_of, spec
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class Registry(Generic[T]):
 
     def options(self, name: str) -> dict[str, Any]:
         """The options entry `name` declares (options.py), with their defaults."""
-        return options.defaults_of(self.get(name))
+        return defaults_of(self.get(name))
 
     def complete(self, name: str, given: dict[str, Any]) -> dict[str, Any]:
         """Entry `name`'s options with every one it takes: `given` over its defaults (tuples as lists, so
@@ -51,23 +51,23 @@ class Registry(Generic[T]):
         one EigenguardError."""
         cls = self.get(name)
         defaults = self.options(name)
-        merged = {**defaults, **options.checked_options(cls, given)}
+        merged = {**defaults, **checked_options(cls, given)}
         late = getattr(cls, "LATE_OPTIONS", ())
         return {k: _plain(v) for k, v in merged.items() if not (k in late and v == defaults[k])}
 
     def allowed(self, name: str, key: str) -> str:
         """What option `key` of entry `name` allows, as errors and `eigenguard list` say it."""
-        return options.allowed_text(self.get(name), key)
+        return allowed_text(self.get(name), key)
 
     def help(self, name: str, key: str) -> str:
         """What option `key` of entry `name` means (one line)."""
-        return options.spec(self.get(name), key).help
+        return spec(self.get(name), key).help
 
     def create(self, name: str, *args: Any, fixed: dict[str, Any] | None = None, **given: Any) -> Any:
         """Build entry `name` from `args`, the `fixed` keywords and the user's `given` options; an option it
         does not take, or a value it does not allow, is one EigenguardError naming what is allowed."""
         cls = self.get(name)
-        return cls(*args, **(fixed or {}), **options.checked_options(cls, given))  # type: ignore[operator]
+        return cls(*args, **(fixed or {}), **checked_options(cls, given))  # type: ignore[operator]
 
 
 def _plain(value: Any) -> Any:

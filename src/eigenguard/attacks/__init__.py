@@ -1,7 +1,5 @@
 """Backdoor attacks. Adding one = one file with an `Attack` subclass + one `ATTACKS` entry below."""
 
-import dataclasses
-
 from eigenguard.attacks.adap_blend import AdapBlend
 from eigenguard.attacks.adap_patch import AdapPatch
 from eigenguard.attacks.badnets import BadNets, BadNetsAllToAll
@@ -48,10 +46,7 @@ def create_attack(
 ) -> Attack:
     """Build a registered attack for images of `image_shape` (C, H, W), given the run's target class, seed
     and cache root (where CLB and Input-aware keep what they train); unknown options are an error."""
-    fixed: dict[str, object] = {"target": target, "seed": seed}
-    if "cache_dir" in {f.name for f in dataclasses.fields(ATTACKS.get(name))}:
-        fixed["cache_dir"] = cache_dir
-    return ATTACKS.create(name, image_shape, fixed=fixed, **options)
+    return ATTACKS.create(name, image_shape, fixed={"target": target, "seed": seed, "cache_dir": cache_dir}, **options)
 
 
 __all__ = [

@@ -59,7 +59,8 @@ class Attack(Configurable):
     image_shape: (C, H, W) of the images the trigger will be stamped on.
     target: the class every triggered input should be sent to (all-to-one).
     seed: seeds any randomness of the trigger itself (e.g. Blend's noise pattern).
-    These three come from the run, not from the attack's options.
+    cache_dir: the run's cache root, where an attack that trains keeps what it trained (CLB, Input-aware).
+    These four come from the run, not from the attack's options.
     """
 
     role: ClassVar[str] = "attack"
@@ -71,6 +72,7 @@ class Attack(Configurable):
     image_shape: tuple[int, int, int]
     target: int = 0
     seed: int = 0
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]

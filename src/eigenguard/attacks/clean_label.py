@@ -80,7 +80,6 @@ class CleanLabel(Attack):
         None, "L-inf budget of the surrogate's adversarial training (null: epsilon / 2)", "[0, 1]"
     )
     surrogate_pgd_steps: int = option(3, "PGD steps of the surrogate's adversarial training", ">= 1")
-    cache_dir: str | None = None  # the run's cache root: the perturbed images and the surrogate are kept there
 
     def __post_init__(self) -> None:
         super().__post_init__()

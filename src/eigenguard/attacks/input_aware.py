@@ -100,7 +100,6 @@ class InputAware(Attack):
     lambda_div: float = option(1.0, "weight of the diversity loss", ">= 0")
     batch_size: int = option(128, "batch size of the attacker's training", ">= 10")
     surrogate_width: float = option(0.25, "width multiplier of the attacker's classifier", "[0.01, 16]")
-    cache_dir: str | None = None  # the run's cache root: the trained generators are kept there
 
     def __post_init__(self) -> None:
         super().__post_init__()
