@@ -7,6 +7,7 @@ import os
 import socket
 import sqlite3
 import statistics
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eigenguard.bench.exchange import read_export
+from eigenguard.bench.exchange import import_export, read_export
 from eigenguard.bench.executors import LocalExecutor
-from eigenguard.bench.grid import load_grid, parse_grid
+from eigenguard.bench.grid import load_grid, parse_grid, recorded_key
 from eigenguard.bench.report import write_report
 from eigenguard.bench.runner import CellTimes, run_grid
 from eigenguard.bench.store import SCHEMA, ResultStore
 from eigenguard.cli import app
+from eigenguard.config import KEY_VERSION
 from eigenguard.errors import EigenguardError
 
 GRIDS = sorted((Path(__file__).parent.parent / "grids").glob("*.yaml"))
@@ -56,22 +58,67 @@ def test_shipped_grids_expand_and_validate(path: Path) -> None:
     assert len({c.key for c in grid.cells}) == len(grid.cells)
 
 
-def test_recorded_cells_keep_their_keys() -> None:
-    # the keys of cells whose results are recorded (benchmarks/results/study-queue.json): an option added to
-    # a component later (EigenGuard's `ranking`, a LATE_OPTIONS entry) leaves them alone at its default
-    cells = {c.labels["cell"]: c for c in load_grid(GRIDS[0].parent / "study-queue.yaml").cells}
-    assert cells["badnets-paper"].key == "3e0840a751498b3e" and cells["blend-none"].key == "0023d6f4db7c3a78"
-    assert "ranking" not in cells["badnets-paper"].config.defense.options
-    raw = {"name": "g", "description": "", "base": {"profile": "quick", "eval_every": 12, "attack": "badnets"}}
-    keys = [
-        parse_grid({**raw, "axes": {"defense": [defense]}}).cells[0].key
-        for defense in (
-            {"name": "eigenguard", "ranking": "pass"},
-            "eigenguard",
-            {"name": "eigenguard", "ranking": "training"},
+def test_recorded_cells_are_found_under_todays_keys(tmp_path: Path) -> None:
+    # study-queue.json holds key-version-1 cells, recorded before EigenGuard's `ranking` existed (version 1
+    # left such later options out at their default): each recorded key checks against its recorded config,
+    # and once imported the grid finds every one of them done under this version's keys
+    path = GRIDS[0].parent.parent / "benchmarks" / "results" / "study-queue.json"
+    raw = json.loads(path.read_text())
+    assert "key_version" not in raw and recorded_key(raw["cells"][0]["config"], 1) == raw["cells"][0]["key"]
+    record = read_export(path)
+    assert record["key_version"] == KEY_VERSION
+    done = {json.dumps(c["labels"]) for c in record["cells"] if c["status"] == "done"}
+    with closing(ResultStore(tmp_path / "r.sqlite")) as store:
+        import_export(store, record)
+        grid = load_grid(GRIDS[0].parent / "study-queue.yaml")
+        found = [json.dumps(c.labels) for c in grid.cells if store.status(c.key) == "done"]
+    assert len(done) >= 7 and set(found) == done
+    cells = {c.labels["cell"]: c for c in grid.cells}
+    assert cells["badnets-paper"].config.defense.options["ranking"] == "pass"  # completed, in the key
+    raw_grid = {"name": "g", "description": "", "base": {"profile": "quick", "eval_every": 12, "attack": "badnets"}}
+    guards = ("eigenguard", {"name": "eigenguard", "ranking": "pass"}, {"name": "eigenguard", "ranking": "training"})
+    keys = [parse_grid({**raw_grid, "axes": {"defense": [guard]}}).cells[0].key for guard in guards]
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_a_store_of_an_older_key_version_is_rekeyed_once(tmp_path: Path) -> None:
+    grid = parse_grid({"name": "g", "base": {"profile": "quick"}, "axes": {"defense": ["none", "eigenguard"]}})
+    plain, guarded = grid.cells
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # as eigenguard wrote it before keys had a version
+        db.executescript(SCHEMA)
+        old = plain.config.model_dump()
+        old["attack"] = {"name": "badnets"}  # version 1 left options added later out at their default
+        for position, (key, config, status, finished) in enumerate(
+            (
+                (recorded_key(old, 1), old, "done", "2026-01-02"),
+                (recorded_key(plain.config.model_dump(), 1), plain.config.model_dump(), "failed", "2026-01-03"),
+                ("0123456789abcdef", {"dataset": "no-such-dataset"}, "done", "2026-01-01"),
+            )
+        ):
+            db.execute(
+                "INSERT INTO cells (key, config, status, acc, finished_at) VALUES (?, ?, ?, 0.5, ?)",
+                (key, json.dumps(config), status, finished),
+            )
+            db.execute("INSERT INTO grid_cells VALUES ('g', ?, ?, '{}')", (key, position))
+        db.execute(  # a cell a live runner of the old version is working on: no re-keying under it
+            "INSERT INTO cells (key, config, status, owner) VALUES ('live', ?, 'running', ?)",
+            (json.dumps(old), f"{socket.gethostname()}:{os.getpid()}"),
         )
-    ]
-    assert keys[0] == keys[1] == cells["badnets-paper"].key != keys[2]
+    with pytest.raises(EigenguardError, match="in use by an older eigenguard"):
+        ResultStore(path)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM cells WHERE key = 'live'")
+    with closing(ResultStore(path)) as store:
+        assert store.key_version == KEY_VERSION
+        assert store.status(plain.key) == "done" and store.status(guarded.key) is None  # the done one kept
+        assert [r["key"] for r in store.records("g")] == [plain.key, "0123456789abcdef"]  # one grid member
+        assert store.records("g")[0]["config"] == plain.config.model_dump()  # complete, as today's cells
+        assert store.status("0123456789abcdef") == "done"  # not valid here: kept under its old key
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {KEY_VERSION + 1}")
+    with pytest.raises(EigenguardError, match="newer than this eigenguard"):
+        ResultStore(path)
 
 
 def test_a_number_given_in_another_kind_is_one_setting() -> None:
@@ -432,7 +479,7 @@ def test_import_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[]")
     store = tmp_path / "b.sqlite"
     for path, says in (
-        (edited, f"not the recorded {record['cells'][1]['key']}"),
+        (edited, f"does not give its key {record['cells'][1]['key']}"),
         (tmp_path / "notjson.json", "is not JSON"),
         (tmp_path / "list.json", "is not a grid export"),
         (tmp_path / "missing.json", "cannot read"),

@@ -43,7 +43,5 @@ def test_cbd_trains_two_models_and_reports_its_weights() -> None:
 
 def test_cbd_options_are_checked() -> None:
     for bad in ({"backdoor_epochs": 0}, {"backdoor_lr": 0.0}, {"backdoor_lr": float("nan")}):
-        with pytest.raises(
-            EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'cbd'; allowed: "
-        ):
+        with pytest.raises(EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'cbd'; allowed: "):
             create_defense("cbd", **bad)

@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 from eigenguard.config import (
+    KEY_VERSION,
     PROFILES,
     Component,
+    Experiment,
+    Placement,
     TrainConfig,
     load_yaml,
     make_config,
@@ -164,7 +167,14 @@ def test_poison_rate_defaults_to_the_attacks_paper_value(attack: str, rate: floa
 
 def test_what_decides_a_result_is_defined_once() -> None:
     a = resolved({"profile": "quick", "defense": "ft"})
-    assert result_values(a) == result_values(a.model_copy(update={"out": "x", "device": "cpu", "cache_dir": "c"}))
+    placed = {"out": "x", "runs_dir": "r", "cache_dir": "c", "data_root": "d", "download": True, "device": "cpu",
+              "checkpoint_every": 3}  # fmt: skip
+    assert set(placed) == set(Placement.model_fields) == set(TrainConfig.model_fields) - set(Experiment.model_fields)
+    assert result_values(a) == result_values(a.model_copy(update=placed))
+    assert result_values(a)["key_version"] == KEY_VERSION and set(result_values(a)) - {"key_version"} == set(
+        Experiment.model_fields
+    )
+    assert result_values(a) != result_values(a.model_copy(update={"seed": 1}))
     assert result_values(a) != result_values(a.model_copy(update={"eval_batch_size": 64}))  # ABL, SS read it
     # the no-defense model of a setting: its defense, the defender's budget and evaluation do not matter
     b = resolved({"profile": "quick", "defense": "eigenguard", "clean_samples": 10, "eval_every": 5})

@@ -315,9 +315,7 @@ def test_asd_seeds_are_the_defenders_clean_images() -> None:
 def test_defense_options_are_checked() -> None:
     with pytest.raises(EigenguardError, match="unknown option 'eps' for defense 'anp'; allowed: epsilon"):
         create_defense("anp", eps=0.3)
-    with pytest.raises(
-        EigenguardError, match="option epochs = 0 for defense 'ft'; allowed: a whole number >= 1"
-    ):
+    with pytest.raises(EigenguardError, match="option epochs = 0 for defense 'ft'; allowed: a whole number >= 1"):
         create_defense("ft", epochs=0)
     expected = {
         "none",

@@ -236,9 +236,7 @@ def test_anchor_rules() -> None:
     assert EigenGuardDefense(anchors="clean").needs_clean_pool and not EigenGuardDefense().needs_clean_pool
     with pytest.raises(EigenguardError, match=r"anchors = 'best' for defense 'eigenguard'; allowed: lowest-loss \| "):
         EigenGuardDefense(anchors="best")
-    with pytest.raises(
-        EigenguardError, match=r"anchor_count = 0 for defense .eigenguard.; allowed: a whole number"
-    ):
+    with pytest.raises(EigenguardError, match=r"anchor_count = 0 for defense .eigenguard.; allowed: a whole number"):
         EigenGuardDefense(anchor_count=0)
     with pytest.raises(EigenguardError, match="spectrum = 'flat' for defense 'eigenguard'; allowed: paper"):
         EigenGuardDefense(spectrum="flat")

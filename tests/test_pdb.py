@@ -79,9 +79,7 @@ def test_defensive_augmentation_stamps_then_scales_and_rotates() -> None:
 def test_pdb_options_are_checked() -> None:
     for bad in ({"ratio": 0}, {"ratio": 1.5}, {"repeat": 0}, {"size": 0}, {"shift": 0}, {"value": float("inf")},
                 {"scale_p": 2.0}, {"rotate_degrees": -1.0}):  # fmt: skip
-        with pytest.raises(
-            EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'pdb'; allowed: "
-        ):
+        with pytest.raises(EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'pdb'; allowed: "):
             create_defense("pdb", **bad)
 
 

@@ -181,9 +181,7 @@ def test_sieve_options_are_checked() -> None:
         {"widen": "all"},
         {"sieve_epochs": 0},
     ):
-        with pytest.raises(
-            EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'sieve'; allowed"
-        ):
+        with pytest.raises(EigenguardError, match=f"option {next(iter(bad))} = .* for defense 'sieve'; allowed"):
             create_defense("sieve", **bad)
 
 

@@ -12,8 +12,9 @@ defenses exist: names and component options are checked against the registries b
 - The attack and the defense are components: a name plus that component's own options,
   `{name: eigenguard, k: 40}` (a bare name means the component's defaults). `eigenguard list` prints every
   component's options; on the command line `--set defense.k=40` sets one.
-- Which fields decide a result is defined once, below (`result_values`, `plain_weights_values`): the grid's
-  cell keys, the backdoored-model cache and run names all use it.
+- What decides a result is stated once: the fields `Experiment` declares. `Placement` declares where and
+  how a run runs (device, paths, checkpoint cadence); `TrainConfig` is both, flat. Grid cell keys and the
+  caches of trained weights hash `result_values` (the Experiment fields and `KEY_VERSION`), nothing else.
 """
 
 from pathlib import Path
@@ -113,16 +114,15 @@ MAX_WIDTH = 16.0  # a ResNet-18 at width 16 has about 2.8 billion weights
 MAX_IMAGE_SIZE = 1024
 
 
-class TrainConfig(BaseModel):
-    """Everything that decides a training run. Unknown keys are an error, not silently ignored."""
+class Experiment(BaseModel):
+    """What decides a run's result: data, model, attack, defense, recipe, seed and what is measured. A grid
+    cell's key and every cache of trained weights hash these fields (`result_values`), and only these."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     profile: str = Field(DEFAULT_PROFILE, description="named defaults, applied first: " + ", ".join(PROFILES))
     # data
     dataset: str = Field("cifar10", description="dataset name (eigenguard list)")
-    data_root: str | None = Field(None, description="where datasets live (default: $EIGENGUARD_DATA)")
-    download: bool = Field(False, description="fetch a missing dataset with torchvision")
     image_size: int = Field(32, description="side length images are resized to (imagefolder, gtsrb)")
     train_subset: int | None = Field(None, description="use only this many training images (None: all)")
     defense_fraction: float = Field(0.1, description="share of the training set held back for defenses")
@@ -156,23 +156,11 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(0.0, description="linear lr warm-up length, in epochs")
     augment: bool = Field(True, description="random crop (pad 4) and, where the dataset allows, flip")
     flip: bool | None = Field(None, description="horizontal flip; None: dataset default")
-    # execution
     seed: int = Field(0, description="master seed: split, poison choice, trigger, init, batches")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(False, description="torch.compile the model")  # compiled kernels may round differently
+    # measurement (a defense may read these: ABL ranks losses and Spectral Signatures reads features in batches)
     eval_batch_size: int = Field(512, description="batch size for evaluation")
     eval_every: int = Field(1, description="evaluate every N epochs (the last epoch always)")
-    checkpoint_every: int = Field(
-        0,
-        ge=0,
-        description="checkpoint a defense's own iteration loop (ANP's masks) every N iterations (0: every tenth "
-        "of it); fits checkpoint at every epoch end",
-    )
-    out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
-    runs_dir: str = Field("runs", description="parent of auto-named run directories")
-    cache_dir: str | None = Field(
-        None, description="reusable artifacts (backdoored models, CLB images); default $EIGENGUARD_CACHE"
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -278,6 +266,38 @@ class TrainConfig(BaseModel):
             raise ValueError("must be >= 0")
         return v
 
+    @model_validator(mode="after")
+    def _clean_run(self) -> "Experiment":
+        if self.attack.name == ATTACK_NONE:
+            # A clean run: nothing to poison. Keep the record honest rather than silently ignoring it.
+            if self.attack.options:
+                object.__setattr__(self, "attack", Component(name=ATTACK_NONE))
+            object.__setattr__(self, "poison_rate", 0.0)
+        return self
+
+
+class Placement(BaseModel):
+    """Where and how a run runs: which machine, where data is read and files are written, how often it
+    checkpoints. None of these changes its result, so no key hashes them. (The device *type* can change the
+    last bits: caches that hold weights add it to their key themselves.)"""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    data_root: str | None = Field(None, description="where datasets live (default: $EIGENGUARD_DATA)")
+    download: bool = Field(False, description="fetch a missing dataset with torchvision")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="checkpoint a defense's own iteration loop (ANP's masks) every N iterations (0: every tenth "
+        "of it); fits checkpoint at every epoch end",
+    )
+    out: str | None = Field(None, description="run directory (must not exist; default: runs/<name>)")
+    runs_dir: str = Field("runs", description="parent of auto-named run directories")
+    cache_dir: str | None = Field(
+        None, description="reusable artifacts (backdoored models, CLB images); default $EIGENGUARD_CACHE"
+    )
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -286,14 +306,12 @@ class TrainConfig(BaseModel):
             return v
         raise ValueError("allowed: auto, cpu, cuda, cuda:N")
 
-    @model_validator(mode="after")
-    def _clean_run(self) -> "TrainConfig":
-        if self.attack.name == ATTACK_NONE:
-            # A clean run: nothing to poison. Keep the record honest rather than silently ignoring it.
-            if self.attack.options:
-                object.__setattr__(self, "attack", Component(name=ATTACK_NONE))
-            object.__setattr__(self, "poison_rate", 0.0)
-        return self
+
+class TrainConfig(Placement, Experiment):
+    """A whole run configuration: an Experiment (what decides the result) and its Placement (where it runs),
+    flat, as YAML files and the command line write it. Unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def run_name(self) -> str:
         """A readable name: dataset, model, attack and rate, defense, seed (not unique: see result_values)."""
@@ -304,19 +322,19 @@ class TrainConfig(BaseModel):
 
 
 # -- what decides a result: defined here, once -------------------------------------------------------
-# Where files go, where data is read from, which machine runs and how often it checkpoints: these cannot
-# change a run's result.
-# (The device *type* can, in the last bits: caches that hold weights add it to their key themselves.)
-PLACEMENT_FIELDS = ("out", "runs_dir", "cache_dir", "data_root", "download", "device")
-PLACEMENT_FIELDS += ("checkpoint_every",)
-# What a run measures and logs without touching the weights it trains, for a run without a defense
-# (a defense may read these: ABL ranks losses and Spectral Signatures reads features in eval batches).
+# Which definition a key was made with. Raise it whenever what `result_values` gives for a run changes (a
+# field or an option added, a field moved between Experiment and Placement): stores and exported grids
+# written under an older version are re-keyed from their recorded configs when read (bench/exchange.py).
+KEY_VERSION = 2
+EXPERIMENT_FIELDS = tuple(Experiment.model_fields)
+PLACEMENT_FIELDS = tuple(Placement.model_fields)
+# What a run measures and logs without touching the weights it trains, for a run without a defense.
 MEASUREMENT_FIELDS = ("eval_every", "eval_batch_size")
 
 
 def result_values(config: TrainConfig) -> dict[str, Any]:
-    """Every value that can change what `train(config)` produces: the identity of a grid cell."""
-    return {k: v for k, v in config.model_dump().items() if k not in PLACEMENT_FIELDS}
+    """Every value that can change what `train(config)` produces, and the key version: a grid cell's identity."""
+    return {"key_version": KEY_VERSION, **config.model_dump(include=set(EXPERIMENT_FIELDS))}
 
 
 def no_defense(config: TrainConfig) -> TrainConfig:

@@ -49,11 +49,8 @@ class Registry(Generic[T]):
         """Entry `name`'s options with every one it takes: `given` over its defaults (tuples as lists, so
         the result is plain YAML and JSON). An option it does not take, or a value it does not allow, is
         one EigenguardError."""
-        cls = self.get(name)
-        defaults = self.options(name)
-        merged = {**defaults, **checked_options(cls, given)}
-        late = getattr(cls, "LATE_OPTIONS", ())
-        return {k: _plain(v) for k, v in merged.items() if not (k in late and v == defaults[k])}
+        merged = {**self.options(name), **checked_options(self.get(name), given)}
+        return {k: _plain(v) for k, v in merged.items()}
 
     def allowed(self, name: str, key: str) -> str:
         """What option `key` of entry `name` allows, as errors and `eigenguard list` say it."""

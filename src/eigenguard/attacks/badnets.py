@@ -39,7 +39,6 @@ def corner_patch(image_shape: tuple[int, ...], patch: torch.Tensor, corner: str)
 @component
 class BadNets(Attack):
     name = "badnets"
-    LATE_OPTIONS = ("size", "corner")  # left out of a cell's key at its default (registry.complete)
 
     size: int = option(3, "side of the patch in pixels (the 3 x 3 pattern tiled)", ">= 1")
     corner: Corner = option("br", "the corner the patch is stamped in")

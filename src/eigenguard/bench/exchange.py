@@ -8,9 +8,11 @@ the full configuration, metrics.json, the per-epoch log (log.csv's rows), wall t
 finish times; results pages cite it as raw numbers.
 Importing records its finished cells as done, so `eigenguard bench GRID.yaml` runs only the rest and
 `eigenguard report` shows them; their run directories (weights, checkpoints) stay where they were made.
-Each cell's key is recomputed from its configuration under this version: a cell whose configuration no
-longer gives its key (a hand-edited file, or a result definition that has changed since) is refused, and
-so is the whole file, before anything is written. A cell the store already holds as done is kept as it is.
+The file names the key version its keys were made with (`key_version`; a file without one is version 1).
+Each finished cell's recorded key is checked against its recorded configuration under that version: a
+hand-edited cell is refused, and so is the whole file, before anything is written. Cells are then recorded
+under this version's key (`bench.grid.current_identity`), so today's grids find them. A cell the store
+already holds as done is kept as it is.
 """
 
 import json
@@ -18,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eigenguard.bench.grid import LAYOUTS, cell_key
+from eigenguard.bench.grid import LAYOUTS, current_identity, recorded_key
 from eigenguard.bench.store import ResultStore
+from eigenguard.config import KEY_VERSION
 from eigenguard.errors import EigenguardError
-from eigenguard.pipeline.components import resolve
-from eigenguard.run_directory import read_log, stored_config
-from eigenguard.version import __version__
+from eigenguard.run_directory import read_log
 
 CELL_FIELDS = ("key", "labels", "status", "error", "config", "metrics", "log", "wall_seconds", "versions",
                "started_at", "finished_at")  # fmt: skip
@@ -43,7 +44,7 @@ def export_grid(store: ResultStore, grid: str) -> dict[str, Any]:
         cells.append({**{k: r[k] for k in CELL_FIELDS if k != "log"}, "log": log})
     g = known[grid]
     layout = {"layout": g["layout"], "x": g["x"], "axes": json.loads(g["axes"] or "{}")}
-    return {"grid": grid, "description": g["description"], **layout, "cells": cells}
+    return {"grid": grid, "key_version": store.key_version, "description": g["description"], **layout, "cells": cells}
 
 
 @dataclass
@@ -55,8 +56,8 @@ class ImportSummary:
 
 
 def read_export(path: Path) -> dict[str, Any]:
-    """An exchange file, its structure and every finished cell's key checked; an EigenguardError names the
-    first problem."""
+    """An exchange file, its structure and every finished cell's key checked, its finished cells re-keyed
+    to this version (key and config); an EigenguardError names the first problem."""
     try:
         record = json.loads(path.read_text())
     except OSError as e:
@@ -67,6 +68,12 @@ def read_export(path: Path) -> dict[str, Any]:
         raise EigenguardError(f"'{path}' is not a grid export (it needs 'grid' and 'cells'); see `eigenguard export`")
     if record.get("layout", "flat") not in LAYOUTS:
         raise EigenguardError(f"'{path}': layout {record['layout']!r} unknown; allowed: {', '.join(LAYOUTS)}")
+    version = record.get("key_version", 1)
+    if not (isinstance(version, int) and 1 <= version <= KEY_VERSION):
+        raise EigenguardError(
+            f"'{path}': key_version {version!r} unknown; this eigenguard reads 1 to {KEY_VERSION} (a newer file "
+            "needs a newer eigenguard)"
+        )
     for i, cell in enumerate(record["cells"]):
         where = f"'{path}', cell {i}"
         if not isinstance(cell, dict) or not isinstance(cell.get("key"), str):
@@ -82,16 +89,17 @@ def read_export(path: Path) -> dict[str, Any]:
             )
         if cell.get("log") is not None and not isinstance(cell["log"], list):
             raise EigenguardError(f"{where} ({cell['key']}): 'log' must be a list of epoch rows")
+        if recorded_key(cell["config"], version) != cell["key"]:
+            raise EigenguardError(
+                f"{where}: its config does not give its key {cell['key']} (key version {version}): the file was "
+                "edited after `eigenguard export` wrote it"
+            )
         try:
-            key = cell_key(resolve(stored_config(cell["config"])))
+            key, config = current_identity(cell["config"])
         except EigenguardError as e:
             raise EigenguardError(f"{where} ({cell['key']}): its config is not valid here: {e}") from None
-        if key != cell["key"]:
-            raise EigenguardError(
-                f"{where}: its config gives key {key} under eigenguard {__version__}, not the recorded "
-                f"{cell['key']}; the file was edited, or what decides this result has changed since: rerun the cell"
-            )
-    return record
+        record["cells"][i] = {**cell, "key": key, "config": config}
+    return {**record, "key_version": KEY_VERSION}
 
 
 def import_export(store: ResultStore, record: dict[str, Any]) -> ImportSummary:

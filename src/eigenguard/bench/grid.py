@@ -14,9 +14,9 @@
         - {label: eps32, attack.epsilon: 0.1255}
 
 A component value given as a mapping is labelled by its name in the report (or by its `label` key).
-A cell is identified by its key, a digest of the values that decide its result (`config.result_values`),
-so the same cell in two grids is run once and shared. Every cell's configuration is resolved and
-validated when the grid is loaded (`pipeline.components.resolve`): a typo fails before anything runs.
+A cell is identified by its key, a digest of the values that decide its result and the key version
+(`config.result_values`), so the same cell in two grids is run once and shared. Every cell's configuration
+is resolved and validated when the grid is loaded (`pipeline.components.resolve`): a typo fails before anything runs.
 """
 
 import itertools
@@ -31,6 +31,7 @@ from eigenguard.cache import digest
 from eigenguard.config import (
     COMPONENT_FIELDS,
     DEFENSE_NONE,
+    PLACEMENT_FIELDS,
     TrainConfig,
     is_setting,
     make_config,
@@ -41,12 +42,28 @@ from eigenguard.config import (
 from eigenguard.defenses import DEFENSES
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.components import resolve
+from eigenguard.run_directory import stored_config
 
 LAYOUTS = ("table3", "table4", "table5", "curve", "flat")
 
 
 def cell_key(config: TrainConfig) -> str:
     return digest(result_values(config), length=16)
+
+
+def recorded_key(config: dict[str, Any], version: int) -> str:
+    """The key a cell got under key version `version`, from its config as recorded then (components complete
+    as they were): version 1 hashed the values alone, later versions hash the version with them. The fields
+    left out are today's placement fields, which every version so far has left out alike."""
+    values = {k: v for k, v in config.items() if k not in PLACEMENT_FIELDS}
+    return digest(values if version == 1 else {"key_version": version, **values}, length=16)
+
+
+def current_identity(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A recorded cell's key and config under this version: older layouts converted, every option completed
+    (an option added since a cell ran is at its default, which is how the cell ran)."""
+    resolved = resolve(stored_config(config))
+    return cell_key(resolved), resolved.model_dump()
 
 
 @dataclass(frozen=True)

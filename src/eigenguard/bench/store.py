@@ -9,6 +9,12 @@ Tables:
 - grids: each grid ever run (name, report layout, description, axes);
 - grid_cells: which cells belong to which grid, in grid order, with their axis labels.
 
+Keys: a store records which definition made its keys (`config.KEY_VERSION`, in SQLite's user_version; 0
+is version 1, every store written before the version was recorded). A store of an older version is
+re-keyed when first opened for writing, from each cell's recorded config (`bench.grid.current_identity`),
+so cells it holds are found by today's grids; while a runner of the older version is live on it, it is
+refused instead.
+
 Concurrency: WAL lets readers work while one writer commits; every write is one short transaction, and
 `claim` takes the write lock first (BEGIN IMMEDIATE), so two runners never both start a cell. A "running"
 row whose owner process is gone (same host, pid not alive) is stale and may be claimed again.
@@ -26,7 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from eigenguard.config import config_value
+from eigenguard.bench.grid import current_identity
+from eigenguard.config import KEY_VERSION, config_value
 from eigenguard.errors import EigenguardError
 from eigenguard.run_directory import atomic_write_text, owner_alive
 
@@ -92,8 +99,59 @@ class ResultStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
             self._db.executescript(SCHEMA)  # IF NOT EXISTS: idempotent, and safe for concurrent openers
             self._add_log_column()
+            self._upgrade_keys()
         except sqlite3.DatabaseError as e:
             raise EigenguardError(f"results store '{self.path}' is not a usable SQLite database: {e}") from None
+
+    @property
+    def key_version(self) -> int:
+        """Which definition made this store's keys (config.KEY_VERSION)."""
+        return self._db.execute("PRAGMA user_version").fetchone()[0] or 1
+
+    def _upgrade_keys(self) -> None:
+        """Re-key a store of an older key version from its cells' recorded configs (module docstring). Two
+        old cells that are one cell today (they differed by an option added since, at its default) become
+        one: the done one, else the one that finished last."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == KEY_VERSION:
+            return
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > KEY_VERSION:
+                raise EigenguardError(
+                    f"results store '{self.path}' has key version {version}, newer than this eigenguard's "
+                    f"{KEY_VERSION}: use the eigenguard that wrote it, or a newer one"
+                )
+            if version == KEY_VERSION:  # a second opener upgraded it first
+                return
+            rows = [dict(r) for r in db.execute("SELECT * FROM cells")]
+            for r in rows:
+                if r["status"] == "running" and owner_alive(r["owner"]):
+                    raise EigenguardError(
+                        f"results store '{self.path}' is in use by an older eigenguard (cell {r['key']} running "
+                        f"as {r['owner']}); its keys are upgraded once that runner has stopped: run again then"
+                    )
+            kept: dict[str, dict[str, Any]] = {}
+            renamed: dict[str, str] = {}
+            for r in rows:
+                try:
+                    key, config = current_identity(json.loads(r["config"]))
+                except EigenguardError:  # a config no longer valid here: kept as it was, no grid finds it
+                    key, config = r["key"], json.loads(r["config"])
+                renamed[r["key"]] = key
+                row = {**r, "key": key, "config": json.dumps(config, sort_keys=True)}
+                if key not in kept or _preferred(row) > _preferred(kept[key]):
+                    kept[key] = row
+            members = [dict(m) for m in db.execute("SELECT * FROM grid_cells ORDER BY grid, position")]
+            db.execute("DELETE FROM cells")
+            for row in kept.values():
+                columns = ", ".join(row)
+                db.execute(f"INSERT INTO cells ({columns}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+            db.execute("DELETE FROM grid_cells")
+            db.executemany(
+                "INSERT OR IGNORE INTO grid_cells VALUES (?, ?, ?, ?)",  # a grid's first of two merged cells
+                [(m["grid"], renamed.get(m["key"], m["key"]), m["position"], m["labels"]) for m in members],
+            )
+            db.execute(f"PRAGMA user_version = {KEY_VERSION}")
 
     def _add_log_column(self) -> None:
         """Stores written before the log column existed get it (empty for their cells). Checked first without
@@ -288,6 +346,11 @@ class ResultStore:
 
 
 CONFIG_COLUMNS = ("dataset", "model", "attack", "poison_rate", "defense", "seed")
+
+
+def _preferred(row: dict[str, Any]) -> tuple[bool, str]:
+    """Which of two records of one cell a store keeps: a done one, then the one finished last."""
+    return row["status"] == "done", row["finished_at"] or ""
 
 
 def _outcome_columns(metrics: dict[str, Any] | None, log: list[dict[str, Any]] | None) -> tuple[Any, ...]:

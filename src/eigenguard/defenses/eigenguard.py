@@ -173,7 +173,6 @@ class EigenGuardDefense(Defense):
     documents the guard's choices."""
 
     name = "eigenguard"
-    LATE_OPTIONS = ("ranking", "anchor_features")  # left out of a cell's key at its default (registry.complete)
 
     at: str = option("stage1", "insertion point (after the first residual stage, as the paper)")
     k: int = option_like(GuardOptions, "k")

@@ -108,7 +108,6 @@ def per_class_choice(labels: torch.Tensor, count: int, num_classes: int, generat
 @component
 class PDB(Defense):
     name = "pdb"
-    LATE_OPTIONS = ("source",)  # left out of a cell's key at its default (registry.complete)
 
     ratio: float = option(0.1, "defensive images, a fraction of the training set (the same number per class)", "(0, 1]")
     repeat: int = option(5, "times the defensive set is appended", "[1, 100]")

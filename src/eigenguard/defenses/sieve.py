@@ -163,7 +163,6 @@ def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -
 @component
 class Sieve(Defense):
     name = "sieve"
-    LATE_OPTIONS = ("widen",)  # left out of a cell's key at its default (registry.complete)
 
     sieve_epochs: int | None = option(None, "epochs of the guarded model (null: the run's)", ">= 1")
     rule: Rule = option("target-refusals", "which images are flagged (module docstring, step 4)")
