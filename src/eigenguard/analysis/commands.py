@@ -12,8 +12,8 @@ import torch
 
 from eigenguard.analysis.effective_rank import DEFINITIONS, effective_rank
 from eigenguard.analysis.eigen_bands import PAPER_BANDS, band_coordinates, neighbour_purity, tsne_2d, tsne_figure
+from eigenguard.analysis.guard_after_training import guard_after_training
 from eigenguard.analysis.run_loading import clean_and_triggered, features_at, load_run, poison_step, poisoned_share
-from eigenguard.analysis.test_time_guard import test_time_guard
 from eigenguard.analysis.trigger_survival import survival
 from eigenguard.defenses import DEFENSES
 from eigenguard.errors import EigenguardError
@@ -197,14 +197,14 @@ def survival_table(
     return text, _write_table(out, "survival_" + "_".join(Path(r).name[:16] for r in run_dirs)[:150], text, rows)
 
 
-def test_time_guard_table(
+def guard_after_training_table(
     run_dirs: list[Path], out: Path, *, k: int = 20, history_images: int = 5120, device: str = "cpu"
 ) -> tuple[str, list[Path]]:
-    """EigenGuard inserted into runs trained without it (analysis/test_time_guard.py), one row per run."""
-    rows = [test_time_guard(r, k=k, history_images=history_images, device=device) for r in run_dirs]
+    """EigenGuard inserted into runs trained without it (analysis/guard_after_training.py), one row per run."""
+    rows = [guard_after_training(r, k=k, history_images=history_images, device=device) for r in run_dirs]
     lines = [
         f"EigenGuard (k = {k}) inserted after training, nothing retrained; His from {history_images} training "
-        "images (analysis/test_time_guard.py).",
+        "images (analysis/guard_after_training.py).",
         "",
         "| run | attack | ACC without | ASR without | ACC per-sample | ASR per-sample | ACC paper protocol "
         "| ASR paper protocol |",

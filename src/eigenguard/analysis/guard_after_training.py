@@ -25,7 +25,7 @@ from eigenguard.training.evaluate import evaluate_protocols
 
 
 @torch.no_grad()
-def test_time_guard(
+def guard_after_training(
     run_dir: str | Path,
     *,
     at: str = "stage1",
