@@ -14,7 +14,7 @@ defenses exist: names and component options are checked against the registries b
   component's options; on the command line `--set defense.k=40` sets one.
 - What decides a result is stated once: the fields `Experiment` declares. `Placement` declares where and
   how a run runs (device, paths, checkpoint cadence); `TrainConfig` is both, flat. Grid cell keys and the
-  caches of trained weights hash `result_values` (the Experiment fields and `KEY_VERSION`), nothing else.
+  caches of trained weights hash `result_values` (the Experiment fields; keys add `KEY_VERSION`), nothing else.
 """
 
 from pathlib import Path
@@ -333,8 +333,9 @@ MEASUREMENT_FIELDS = ("eval_every", "eval_batch_size")
 
 
 def result_values(config: TrainConfig) -> dict[str, Any]:
-    """Every value that can change what `train(config)` produces, and the key version: a grid cell's identity."""
-    return {"key_version": KEY_VERSION, **config.model_dump(include=set(EXPERIMENT_FIELDS))}
+    """Every value that can change what `train(config)` produces: a grid cell's identity (its key hashes
+    these with KEY_VERSION) and, less what only measures, that of the caches of trained weights."""
+    return config.model_dump(include=set(EXPERIMENT_FIELDS))
 
 
 def no_defense(config: TrainConfig) -> TrainConfig:

@@ -31,6 +31,7 @@ from eigenguard.cache import digest
 from eigenguard.config import (
     COMPONENT_FIELDS,
     DEFENSE_NONE,
+    KEY_VERSION,
     PLACEMENT_FIELDS,
     TrainConfig,
     is_setting,
@@ -48,7 +49,7 @@ LAYOUTS = ("table3", "table4", "table5", "curve", "flat")
 
 
 def cell_key(config: TrainConfig) -> str:
-    return digest(result_values(config), length=16)
+    return digest({"key_version": KEY_VERSION, **result_values(config)}, length=16)
 
 
 def recorded_key(config: dict[str, Any], version: int) -> str:
