@@ -19,7 +19,8 @@ from eigenguard.defenses.anp import ANP, batchnorms
 from eigenguard.defenses.clp import CLP, channel_lipschitz, conv_bn_pairs
 from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.defenses.nad import attention_map
-from eigenguard.defenses.spectral_signatures import SpectralSignatures, spectral_scores
+from eigenguard.defenses.spectral_signatures import SpectralSignatures
+from eigenguard.detectors.spectral import spectral_scores
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
 from eigenguard.training.trainer import Trainer

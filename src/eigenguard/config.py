@@ -62,6 +62,7 @@ DEFAULT_PROFILE = "paper"
 
 ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
+PAPER_DEFENSE_FRACTION = 0.1  # Section 4.1: 90/10 train/defense split
 
 
 def _component_mapping(value: Any) -> Any:
@@ -125,7 +126,11 @@ class Experiment(BaseModel):
     dataset: str = Field("cifar10", description="dataset name (eigenguard list)")
     image_size: int = Field(32, description="side length images are resized to (imagefolder, gtsrb)")
     train_subset: int | None = Field(None, description="use only this many training images (None: all)")
-    defense_fraction: float = Field(0.1, description="share of the training set held back for defenses")
+    defense_fraction: float | None = Field(
+        None,
+        description="share of the training set held back for the defender's clean images; None: 10% (the "
+        "paper's split) on benchmark datasets and for a defense that needs clean images, else 0 (own images)",
+    )
     # model
     model: str = Field("resnet18", description="model name (eigenguard list)")
     width: float = Field(1.0, description="channel-width multiplier")
@@ -175,7 +180,10 @@ class Experiment(BaseModel):
                 "{name: NAME, KEY: VALUE} (`eigenguard list` shows the options; 0.1's run directories still load)"
             )
         profile = values.get("profile", DEFAULT_PROFILE)
-        return {**PROFILES.get(profile, {}), **values}  # an unknown profile is reported by _profile
+        values = {**PROFILES.get(profile, {}), **values}  # an unknown profile is reported by _profile
+        if str(values.get("dataset", "")).lower() == "imagefolder":
+            values.setdefault("attack", ATTACK_NONE)  # a user's own images: nothing planted unless asked
+        return values
 
     @field_validator("profile")
     @classmethod
@@ -205,8 +213,8 @@ class Experiment(BaseModel):
 
     @field_validator("defense_fraction")
     @classmethod
-    def _defense_fraction(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
+    def _defense_fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v < 1.0:
             raise ValueError("must be in [0, 1)")
         return v
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from eigenguard.cli.analyze import analyze_app
 from eigenguard.cli.common import OneLineUsageErrors, Opt, err_console, parse_settings
+from eigenguard.cli.own_data import scan
 from eigenguard.errors import EigenguardError
 
 app = typer.Typer(
@@ -135,11 +136,12 @@ def show_config(
 
 @app.command("list")
 def list_components() -> None:
-    """The registered datasets, models, attacks and defenses, with every component's options."""
+    """The registered datasets, models, attacks, defenses and detectors, with every component's options."""
     from eigenguard.attacks import ATTACKS
     from eigenguard.config import PROFILES
     from eigenguard.data import DATASETS
     from eigenguard.defenses import DEFENSES
+    from eigenguard.detectors import DETECTORS
     from eigenguard.models import MODELS
 
     for kind, names in (
@@ -147,6 +149,7 @@ def list_components() -> None:
         ("models", MODELS.names()),
         ("attacks", ["none", *ATTACKS.names()]),
         ("defenses", DEFENSES.names()),
+        ("detectors", DETECTORS.names()),
         ("profiles", list(PROFILES)),
     ):
         typer.echo(f"{kind}: {', '.join(names)}")
@@ -163,6 +166,10 @@ def list_components() -> None:
                  cls.needs_backdoored)) if flag]  # fmt: skip
         typer.echo(f"  {name}" + (f" (needs {' and '.join(needs)})" if needs else ""))
         _echo_options(DEFENSES, name)
+    typer.echo("detector options (eigenguard scan --detector NAME --set detector.KEY=VALUE):")
+    for name in DETECTORS.names():
+        typer.echo(f"  {name}")
+        _echo_options(DETECTORS, name)
 
 
 def _echo_options(registry: Any, name: str) -> None:
@@ -283,6 +290,7 @@ def import_results(
     results.close()
 
 
+app.command("scan")(scan)
 app.add_typer(analyze_app, name="analyze")
 
 

@@ -57,6 +57,15 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def image_folder_files(root: str | Path | None, indices: torch.Tensor) -> list[Path]:
+    """The files of the training images at `indices` (into the whole train/ folder, in the loader's order)."""
+    if root is None:
+        raise EigenguardError("dataset 'imagefolder' needs a directory: pass --data-root")
+    train_dir = Path(root).expanduser() / "train"
+    paths, _ = _samples(train_dir, list(_class_dirs(train_dir)))
+    return [paths[i] for i in indices.tolist()]
+
+
 def load_image_folder(
     root: Path | None, download: bool = False, image_size: int = 32
 ) -> tuple[ImageDataset, ImageDataset]:

@@ -14,22 +14,16 @@ last residual unit of a 3-stage ResNet; BackdoorBench uses the last stage's outp
 The report gives the removal precision and recall against the true poisons.
 """
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.detectors.base import top_per_class
+from eigenguard.detectors.spectral import per_class_spectral_scores
 from eigenguard.options import component, option
 from eigenguard.training.features import features
-
-
-def spectral_scores(features: torch.Tensor) -> torch.Tensor:
-    """Squared projection of each centred row on the rows' top right singular vector (float64)."""
-    centred = features.double() - features.double().mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    return (centred @ vh[0]) ** 2
 
 
 @component
@@ -41,16 +35,9 @@ class SpectralSignatures(Defense):
     removal_factor: float = option(1.5, "removes removal_factor * epsilon of each class", "> 0")
 
     def flag(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Indices of the samples to remove, class by class (sorted)."""
-        removed = []
-        for c in labels.unique().tolist():
-            members = torch.nonzero(labels == c).flatten()
-            count = min(len(members), math.ceil(self.removal_factor * self.epsilon * len(members) - 1e-9))
-            if count == 0 or len(members) < 2:
-                continue
-            scores = spectral_scores(features[members])
-            removed.append(members[scores.topk(count).indices])
-        return torch.cat(removed).sort().values if removed else torch.empty(0, dtype=torch.int64)
+        """Indices of the samples to remove, class by class (sorted): the `ss` detector's flagged set."""
+        scores, _ = per_class_spectral_scores(features, labels, int(labels.max()) + 1)
+        return top_per_class(scores, labels, self.removal_factor * self.epsilon)
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         t = ctx.trainer

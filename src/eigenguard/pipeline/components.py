@@ -4,7 +4,8 @@ options, completed with their defaults, before anything runs.
 `resolve(config)` is the first thing `train` does, and what `eigenguard bench` applies to every grid cell
 when a grid is loaded, so a typo fails before any training. The config it returns is explicit: every
 attack and defense option at its value (`{name: ft}` becomes `{name: ft, epochs: 10, lr: 0.01, ...}`) and
-the poison rate filled in from the attack's paper value, so two spellings of one setting are one cell, one
+the poison rate filled in from the attack's paper value and the defender's hold-out from the dataset and
+the defense (`defense_fraction`), so two spellings of one setting are one cell, one
 cache entry and one config.yaml.
 """
 
@@ -12,7 +13,7 @@ import functools
 from typing import Any
 
 from eigenguard.attacks import ATTACKS
-from eigenguard.config import ATTACK_NONE, Component, TrainConfig, make_config
+from eigenguard.config import ATTACK_NONE, PAPER_DEFENSE_FRACTION, Component, TrainConfig, make_config
 from eigenguard.data import DATASETS
 from eigenguard.defenses import DEFENSES, Defense
 from eigenguard.errors import EigenguardError
@@ -41,8 +42,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
             f"invalid defense = {defense.name!r}: unknown defense; allowed: {', '.join(DEFENSES.names())}"
         )
     updates["defense"] = Component(name=defense.name, **DEFENSES.complete(defense.name, defense.options))
+    instance = DEFENSES.create(defense.name, **updates["defense"].options)  # the defense's own checks
+    if config.defense_fraction is None:  # a user's own images are held back only for a defense that needs them
+        own = config.dataset == "imagefolder" and not instance.needs_clean_pool
+        updates["defense_fraction"] = 0.0 if own else PAPER_DEFENSE_FRACTION
     resolved = make_config({**config.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
-    instance = build_defense(resolved)  # the defense's own checks of its values
     instance.check(resolved, insertion_points(resolved.model))
     return resolved
 

@@ -67,6 +67,7 @@ def prepare_data(
         "train_sha256": fingerprint(train_full),
         "test_sha256": fingerprint(test),
     }
+    assert config.defense_fraction is not None  # filled in by components.resolve
     split = defense_split(len(train_full), config.defense_fraction, config.seed, config.train_subset)
     if needs_clean_pool and config.clean_samples > len(split.defense):
         raise EigenguardError(

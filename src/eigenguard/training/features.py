@@ -76,3 +76,22 @@ class FeatureTap:
 
     def __exit__(self, *_exc: Any) -> None:
         self.remove()
+
+
+@torch.no_grad()
+def classifier_inputs(
+    model: Backbone, images: torch.Tensor, normalize: Normalize, *, batch_size: int = 256
+) -> torch.Tensor:
+    """What the model's last linear layer receives for uint8 `images` (N, D), float32, in eval mode: the last
+    hidden layer's activations (Activation Clustering, Fine-Pruning's channels)."""
+    linear = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    try:
+        with FeatureTap({"linear": linear}, inputs=True, keep=lambda _name, x: chunks.append(x.float().flatten(1))):
+            for start in range(0, len(images), batch_size):
+                model(normalize(images[start : start + batch_size]))
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)

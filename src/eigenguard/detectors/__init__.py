@@ -1,0 +1,25 @@
+"""Detectors: rank a training set's images by how suspicious they are (`eigenguard scan`), with no clean
+data. Adding one = one file with a `Detector` subclass + one `DETECTORS` entry below.
+
+ss (Spectral Signatures: outliers along each class's top feature direction), ac (Activation Clustering:
+a small cluster of its own inside a class). Each owns its options (`eigenguard list`).
+"""
+
+from typing import Any
+
+from eigenguard.detectors.activation_clustering import ActivationClustering
+from eigenguard.detectors.base import Detection, DetectionContext, Detector
+from eigenguard.detectors.spectral import SpectralSignatureDetector
+from eigenguard.registry import Registry
+
+DETECTORS: Registry[type[Detector]] = Registry("detector")
+for _cls in (SpectralSignatureDetector, ActivationClustering):
+    DETECTORS.register(_cls.name)(_cls)
+
+
+def create_detector(name: str, **options: Any) -> Detector:
+    """Build a registered detector; unknown options or bad values are one EigenguardError."""
+    return DETECTORS.create(name, **options)
+
+
+__all__ = ["DETECTORS", "Detection", "DetectionContext", "Detector", "create_detector"]

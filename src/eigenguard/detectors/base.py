@@ -1,0 +1,86 @@
+"""What a detector is: it ranks the images of a training set by how suspicious they are, without clean data.
+
+A detector receives a `DetectionContext`: the training set exactly as the victim (or the user) has it,
+possibly poisoned, the run's `Trainer` (fresh models, the config's recipe and normalisation) and a
+provider of the model trained on that set without a defense (the pipeline trains it once and caches it).
+It returns a `Detection`: one score per image (higher: more suspicious, comparable across classes) and the
+images its own decision rule flags. The ground truth never reaches a detector: the scan scores its output
+against a planted attack afterwards (pipeline/scan.py).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from eigenguard.config import TrainConfig
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.options import Configurable, component, options_of
+from eigenguard.training.trainer import Trainer
+
+
+@dataclass
+class DetectionContext:
+    config: TrainConfig
+    trainer: Trainer
+    train_set: ImageDataset
+    trained: Callable[[], nn.Module]  # the model trained on train_set without a defense (cached)
+
+
+@dataclass
+class Detection:
+    scores: torch.Tensor  # float64 (N,): higher is more suspicious, comparable across classes
+    flagged: torch.Tensor  # int64 indices the detector's own rule flags, sorted
+    report: dict[str, Any] = field(default_factory=dict)  # what the detector found, beyond the scores
+    # per class, how strongly it looks like the backdoor's target (higher: more), and what that number is;
+    # None: the scan judges by where the flagged images sit
+    class_scores: torch.Tensor | None = None
+    class_evidence: str = ""
+
+
+@component
+class Detector(Configurable):
+    """Base class. Subclasses set `name`, declare their options (options.py) and implement `detect`.
+
+    `needs_trained`: the detector reads the model trained on the data (its features or outputs); the scan
+    then also reports that model's class for each image.
+    """
+
+    role: ClassVar[str] = "detector"
+    name: ClassVar[str] = "detector"
+    needs_trained: ClassVar[bool] = True
+
+    def detect(self, ctx: DetectionContext) -> Detection:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **options_of(self)}
+
+
+def within_class_z(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each score as a robust z-score inside its class, (s - median) / (1.4826 MAD): per-class scores made
+    comparable, so one ranking over the whole set puts a class's outliers first, whichever class."""
+    scores = scores.double()
+    z = torch.zeros_like(scores)
+    for c in labels.unique().tolist():
+        members = labels == c
+        s = scores[members]
+        median = s.median()
+        mad = (s - median).abs().median() * 1.4826
+        spread = mad if mad > 0 else s.std(unbiased=False).clamp_min(1e-12)  # a class of near-equal scores
+        z[members] = (s - median) / spread
+    return z
+
+
+def top_per_class(scores: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The ceil(fraction x n_c) highest-scoring images of every class c of two or more (sorted indices)."""
+    flagged = []
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        count = min(len(members), math.ceil(fraction * len(members) - 1e-9))
+        if count > 0 and len(members) >= 2:
+            flagged.append(members[scores[members].topk(count).indices])
+    return torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.int64)

@@ -1,0 +1,267 @@
+"""`eigenguard scan`: rank the images of a training set by how suspicious they are, and say so in files.
+
+    scan(TrainConfig(profile="quick", attack="badnets"), Component(name="ss"), Path("scans/badnets-ss"))
+
+The data are loaded as `train` loads them (a benchmark dataset with the planted attack the config names,
+or a user's image folder as it is); the model trained on them without a defense comes from the cache of
+backdoored models (trained once per setting); the detector scores every training image. Written, all at
+once (a failed scan leaves nothing):
+- suspects.csv: one row per training image, most suspicious first: rank, index (into the training split),
+  file (image folders), score, flagged (the detector's own rule), given label, the trained model's class
+  and its most likely class other than the given label (for a relabelled poison, often its true class),
+  and, with a planted attack, whether it was poisoned;
+- detection.json: the detector and its options, counts, seconds, the estimated target class with its
+  evidence, and with a planted attack precision and recall of the flagged set, AUROC of the scores and the
+  true-positive rate at 5% false positives (the score threshold that 5% of the clean images exceed);
+- suspects.png: a contact sheet of each class's top suspects;
+- scan.yaml: the configuration and the detector, to reproduce it.
+"""
+
+import csv
+import io
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+
+from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, Component, TrainConfig
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.image_folder import image_folder_files
+from eigenguard.defenses.base import auroc
+from eigenguard.detectors import DETECTORS, Detection, DetectionContext
+from eigenguard.errors import EigenguardError
+from eigenguard.pipeline.backdoored import backdoored_entry, load_or_train_backdoored
+from eigenguard.pipeline.components import resolve
+from eigenguard.pipeline.prepare import prepare_data
+from eigenguard.pipeline.run import resolve_device, train
+from eigenguard.run_directory import atomic_write_bytes, atomic_write_text, check_new_run_dir
+from eigenguard.training.trainer import Trainer
+
+TARGET_LIFT = 2.0  # a class holding this many times its share of the top suspects is named as the target
+SHEET_COLUMNS = 8
+
+
+@dataclass
+class ScanResult:
+    out: Path
+    report: dict[str, Any]
+
+
+def scan(
+    config: TrainConfig, detector: Component, out: Path, *, progress: bool = True, console: Console | None = None
+) -> ScanResult:
+    """Scan the training set `config` describes with `detector`; write `out` (module docstring)."""
+    console = console or Console(stderr=True, quiet=not progress)
+    started = time.perf_counter()
+    if config.defense.name != DEFENSE_NONE:
+        raise EigenguardError(
+            f"invalid defense = {config.defense.name!r} for a scan: it scans the data as they are; allowed: none"
+        )
+    config = resolve(config)
+    options = DETECTORS.complete(detector.name, detector.options)
+    instance = DETECTORS.create(detector.name, **options)
+    check_new_run_dir(out)
+    device = resolve_device(config.device)
+    data = prepare_data(config, device, needs_clean_pool=False, say=lambda line: console.print(line, markup=False))
+    files = image_folder_files(config.data_root, data.split.train) if config.dataset == "imagefolder" else None
+    console.print(
+        f"[bold]scan[/] {config.dataset} ({len(data.train_set)} training images"
+        + (
+            f", {len(data.poison_indices)} poisoned by {config.attack.name}"
+            if config.attack.name != ATTACK_NONE
+            else ""
+        )
+        + f") with {detector.name} on {device} -> {out}"
+    )
+    trainer = Trainer(
+        config, device, data.normalize, data.flip, data.test, data.asr_set, console=console, progress=progress
+    )
+    entry = backdoored_entry(config, data.train_set, device)
+    model_info: dict[str, Any] = {}
+
+    def trained() -> torch.nn.Module:
+        if "model" not in model_info:
+            t0 = time.perf_counter()
+            model, metrics, hit = load_or_train_backdoored(
+                config, entry, device, trainer.new_model(),
+                lambda plain, resume: train(plain, progress=progress, console=console, resume=resume),
+            )  # fmt: skip
+            model_info.update(model=model, acc=metrics.get("acc"), asr=metrics.get("asr"), cache_hit=hit,
+                              seconds=round(time.perf_counter() - t0, 3))  # fmt: skip
+        return model_info["model"]
+
+    t0 = time.perf_counter()
+    detection = instance.detect(DetectionContext(config, trainer, data.train_set, trained))
+    detect_seconds = time.perf_counter() - t0 - model_info.get("seconds", 0.0)
+    model = trained()  # its classes for the table, whether or not the detector read it
+    logits = _logits(model, data.train_set, trainer)
+    truth = data.poison_indices if config.attack.name != ATTACK_NONE else None
+    report = {
+        "detector": {"name": detector.name, **options},
+        "images": len(data.train_set),
+        "flagged": len(detection.flagged),
+        "target": estimate_target(detection, data.train_set),
+        **({"truth": detection_metrics(detection, truth, len(data.train_set))} if truth is not None else {}),
+        "model": {k: v for k, v in model_info.items() if k != "model"},
+        "seconds": {"detector": round(detect_seconds, 3), "total": round(time.perf_counter() - started, 3)},
+        "found": detection.report,
+    }
+    if truth is not None:
+        report["target"]["true_class"] = config.target
+        report["target"]["correct"] = report["target"]["class"] == config.target
+    _write(out, config, detector.name, options, detection, data.train_set, logits, files, truth, report)
+    return ScanResult(out, report)
+
+
+def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
+    """The class that looks most like the backdoor's target, with the evidence; class None where it does
+    not stand out by TARGET_LIFT times. By the detector's own per-class scores against the median of the
+    other classes' where it has them; else by its share of the flagged images against its share of all."""
+    if detection.class_scores is not None:
+        scores = detection.class_scores.double().cpu()
+        best = int(scores.argmax())
+        others = torch.cat([scores[:best], scores[best + 1 :]])
+        reference = float(others.median()) if len(others) else 0.0
+        lift = float(scores[best]) / reference if reference > 0 else (math.inf if scores[best] > 0 else 0.0)
+        evidence = (
+            f"{detection.class_evidence}: {data.classes[best]!r} {float(scores[best]):.3g}, the other classes' "
+            f"median {reference:.3g}"
+        )
+    else:
+        labels = data.labels.cpu()
+        top = max(len(detection.flagged), math.ceil(0.01 * len(data)))
+        ranked = detection.flagged.cpu() if len(detection.flagged) else detection.scores.argsort(descending=True)[:top]
+        share_top = torch.bincount(labels[ranked], minlength=data.num_classes).double() / len(ranked)
+        share_all = torch.bincount(labels, minlength=data.num_classes).double() / len(labels)
+        ratio = share_top / share_all.clamp_min(1e-12)
+        best = int(ratio.argmax())
+        lift = float(ratio[best])
+        evidence = (
+            f"{data.classes[best]!r} holds {float(share_top[best]):.0%} of the {len(ranked)} top suspects and "
+            f"{float(share_all[best]):.0%} of all images"
+        )
+    named = lift >= TARGET_LIFT
+    return {
+        "class": best if named else None,
+        "class_name": data.classes[best] if named else None,
+        "lift": round(lift, 3) if math.isfinite(lift) else None,
+        "evidence": f"{evidence} ({lift:.1f}x; named at >= {TARGET_LIFT:g}x)",
+    }
+
+
+def detection_metrics(detection: Detection, poisoned: torch.Tensor, n: int) -> dict[str, Any]:
+    """Precision and recall of the flagged set, AUROC of the scores, and the true-positive rate at the
+    score threshold that 5% of the clean images exceed."""
+    is_poison = torch.zeros(n, dtype=torch.bool)
+    is_poison[poisoned.cpu()] = True
+    flagged = torch.zeros(n, dtype=torch.bool)
+    flagged[detection.flagged.cpu()] = True
+    hits = int((flagged & is_poison).sum())
+    clean_scores = detection.scores[~is_poison].sort(descending=True).values
+    threshold = clean_scores[min(len(clean_scores) - 1, int(0.05 * len(clean_scores)))] if len(clean_scores) else 0
+    tpr = float((detection.scores[is_poison] > threshold).double().mean()) if is_poison.any() else None
+    return {
+        "poisoned": int(is_poison.sum()),
+        "flagged_poisoned": hits,
+        "precision": round(hits / int(flagged.sum()), 4) if flagged.any() else None,
+        "recall": round(hits / int(is_poison.sum()), 4) if is_poison.any() else None,
+        "auroc": auroc(detection.scores, poisoned),
+        "tpr_at_5fpr": None if tpr is None else round(tpr, 4),
+    }
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, data: ImageDataset, trainer: Trainer) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    size = trainer.config.eval_batch_size
+    out = [model(trainer.normalize(data.images[i : i + size])).float().cpu() for i in range(0, len(data), size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _write(
+    out: Path,
+    config: TrainConfig,
+    name: str,
+    options: dict[str, Any],
+    detection: Detection,
+    data: ImageDataset,
+    logits: torch.Tensor,
+    files: list[Path] | None,
+    truth: torch.Tensor | None,
+    report: dict[str, Any],
+) -> None:
+    """Every file into a sibling directory, then one rename: a scan directory is complete or absent."""
+    import json
+
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        labels = data.labels.cpu()
+        other = logits.clone()
+        other[torch.arange(len(labels)), labels] = -math.inf
+        model_class, runner_up = logits.argmax(1), other.argmax(1)
+        flagged = torch.zeros(len(labels), dtype=torch.bool)
+        flagged[detection.flagged.cpu()] = True
+        poisoned = torch.zeros(len(labels), dtype=torch.bool)
+        if truth is not None:
+            poisoned[truth.cpu()] = True
+        order = detection.scores.argsort(descending=True, stable=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["rank", "index", "file", "score", "flagged", "label", "model_class", "runner_up",
+                         *(["poisoned"] if truth is not None else [])])  # fmt: skip
+        for rank, i in enumerate(order.tolist(), start=1):
+            writer.writerow([
+                rank, i, str(files[i]) if files else "", f"{float(detection.scores[i]):.6g}", int(flagged[i]),
+                data.classes[labels[i]], data.classes[model_class[i]], data.classes[runner_up[i]],
+                *([int(poisoned[i])] if truth is not None else []),
+            ])  # fmt: skip
+        atomic_write_text(partial / "suspects.csv", buffer.getvalue())
+        atomic_write_text(partial / "detection.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(
+            partial / "scan.yaml",
+            yaml.safe_dump({"config": {**config.model_dump(), "out": None}, "detector": {"name": name, **options}},
+                           sort_keys=False),
+        )  # fmt: skip
+        atomic_write_bytes(partial / "suspects.png", contact_sheet(data, detection.scores, flagged))
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def contact_sheet(
+    data: ImageDataset, scores: torch.Tensor, flagged: torch.Tensor, columns: int = SHEET_COLUMNS
+) -> bytes:
+    """A PNG: one row per class, its `columns` most suspicious images left to right, flagged ones framed red."""
+    from PIL import Image, ImageDraw
+
+    tile, label_width, pad = max(48, data.image_shape[1] * 2), 110, 2
+    labels = data.labels.cpu()
+    sheet = Image.new("RGB", (label_width + columns * (tile + pad), data.num_classes * (tile + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(data.classes):
+        members = torch.nonzero(labels == c).flatten()
+        top = members[scores[members].argsort(descending=True, stable=True)[:columns]]
+        y = c * (tile + pad)
+        draw.text((4, y + tile // 2 - 6), name[:16], fill="black")
+        for j, i in enumerate(top.tolist()):
+            image = data.images[i].cpu()
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+            picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((tile, tile), Image.NEAREST)
+            x = label_width + j * (tile + pad)
+            sheet.paste(picture, (x, y))
+            if flagged[i]:
+                draw.rectangle((x, y, x + tile - 1, y + tile - 1), outline="red", width=2)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
