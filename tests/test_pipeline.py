@@ -75,6 +75,11 @@ def test_run_directory_contents(mnist_root: Path, tmp_path: Path) -> None:
         "dir": str(raw),
         "train_sha256": fingerprint(full_train),
         "test_sha256": fingerprint(full_test),
+        # what the model takes, so load_model needs no dataset
+        "classes": full_train.classes,
+        "image_shape": [1, 28, 28],
+        "mean": list(full_train.mean),
+        "std": list(full_train.std),
     }
     # 600 train images, 10% held back -> 540 trained on, 54 poisoned
     assert metrics["train_images"] == 540 and metrics["poisoned_images"] == 54

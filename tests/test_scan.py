@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from eigenguard import load_model
 from eigenguard.cli import app
 from eigenguard.detectors import DETECTORS, create_detector
 from eigenguard.detectors.base import within_class_z
@@ -73,24 +75,80 @@ def test_activation_clustering_flags_a_small_cluster_of_its_own() -> None:
     assert detection.class_scores.argmax() == 0
 
 
-def test_scan_finds_a_hidden_patch_in_a_users_folder(tmp_path: Path) -> None:
-    detector = "ss"
+def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
+    # as a user would: a folder with a hidden patch on some files; scan flags them, clean drops them,
+    # train on what is left, predict on new files
+    runner = CliRunner()
     planted = make_shop(tmp_path / "shop")
-    out = tmp_path / "scan"
-    args = ["scan", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--out", str(out),
-            "--detector", detector, "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=6",
-            "--set", "batch_size=32", "--set", "augment=false", "--set", "lr=0.05"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
+    tiny = ["--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=6", "--set", "batch_size=32",
+            "--set", "augment=false", "--set", "lr=0.05"]  # fmt: skip
+    scan_dir = tmp_path / "scan"
+    args = ["scan", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--out", str(scan_dir), *tiny]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader((out / "suspects.csv").open()))
+    rows = list(csv.DictReader((scan_dir / "suspects.csv").open()))
     assert len(rows) == 3 * 60 and "poisoned" not in rows[0]  # own images: the whole folder, no truth
     top = {Path(r["file"]).name for r in rows[: len(planted)]}
     found = len(top & {p.name for p in planted})
     assert found >= len(planted) - 3, f"{found} of {len(planted)} planted files among the top suspects"
-    report = json.loads((out / "detection.json").read_text())
+    report = json.loads((scan_dir / "detection.json").read_text())
     assert report["target"]["class_name"] == "apple" and "truth" not in report
-    assert (out / "suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (scan_dir / "suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "target class: apple" in result.output
+    # the runner-up class of a planted file is the class it shows
+    planted_rows = [r for r in rows if Path(r["file"]).name in top and r["label"] == "apple"]
+    assert sum(Path(r["file"]).name.startswith(r["runner_up"]) for r in planted_rows) >= len(planted_rows) - 3
+
+    result = runner.invoke(app, ["clean", str(scan_dir), "--out", str(tmp_path / "clean"), "--top", "15"])
+    assert result.exit_code == 0 and "165 training images kept, 15 dropped" in result.output, result.output
+    kept = {p.name for p in (tmp_path / "clean" / "train").rglob("*.png")}
+    assert len(kept) == 165 and len(kept & {p.name for p in planted}) <= 3
+    assert len(list((tmp_path / "clean" / "test").rglob("*.png"))) == 30
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "clean"), "--out", str(run_dir), *tiny]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["attack"] == {"name": "none"} and config["defense_fraction"] == 0.0  # nothing planted or held back
+    new = tmp_path / "new"
+    new.mkdir()
+    for name, colour in COLOURS.items():
+        pixels = torch.tensor(colour, dtype=torch.int16)[None, None, :] + torch.zeros(48, 48, 3, dtype=torch.int16)
+        Image.fromarray(pixels.to(torch.uint8).numpy()).save(new / f"{name}.png")  # another size: resized
+    result = runner.invoke(app, ["predict", str(run_dir), str(new), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    predicted = {Path(r["file"]).stem: r["class"] for r in csv.DictReader((tmp_path / "p.csv").open())}
+    assert predicted == {name: name for name in COLOURS}
+    model = load_model(run_dir)
+    assert model.classes == list(COLOURS) and not model.training
+
+
+def test_predict_bad_input_is_one_line(mnist_root: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "none", "--out", str(run_dir),
+            "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=1", "--set", "batch_size=64"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    (tmp_path / "big.png").write_bytes(b"")
+    Image.new("L", (32, 32)).save(tmp_path / "big.png")
+    Image.new("RGB", (28, 28), (200, 10, 10)).save(tmp_path / "colour.png")
+    Image.new("L", (28, 28)).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "empty").mkdir()
+    for given, says in (
+        ([str(tmp_path / "nope"), str(tmp_path / "good.png")], "is not a finished run directory"),
+        ([str(run_dir), str(tmp_path / "big.png")], "is 32x32 with 1 band; this model takes 28x28 grey images"),
+        ([str(run_dir), str(tmp_path / "colour.png")], "this model takes 28x28 grey images"),
+        ([str(run_dir), str(tmp_path / "broken.png")], "cannot decode image"),
+        ([str(run_dir), str(tmp_path / "empty")], "no image files under"),
+        ([str(run_dir), str(tmp_path / "missing.png")], "does not exist"),
+    ):
+        result = runner.invoke(app, ["predict", *given, "--out", str(tmp_path / "p.csv")])
+        assert result.exit_code == 2 and says in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "p.csv").exists()
+    result = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "good.png")])
+    assert result.exit_code == 0 and "good.png" in result.output
 
 
 def test_scan_of_a_planted_attack_scores_itself(mnist_root: Path, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ and, for your own models, the defense in three lines:
     from eigenguard.guard import guard
     model = torchvision.models.resnet18(num_classes=10)
     guard(model, at="layer1")          # after the first residual stage, k=20, momentum=0.7
-plus `load_dataset`, `create_model`, `create_attack`, `create_defense` for your own loops.
+plus `load_model(run_dir)` (a trained run, ready to classify uint8 images) and `load_dataset`,
+`create_model`, `create_attack`, `create_defense` for your own loops.
 """
 
 from eigenguard.attacks import ATTACKS, Attack, create_attack
@@ -19,6 +20,7 @@ from eigenguard.errors import EigenguardError
 from eigenguard.guard import EigenGuard
 from eigenguard.models import MODELS, Backbone, create_model
 from eigenguard.pipeline import RunResult, resolve, train
+from eigenguard.pipeline.predict import load_model
 from eigenguard.version import __version__
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "create_defense",
     "create_model",
     "load_dataset",
+    "load_model",
     "resolve",
     "train",
 ]

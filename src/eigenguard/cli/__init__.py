@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from eigenguard.cli.analyze import analyze_app
 from eigenguard.cli.common import OneLineUsageErrors, Opt, err_console, parse_settings
-from eigenguard.cli.own_data import scan
+from eigenguard.cli.own_data import clean, predict, scan
 from eigenguard.errors import EigenguardError
 
 app = typer.Typer(
@@ -291,6 +291,8 @@ def import_results(
 
 
 app.command("scan")(scan)
+app.command("clean")(clean)
+app.command("predict")(predict)
 app.add_typer(analyze_app, name="analyze")
 
 

@@ -1,5 +1,8 @@
-"""The practitioner's commands: `scan` a training set for suspicious images."""
+"""The practitioner's commands: `scan` a training set for suspicious images, `clean` a folder of them,
+`predict` with a trained run."""
 
+import csv
+import io
 from pathlib import Path
 from typing import Annotated
 
@@ -60,3 +63,46 @@ def summary(report: dict, out: Path) -> str:
         )
     lines += [f"{out / name}" for name in ("suspects.csv", "detection.json", "suspects.png")]
     return "\n".join(lines)
+
+
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory (eigenguard train)")],
+    images: Annotated[list[Path], typer.Argument(help="image files, or folders of them")],
+    out: Annotated[Path | None, Opt("--out", "-o", help="write a CSV here instead of the table")] = None,
+    device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")] = "cpu",
+) -> None:
+    """Classify images with a trained run: file, class, confidence (the run's defense included)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eigenguard.pipeline.predict import image_files, load_model
+    from eigenguard.pipeline.predict import predict as classify
+    from eigenguard.run_directory import atomic_write_text, check_output_dir
+
+    if out is not None:
+        check_output_dir(out.parent, "--out")
+    rows = classify(load_model(run_dir, device), image_files(images))
+    if out is not None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["file", "class", "confidence"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out, buffer.getvalue())
+        typer.echo(f"{len(rows)} images -> {out}")
+        return
+    table = Table("file", "class", "confidence")
+    for r in rows:
+        table.add_row(r["file"], r["class"], f"{r['confidence']:.3f}")
+    Console(width=200).print(table)
+
+
+def clean(
+    scan_dir: Annotated[Path, typer.Argument(help="a scan directory of an image folder (eigenguard scan)")],
+    out: Annotated[Path, Opt("--out", "-o", help="the new image folder to create")],
+    top: Annotated[int | None, Opt(help="drop the N most suspicious images instead of the flagged ones")] = None,
+) -> None:
+    """Copy a scanned image folder without its suspects (train/ filtered, test/ as it was, dropped.csv)."""
+    from eigenguard.pipeline.scan import clean_copy
+
+    counts = clean_copy(scan_dir, out, top)
+    typer.echo(f"{counts['kept']} training images kept, {counts['dropped']} dropped -> {out} (see dropped.csv)")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eigenguard.config import DEFENSE_NONE, TrainConfig
+from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
@@ -56,6 +57,12 @@ def _table_rows(guarded: bool) -> list[tuple[str, str]]:
         ("ACC, paper protocol (clean batches)", "acc_paper"),
         ("ASR, paper protocol (all-triggered batches)", "asr_paper"),
     ]
+
+
+def data_description(data: ImageDataset) -> dict[str, Any]:
+    """What a trained model takes: its classes, image shape and the normalisation it was trained with."""
+    return {"classes": list(data.classes), "image_shape": list(data.image_shape), "mean": list(data.mean),
+            "std": list(data.std)}  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -198,7 +205,8 @@ def _train_in(
             round(trainer.images_trained / trainer.train_seconds, 1) if trainer.train_seconds else None
         ),
         "total_seconds": round(time.perf_counter() - started, 3),
-        "data": data.source,  # what was read, whatever data_root said
+        # what was read, whatever data_root said, and what the model takes (load_model needs no dataset)
+        "data": {**data.source, **data_description(data.train_set)},
         "attack": data.attack.describe() if data.attack else None,
         "defense": defense.describe(),
         "defense_report": report,

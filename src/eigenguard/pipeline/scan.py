@@ -265,3 +265,56 @@ def contact_sheet(
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def clean_copy(scan_dir: Path, out: Path, top: int | None = None) -> dict[str, int]:
+    """A copy of a scanned image folder without its suspects: the detector's flagged images, or the `top`
+    most suspicious. Written as `out`/train/<class>/ (and the test folder as it was) with dropped.csv, all at
+    once. Returns the counts kept and dropped."""
+    rows = _suspects(scan_dir)
+    if not rows[0]["file"]:
+        raise EigenguardError(
+            f"scan '{scan_dir}' is of a benchmark dataset, not an image folder: there are no files to copy "
+            "(suspects.csv lists their indices)"
+        )
+    if top is not None and not 0 <= top <= len(rows):
+        raise EigenguardError(f"invalid --top {top}; allowed: 0..{len(rows)} (the scan's images)")
+    dropped = [r for r in rows if (int(r["rank"]) <= top if top is not None else r["flagged"] == "1")]
+    gone = {r["file"] for r in dropped}
+    check_new_run_dir(out)
+    train_dir = Path(rows[0]["file"]).parent.parent
+    test_dir = next((train_dir.parent / d for d in ("test", "val") if (train_dir.parent / d).is_dir()), None)
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for r in rows:
+            if r["file"] not in gone:
+                source = Path(r["file"])
+                if not source.is_file():
+                    raise EigenguardError(f"{source} (in {scan_dir}/suspects.csv) no longer exists; scan again")
+                target = partial / "train" / source.parent.name / source.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        if test_dir is not None:
+            shutil.copytree(test_dir, partial / test_dir.name)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(dropped)
+        atomic_write_text(partial / "dropped.csv", buffer.getvalue())
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {"kept": len(rows) - len(dropped), "dropped": len(dropped)}
+
+
+def _suspects(scan_dir: Path) -> list[dict[str, str]]:
+    path = scan_dir / "suspects.csv"
+    if not path.is_file():
+        raise EigenguardError(f"'{scan_dir}' is not a scan directory (no suspects.csv); make one with eigenguard scan")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"rank", "file", "flagged"} <= set(rows[0]):
+        raise EigenguardError(f"{path} is not a scan's table (it needs rank, file and flagged columns)")
+    return rows
