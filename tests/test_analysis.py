@@ -10,7 +10,7 @@ import torch
 from test_pipeline import tiny_config
 from typer.testing import CliRunner
 
-from eigenguard import train
+from eigenguard import load_model, train
 from eigenguard.analysis.effective_rank import effective_rank, singular_values
 from eigenguard.analysis.eigen_bands import band_coordinates, neighbour_purity
 from eigenguard.analysis.proposition import check_proposition, check_remark
@@ -190,6 +190,12 @@ def test_load_run_rebuilds_the_guarded_model(guarded_run: Path) -> None:
     with inference_mode(find_guards(run.model), "per-sample"):
         acc = accuracy(run.model, run.test, run.normalize, run.config.eval_batch_size)
         assert acc == pytest.approx(metrics["acc"], abs=1e-6)
+    # load_model, with no dataset: the same model, so the same ACC (its normalisation inside, per-sample)
+    ready = load_model(guarded_run)
+    with torch.no_grad():
+        predicted = torch.cat([ready(run.test.images[i : i + 256]).argmax(1) for i in range(0, len(run.test), 256)])
+    assert (predicted == run.test.labels).double().mean().item() == pytest.approx(metrics["acc"], abs=1e-6)
+    assert find_guards(ready) and all(g.inference == "per-sample" for g in find_guards(ready))
     # training's poisoned share comes from what the run poisoned, not from poison_rate (for CLB and SIG a
     # share of the target class): a run that poisoned a quarter of its images is measured at a quarter
     assert poisoned_share(run) == metrics["poisoned_images"] / metrics["train_images"]
