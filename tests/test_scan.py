@@ -178,3 +178,14 @@ def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         result = runner.invoke(app, ["scan", "--out", str(tmp_path / "scan"), *args])
         assert result.exit_code == 2 and says in result.output, result.output
         assert not (tmp_path / "scan").exists()
+
+
+def test_own_images_train_plants_nothing_holds_nothing_back_and_says_how_long(tmp_path: Path) -> None:
+    make_shop(tmp_path / "shop", per_class=12, planted=0)
+    args = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--profile", "quick",
+            "--out", str(tmp_path / "run"), "--device", "cpu", "--set", "width=0.125", "--set", "epochs=1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "36 training images (0 poisoned), 0 clean images for the defender" in said
+    assert "profile quick: 1 epoch, about 1 min of plain training on this CPU" in said

@@ -65,6 +65,10 @@ def data_description(data: ImageDataset) -> dict[str, Any]:
             "std": list(data.std)}  # fmt: skip
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,6 +163,14 @@ def _train_in(
         config, device, data.normalize, data.flip, data.test, data.asr_set,
         log=run.append_log, console=console, progress=progress, checkpoints=checkpoints, restore_log=run.set_log,
     )  # fmt: skip
+    if device.type == "cpu" and not resume:  # say what the wait will be before it starts
+        epoch = trainer.seconds_per_epoch(data.train_set)
+        hint = "; --profile quick is sized for a CPU" if config.profile != "quick" else ""
+        epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+        console.print(
+            f"profile {config.profile}: {epochs}, about {_duration(epoch * config.epochs)} of plain training on "
+            f"this CPU ({epoch:.0f} s an epoch, timed on two batches; a defense adds its own){hint}"
+        )
     # where this setting's no-defense model lives in the cache (hashes the training set: computed once)
     entry = backdoored_entry(config, data.train_set, device)
     backdoored: dict[str, Any] = {}
