@@ -14,12 +14,13 @@ from eigenguard import TrainConfig, train
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.defenses import DEFENSES, DefenseContext, create_defense
-from eigenguard.defenses.abl import ABL, lga_loss
+from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP, batchnorms
 from eigenguard.defenses.clp import CLP, channel_lipschitz, conv_bn_pairs
 from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.defenses.nad import attention_map
 from eigenguard.defenses.spectral_signatures import SpectralSignatures
+from eigenguard.detectors.loss_isolation import lga_loss
 from eigenguard.detectors.spectral import spectral_scores
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model

@@ -166,6 +166,23 @@ def test_scan_of_a_planted_attack_scores_itself(mnist_root: Path, tmp_path: Path
     assert isinstance(report["target"]["correct"], bool) and "AUROC" in result.output
 
 
+def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they_sit(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scan"
+    args = ["scan", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "badnets", "--out", str(out),
+            "--detector", "abl", "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=5",
+            "--set", "batch_size=64"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "detection.json").read_text())
+    assert report["flagged"] == 54 and report["found"] == {"isolation_epochs": 1}  # 10% of 540; 20% of 5 epochs
+    rows = list(csv.DictReader((out / "suspects.csv").open()))
+    flagged = [r for r in rows if r["flagged"] == "1"]
+    assert [r["rank"] for r in flagged] == [str(i) for i in range(1, 55)]  # the flagged set is the lowest loss
+    assert "of the 54 top suspects" in report["target"]["evidence"]
+
+
 def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, says in (

@@ -22,16 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
+from eigenguard.detectors.loss_isolation import isolation_length, lowest_loss, train_isolation
 from eigenguard.options import component, option
-from eigenguard.training.evaluate import per_sample_loss
-
-
-def lga_loss(gamma: float):
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, _inputs: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, labels)
-        return torch.sign(loss - gamma) * loss
-
-    return loss_fn
 
 
 def ascent_loss(logits: torch.Tensor, labels: torch.Tensor, _inputs: torch.Tensor) -> torch.Tensor:
@@ -50,25 +42,19 @@ class ABL(Defense):
     unlearning_lr: float = option(5e-4, "SGD lr of the unlearning", "> 0")
 
     def epochs(self, total: int) -> tuple[int, int, int]:
-        iso = self.isolation_epochs if self.isolation_epochs is not None else max(1, round(0.2 * total))
+        iso = isolation_length(self.isolation_epochs, total)
         rest = self.training_epochs if self.training_epochs is not None else max(1, total - iso)
         unlearn = self.unlearning_epochs if self.unlearning_epochs is not None else max(1, round(0.05 * total))
         return iso, rest, unlearn
 
     def isolate(self, model: nn.Module, ctx: DefenseContext) -> torch.Tensor:
         """Indices (into the training set) of the isolation_rate lowest-loss samples under `model`."""
-        t = ctx.trainer
-        losses = per_sample_loss(t.forward_of(model), ctx.train_set, t.normalize, t.config.eval_batch_size, t.amp)
-        count = max(1, round(self.isolation_rate * len(losses)))
-        return losses.topk(count, largest=False).indices.sort().values
+        return lowest_loss(model, ctx.trainer, ctx.train_set, self.isolation_rate)[1]
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         t = ctx.trainer
         iso_epochs, rest_epochs, unlearn_epochs = self.epochs(ctx.config.epochs)
-        model = t.new_model()
-        t.fit(
-            model, ctx.train_set, epochs=iso_epochs, phase="isolate", schedule="constant", loss_fn=lga_loss(self.gamma)
-        )
+        model = train_isolation(t, ctx.train_set, iso_epochs, self.gamma)  # the `abl` detector's isolation
         isolated = self.isolate(model, ctx)
         keep = torch.ones(len(ctx.train_set), dtype=torch.bool, device=isolated.device)
         keep[isolated] = False

@@ -2,18 +2,20 @@
 data. Adding one = one file with a `Detector` subclass + one `DETECTORS` entry below.
 
 ss (Spectral Signatures: outliers along each class's top feature direction), ac (Activation Clustering:
-a small cluster of its own inside a class). Each owns its options (`eigenguard list`).
+a small cluster of its own inside a class), abl (ABL's isolation: the lowest loss under local gradient
+ascent). Each owns its options (`eigenguard list`).
 """
 
 from typing import Any
 
 from eigenguard.detectors.activation_clustering import ActivationClustering
 from eigenguard.detectors.base import Detection, DetectionContext, Detector
+from eigenguard.detectors.loss_isolation import LossIsolation
 from eigenguard.detectors.spectral import SpectralSignatureDetector
 from eigenguard.registry import Registry
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
-for _cls in (SpectralSignatureDetector, ActivationClustering):
+for _cls in (SpectralSignatureDetector, ActivationClustering, LossIsolation):
     DETECTORS.register(_cls.name)(_cls)
 
 
