@@ -17,13 +17,13 @@ from eigenguard.defenses import DEFENSES, DefenseContext, create_defense
 from eigenguard.defenses.abl import ABL
 from eigenguard.defenses.anp import ANP, batchnorms
 from eigenguard.defenses.clp import CLP, channel_lipschitz, conv_bn_pairs
-from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.defenses.nad import attention_map
 from eigenguard.defenses.spectral_signatures import SpectralSignatures
 from eigenguard.detectors.loss_isolation import lga_loss
 from eigenguard.detectors.spectral import spectral_scores
 from eigenguard.errors import EigenguardError
 from eigenguard.models import create_model
+from eigenguard.training.features import classifier
 from eigenguard.training.trainer import Trainer
 
 
@@ -183,7 +183,7 @@ def test_clp_prunes_a_planted_high_lipschitz_channel_and_nothing_else_there() ->
 
 
 def test_dbr_centre_separation_loss() -> None:
-    from eigenguard.defenses.dbr import centre_separation_loss
+    from eigenguard.detectors.sensitivity import centre_separation_loss
 
     same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
     labels = torch.tensor([0, 1, 1])
@@ -193,7 +193,7 @@ def test_dbr_centre_separation_loss() -> None:
 
 
 def test_dbr_rotate_and_shift() -> None:
-    from eigenguard.defenses.dbr import rotate_and_shift
+    from eigenguard.detectors.sensitivity import rotate_and_shift
 
     x = torch.rand(3, 1, 9, 9) * 255
     g = torch.Generator().manual_seed(0)

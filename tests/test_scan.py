@@ -48,7 +48,7 @@ def make_shop(root: Path, per_class: int = 60, planted: int = 15, seed: int = 0)
 
 
 def test_detectors_are_registered_with_their_options() -> None:
-    assert {"ss", "ac"} <= set(DETECTORS.names())
+    assert DETECTORS.names() == ["abl", "ac", "d-br", "spectre", "ss"]
     assert create_detector("ss").describe() == {"name": "ss", "epsilon": 0.1, "removal_factor": 1.5}
     with pytest.raises(EigenguardError, match="invalid option epsilon = 0 for detector 'ss'"):
         create_detector("ss", epsilon=0)
@@ -181,6 +181,22 @@ def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they
     flagged = [r for r in rows if r["flagged"] == "1"]
     assert [r["rank"] for r in flagged] == [str(i) for i in range(1, 55)]  # the flagged set is the lowest loss
     assert "of the 54 top suspects" in report["target"]["evidence"]
+
+
+@pytest.mark.parametrize(
+    ("detector", "options"),
+    [("spectre", ["--set", "detector.dims=20"]), ("d-br", ["--set", "detector.intra_epochs=1"])],
+)
+def test_every_detector_scans_through_the_cli(mnist_root: Path, tmp_path: Path, detector: str, options: list) -> None:
+    out = tmp_path / "scan"
+    args = ["scan", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "badnets", "--out", str(out),
+            "--detector", detector, "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=2",
+            "--set", "batch_size=64", *options]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "detection.json").read_text())
+    assert report["detector"]["name"] == detector and 0 < report["flagged"] < report["images"] == 540
+    assert 0 <= report["truth"]["auroc"] <= 1 and report["truth"]["poisoned"] == 54
 
 
 def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:

@@ -33,9 +33,8 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import color_jitter, random_flip, random_resized_crop
 from eigenguard.defenses.base import DefenseContext
 from eigenguard.defenses.dbr import SensitivitySplit
-from eigenguard.defenses.fine_pruning import classifier
 from eigenguard.options import component, option
-from eigenguard.training.features import FeatureTap
+from eigenguard.training.features import FeatureTap, classifier
 
 BASE_TEMPERATURE = 0.07
 

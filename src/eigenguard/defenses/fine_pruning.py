@@ -25,11 +25,7 @@ from eigenguard.defenses.finetune import fine_tune
 from eigenguard.models import Backbone
 from eigenguard.options import component, option
 from eigenguard.training.evaluate import accuracy, eval_logits
-from eigenguard.training.features import FeatureTap
-
-
-def classifier(model: Backbone) -> nn.Linear:
-    return [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+from eigenguard.training.features import FeatureTap, classifier
 
 
 def mean_channel_activation(model: Backbone, images: ImageDataset, ctx: DefenseContext) -> torch.Tensor:

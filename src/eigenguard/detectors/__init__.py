@@ -1,9 +1,13 @@
 """Detectors: rank a training set's images by how suspicious they are (`eigenguard scan`), with no clean
 data. Adding one = one file with a `Detector` subclass + one `DETECTORS` entry below.
 
-ss (Spectral Signatures: outliers along each class's top feature direction), ac (Activation Clustering:
-a small cluster of its own inside a class), abl (ABL's isolation: the lowest loss under local gradient
-ascent). Each owns its options (`eigenguard list`).
+- ss: Spectral Signatures, outliers along each class's top feature direction;
+- ac: Activation Clustering, a small cluster of its own inside a class;
+- abl: ABL's isolation, the lowest losses under local gradient ascent;
+- d-br: D-BR's sample distinguishment, the features a rotation and shift move most;
+- spectre: SPECTRE, robust whitening and quantum-entropy outlier scores (the strongest of these published
+  without clean data; ASSET, SCAn, Beatrix and Confusion Training all use a trusted set).
+Each owns its options (`eigenguard list`).
 """
 
 from typing import Any
@@ -11,11 +15,13 @@ from typing import Any
 from eigenguard.detectors.activation_clustering import ActivationClustering
 from eigenguard.detectors.base import Detection, DetectionContext, Detector
 from eigenguard.detectors.loss_isolation import LossIsolation
+from eigenguard.detectors.sensitivity import TransformationSensitivity
 from eigenguard.detectors.spectral import SpectralSignatureDetector
+from eigenguard.detectors.spectre import Spectre
 from eigenguard.registry import Registry
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
-for _cls in (SpectralSignatureDetector, ActivationClustering, LossIsolation):
+for _cls in (SpectralSignatureDetector, ActivationClustering, LossIsolation, TransformationSensitivity, Spectre):
     DETECTORS.register(_cls.name)(_cls)
 
 

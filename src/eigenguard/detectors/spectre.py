@@ -16,18 +16,25 @@ For one class of n images with eps expected poisons (in the reference, the targe
       mean); Sigma' = their covariance; M = exp(alpha (Sigma' - I) / (|Sigma'|_2 - 1)) / tr, alpha = 4;
       QUE score x~' M x~ (k = 1: the squared projection, no whitening, as the reference).
    c. the round(1.5 eps) highest scores are the suspects.
-3. k is chosen to maximise tr(Sigma' M) / tr M, where now Sigma is the covariance of the points kept in c. in
-   all `dims` components and Sigma' that of every point whitened by it: how spiked the class looks once the
-   suspects are set aside.
+3. k maximises tr(Sigma' M) / tr M in all `dims` components, Sigma the covariance of the non-suspects and
+   Sigma' that of every point whitened by it: how spiked the class looks once its suspects are set aside.
 
 Unknown target: every class is treated as if it were the target. `epsilon` is the assumed poisoned fraction
 of the whole training set (N images): if class c is the target, all epsilon N poisons are labelled c, so
 eps_c = max(1, round(epsilon N)), at most n_c // 2 (robust statistics needs a clean majority). Flagged: the
-round(1.5 eps_c) suspects of every class. Scores: the chosen k's QUE score as a robust z-score inside its
-class. class_scores: the chosen k's tr(Sigma' M) / tr M (the reference's own selection statistic, a soft
+round(1.5 eps_c) suspects of the class with the highest class score, the one that looks like the target
+(the reference filters its known target class only; flagging 1.5 eps_c in every class would flag most of a
+balanced set). Scores: the chosen k's QUE score as a robust z-score inside its class, that class's suspects
+above all others. class_scores: the chosen k's tr(Sigma' M) / tr M (the reference's own selection statistic, a soft
 largest eigenvalue of the robustly whitened class) over tr(Sigma') / dims (its mean eigenvalue): 1 for an
 isotropic class, large when a group the filter set aside is spread along a few shared directions, as the
 paper's poisons are. No clean data.
+
+Departures, for small classes and numerics only: dims <= min(D, n_c // 4 - 1) and the filter drops at most
+n_c - dims - 1 points (the kept points must span the PCA; the reference assumes n >> 100); a class under 8
+images is not scored; eigenvalues are floored before Sigma^-1/2; M's denominator is floored at 1e-12; the
+top eigenpair comes from ARPACK (the reference: KrylovKit, same start vector of ones). stage3 here is the
+third stage after its final ReLU (the reference's block output is taken before it).
 """
 
 import math
@@ -61,6 +68,11 @@ def que_matrix(sigma: np.ndarray, alpha: float) -> np.ndarray:
     return (v * (weights / weights.sum())) @ v.T
 
 
+def quadratic(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """x_i' M x_i of every row (through BLAS)."""
+    return ((x @ m) * x).sum(axis=1)
+
+
 def lowest(values: np.ndarray, count: int) -> np.ndarray:
     """Mask of the `count` lowest values (none for count <= 0)."""
     mask = np.zeros(len(values), dtype=bool)
@@ -71,7 +83,7 @@ def lowest(values: np.ndarray, count: int) -> np.ndarray:
 def top_fourth_moment_direction(y: np.ndarray) -> tuple[float, np.ndarray]:
     """Top eigenpair of T = mean of vec(yy')vec(yy')' - vec(I)vec(I)', matrix-free: T V = mean((y'Vy) yy') - tr(V) I."""
     n, d = y.shape
-    if d <= 16:  # small enough for the explicit d^2 x d^2 matrix
+    if d <= 4:  # ARPACK needs room: the explicit d^2 x d^2 matrix
         z = (y[:, :, None] * y[:, None, :]).reshape(n, d * d)
         eye = np.eye(d).ravel()
         w, v = np.linalg.eigh(z.T @ z / n - np.outer(eye, eye))
@@ -80,7 +92,7 @@ def top_fourth_moment_direction(y: np.ndarray) -> tuple[float, np.ndarray]:
 
     def apply(flat: np.ndarray) -> np.ndarray:
         m = flat.reshape(d, d)
-        q = np.einsum("ni,ij,nj->n", y, m, y)
+        q = quadratic(y, m)
         return ((y.T * q) @ y / n - np.trace(m) * np.eye(d)).ravel()
 
     op = LinearOperator((d * d, d * d), matvec=apply, dtype=np.float64)
@@ -93,7 +105,7 @@ def dkk_filter_step(s: np.ndarray, e: float, limit: int) -> np.ndarray | None:
     or None when it stops (the covariance is certified, or no threshold passes the tail test)."""
     n, d = s.shape
     y = s @ inv_sqrt(s.T @ s / n)  # whitened by the second moment, not re-centred (as dkk17.jl)
-    norms = np.einsum("ni,ni->n", y, y)
+    norms = (y * y).sum(axis=1)
     far = norms >= C * d * math.log(n / TAU)
     if far.any():
         return ~far | lowest(norms, n - limit)
@@ -101,7 +113,7 @@ def dkk_filter_step(s: np.ndarray, e: float, limit: int) -> np.ndarray | None:
     if lam <= 1 + C * e * math.log(1 / e) ** 2:  # dkk17.jl's Q(., V) / 2 = |V|_F^2 = 1 for a unit eigenvector
         return None
     v = (v + v.T) / 2
-    p = (np.einsum("ni,ij,nj->n", y, v, y) - np.trace(v)) / math.sqrt(2)
+    p = (quadratic(y, v) - np.trace(v)) / math.sqrt(2)
     diffs = np.abs(p - np.median(p))
     t = np.sort(diffs) - 3.0
     tail = np.ones(n)
@@ -146,12 +158,12 @@ def spectre_class(
             keep = robust_keep(x, eps / n, limit)
             white = x @ inv_sqrt(cov(x[keep], corrected=False))
             m = que_matrix(cov(white), alpha)
-            scores, kept = np.einsum("ni,ij,nj->n", white, m, white), int(keep.sum())
+            scores, kept = quadratic(white, m), int(keep.sum())
         suspects = lowest(-scores, removed)
         sigma = cov(pca @ inv_sqrt(cov(pca[~suspects])))
         statistic = float(np.trace(sigma @ que_matrix(sigma, alpha)))
         if statistic > best["statistic"]:  # strictly: the smallest k wins a tie
-            spike = statistic / (np.trace(sigma) / dims)
+            spike = statistic / float(np.trace(sigma) / dims)
             best = {"k": k, "statistic": statistic, "spike": spike, "filter_kept": kept, "s": scores, "m": suspects}
     return best.pop("s"), best.pop("m"), best
 
@@ -197,7 +209,8 @@ class Spectre(Detector):
             spike[c] = found["spike"]
             classes[str(c)] = {"eps": eps, "dims": dims, **{key: round(v, 4) for key, v in found.items()}}
         evidence = "QUE soft top eigenvalue of the robustly whitened class over its mean eigenvalue"
+        is_flagged &= labels == int(spike.argmax())  # the suspects of the class that looks like the target
+        scores = within_class_z(raw, labels)
+        scores[is_flagged] += scores.max() - scores.min() + 1  # the flagged first, each by its score
         flagged = torch.nonzero(is_flagged).flatten()
-        return Detection(
-            within_class_z(raw, labels), flagged, {"classes": classes}, class_scores=spike, class_evidence=evidence
-        )
+        return Detection(scores, flagged, {"classes": classes}, class_scores=spike, class_evidence=evidence)

@@ -78,13 +78,18 @@ class FeatureTap:
         self.remove()
 
 
+def classifier(model: Backbone) -> nn.Linear:
+    """The model's last linear layer: what reads the last hidden layer."""
+    return [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+
+
 @torch.no_grad()
 def classifier_inputs(
     model: Backbone, images: torch.Tensor, normalize: Normalize, *, batch_size: int = 256
 ) -> torch.Tensor:
     """What the model's last linear layer receives for uint8 `images` (N, D), float32, in eval mode: the last
     hidden layer's activations (Activation Clustering, Fine-Pruning's channels)."""
-    linear = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    linear = classifier(model)
     was_training = model.training
     model.eval()
     chunks: list[torch.Tensor] = []
