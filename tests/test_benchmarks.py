@@ -287,3 +287,33 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "50.0" not in out  # the 1% cell is not the quick profile's setting
     missing = subprocess.run([*script, str(tmp_path / "nowhere.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_detection_tables_read_scans_of_an_export(tmp_path: Path) -> None:
+    def scan(attack: str, detector: str, auroc: float | None = None, named: int | None = 0) -> dict:
+        metrics = {"acc": 0.9, "asr": 1.0, "flagged": 300, "seconds": {"detector": 42.4},
+                   "target": {"class": named, **({"correct": named == 0} if auroc is not None else {})}}  # fmt: skip
+        if auroc is not None:
+            metrics["truth"] = {"auroc": auroc, "tpr_at_5fpr": 0.91, "precision": 0.5, "recall": 0.75}
+        config = {"attack": {"name": attack}, "detector": {"name": detector}, "seed": 0}
+        return {"status": "done", "config": config, "metrics": metrics}
+
+    cells = [scan("badnets", "ss", 0.987), scan("blend", "spectre", 0.5, named=3), scan("none", "ac", named=None)]
+    cells.append(
+        {
+            "status": "done",
+            "config": {"attack": {"name": "badnets"}, "detector": {"name": "none"}, "seed": 0},
+            "metrics": {"acc": 0.9},
+        }
+    )  # fmt: skip  (a training cell: not a scan)
+    path = tmp_path / "detection.json"
+    path.write_text(json.dumps({"grid": "detection-quick", "cells": cells}))
+    script = [sys.executable, str(ROOT / "benchmarks" / "detection_tables.py"), str(path)]
+    proc = subprocess.run(script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| attack | SS | AC | SPECTRE | ABL isolation | D-BR split |" in out
+    assert "| BadNets | 0.987 / 91% | · | · | · | · |" in out
+    assert "| BadNets | 50 / 75 | · |" in out and "| BadNets | right, 42 s |" in out
+    assert "| Blend | · | · | wrong (3), 42 s |" in out
+    assert "| clean data | · | 300 flagged |" in out and "| clean data | · | none, 42 s |" in out

@@ -93,7 +93,7 @@ def test_components_own_their_options() -> None:
         ({"defense": "eigenguard", "defense.at": "stage9"}, "at 'stage9' is not an insertion point of resnet18"),
         ({"defense": "eigenguard", "defense.k": 0}, "k = 0 for defense .eigenguard.; allowed: a whole number >= 1"),
         ({"defense": {"k": 3}}, "defense needs a name"),
-        ({"seed.x": 1}, "only attack and defense have options"),
+        ({"seed.x": 1}, "only attack, defense, detector have options"),
     ],
 )
 def test_bad_values_give_one_line_errors(settings: dict, pattern: str) -> None:

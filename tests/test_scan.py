@@ -202,7 +202,8 @@ def test_every_detector_scans_through_the_cli(mnist_root: Path, tmp_path: Path, 
 def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, says in (
-        (["--detector", "nope"], "unknown detector 'nope'"),
+        (["--detector", "nope"], "invalid detector = 'nope': unknown detector"),
+        (["--detector", "none"], "a scan needs a detector; allowed: abl, ac"),
         (["--set", "detector.epsilon=2"], "invalid option epsilon = 2"),
         (["--dataset", "imagefolder", "--data-root", str(tmp_path / "missing")], "does not exist"),
         (["--dataset", "imagefolder", "--data-root", str(tmp_path)], "dataset 'imagefolder' not found"),
@@ -211,6 +212,9 @@ def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         result = runner.invoke(app, ["scan", "--out", str(tmp_path / "scan"), *args])
         assert result.exit_code == 2 and says in result.output, result.output
         assert not (tmp_path / "scan").exists()
+    result = runner.invoke(app, ["train", "--set", "detector=ss", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "that is a scan; run eigenguard scan" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_own_images_train_plants_nothing_holds_nothing_back_and_says_how_long(tmp_path: Path) -> None:
@@ -222,3 +226,32 @@ def test_own_images_train_plants_nothing_holds_nothing_back_and_says_how_long(tm
     said = " ".join(result.output.split())
     assert "36 training images (0 poisoned), 0 clean images for the defender" in said
     assert "profile quick: 1 epoch, about 1 min of plain training on this CPU" in said
+
+
+def test_a_grid_cell_with_a_detector_is_a_scan(mnist_root: Path, tmp_path: Path) -> None:
+    from eigenguard.bench.exchange import export_grid, import_export
+    from eigenguard.bench.executors import LocalExecutor
+    from eigenguard.bench.grid import parse_grid
+    from eigenguard.bench.runner import run_grid
+    from eigenguard.bench.store import ResultStore
+
+    base = {"profile": "quick", "dataset": "mnist", "data_root": str(mnist_root), "width": 0.125, "epochs": 1,
+            "batch_size": 64, "train_subset": None, "device": "cpu"}  # fmt: skip
+    grid = parse_grid({"name": "scans", "base": base, "axes": {"attack": ["badnets"], "detector": ["ss", "none"]}})
+    scan_cell, plain_cell = grid.cells
+    assert scan_cell.after == plain_cell.key  # the scan reads the no-defense model: that cell runs first
+    store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+    summary = run_grid(grid, store, LocalExecutor(store, runs, workers=1, device="cpu"), runs)
+    assert summary.done == 2 and summary.failed == 0
+    scanned = next(r for r in store.records("scans") if r["key"] == scan_cell.key)
+    assert scanned["metrics"]["truth"]["poisoned"] == 54 and scanned["acc"] == scanned["metrics"]["model"]["acc"]
+    assert scanned["metrics"]["model"]["cache_hit"]  # the plain cell's model, from the cache
+    assert {p.name for p in Path(scanned["run_dir"]).iterdir()} == {
+        "config.yaml",
+        "detection.json",
+        "suspects.csv",
+        "suspects.png",
+    }
+    moved = ResultStore(tmp_path / "other.sqlite")
+    assert import_export(moved, export_grid(store, "scans")).imported == 2
+    assert moved.status(scan_cell.key) == "done"

@@ -62,6 +62,7 @@ DEFAULT_PROFILE = "paper"
 
 ATTACK_NONE = "none"
 DEFENSE_NONE = "none"
+DETECTOR_NONE = "none"
 PAPER_DEFENSE_FRACTION = 0.1  # Section 4.1: 90/10 train/defense split
 
 
@@ -150,6 +151,11 @@ class Experiment(BaseModel):
     )
     clean_samples: int = Field(
         500, description="the defender's clean images, drawn from the defense split (paper: 500)"
+    )
+    # detection
+    detector: Component = Field(
+        Component(name=DETECTOR_NONE),
+        description="a detector ranking the training set, e.g. {name: ss} (eigenguard scan); none: a training run",
     )
     # optimisation
     epochs: int = Field(100, description="training epochs")
@@ -326,14 +332,15 @@ class TrainConfig(Placement, Experiment):
         attack = self.attack.name
         if attack != ATTACK_NONE and self.poison_rate is not None:
             attack = f"{attack}{self.poison_rate:g}"
-        return f"{self.dataset}_{self.model}_{attack}_{self.defense.name}_s{self.seed}"
+        step = f"scan-{self.detector.name}" if self.detector.name != DETECTOR_NONE else self.defense.name
+        return f"{self.dataset}_{self.model}_{attack}_{step}_s{self.seed}"
 
 
 # -- what decides a result: defined here, once -------------------------------------------------------
 # Which definition a key was made with. Raise it whenever what `result_values` gives for a run changes (a
 # field or an option added, a field moved between Experiment and Placement): stores and exported grids
 # written under an older version are re-keyed from their recorded configs when read (bench/exchange.py).
-KEY_VERSION = 2
+KEY_VERSION = 3
 EXPERIMENT_FIELDS = tuple(Experiment.model_fields)
 PLACEMENT_FIELDS = tuple(Placement.model_fields)
 # What a run measures and logs without touching the weights it trains, for a run without a defense.
@@ -347,9 +354,14 @@ def result_values(config: TrainConfig) -> dict[str, Any]:
 
 
 def no_defense(config: TrainConfig) -> TrainConfig:
-    """The same run without a defense: the backdoored model a post-training defense starts from."""
+    """The same run without a defense (or a detector): the backdoored model a post-training defense starts
+    from and a scan reads."""
     values = config.model_dump()
-    values.update(defense={"name": DEFENSE_NONE}, clean_samples=TrainConfig.model_fields["clean_samples"].default)
+    values.update(
+        defense={"name": DEFENSE_NONE},
+        detector={"name": DETECTOR_NONE},
+        clean_samples=TrainConfig.model_fields["clean_samples"].default,
+    )
     values["out"] = None
     return TrainConfig(**values)
 
@@ -408,7 +420,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
-COMPONENT_FIELDS = ("attack", "defense")
+COMPONENT_FIELDS = ("attack", "defense", "detector")
 
 
 def component_dict(value: Any) -> dict[str, Any]:
@@ -434,7 +446,7 @@ def merge_settings(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
         if dot:
             if head not in COMPONENT_FIELDS:
                 raise EigenguardError(
-                    f"invalid setting '{key}': only {' and '.join(COMPONENT_FIELDS)} have options (e.g. defense.k)"
+                    f"invalid setting '{key}': only {', '.join(COMPONENT_FIELDS)} have options (e.g. defense.k)"
                 )
             if head not in merged:
                 raise EigenguardError(f"invalid setting '{key}': name the {head} first (e.g. --{head} NAME)")

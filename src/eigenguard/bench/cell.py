@@ -14,6 +14,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 PARTIAL = ".partial"
@@ -65,11 +66,18 @@ def run_cell(
             shutil.rmtree(partial)
         from rich.console import Console
 
+        from eigenguard.config import DETECTOR_NONE
         from eigenguard.pipeline.run import train
+        from eigenguard.pipeline.scan import scan
 
         # no progress bars, but the run's lines (its start, an attack's training epochs) go to stderr, which
         # the executor points at <runs>/logs/<key>.log; a quiet console left every cell's log empty
-        run = train(cfg, progress=False, console=Console(stderr=True), resume=resume)
+        if cfg.detector.name != DETECTOR_NONE:  # a scan: written at once, its trained model from the cache
+            shutil.rmtree(partial, ignore_errors=True)
+            found = scan(cfg, partial, progress=False, console=Console(stderr=True)).report
+            run = SimpleNamespace(metrics={"acc": found["model"]["acc"], "asr": found["model"]["asr"], **found})
+        else:
+            run = train(cfg, progress=False, console=Console(stderr=True), resume=resume)
         # config.yaml names the directory the run now lives in, not its temporary name
         import yaml
 

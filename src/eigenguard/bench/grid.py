@@ -31,6 +31,7 @@ from eigenguard.cache import digest
 from eigenguard.config import (
     COMPONENT_FIELDS,
     DEFENSE_NONE,
+    DETECTOR_NONE,
     KEY_VERSION,
     PLACEMENT_FIELDS,
     TrainConfig,
@@ -41,6 +42,7 @@ from eigenguard.config import (
     result_values,
 )
 from eigenguard.defenses import DEFENSES
+from eigenguard.detectors import DETECTORS
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.components import resolve
 from eigenguard.run_directory import stored_config
@@ -172,11 +174,17 @@ def expand(grid: Grid) -> list[Cell]:
     def plain(config: TrainConfig) -> str:
         return json.dumps(plain_weights_values(config), sort_keys=True)
 
-    plain_cells = {plain(c.config): c.key for c in cells.values() if c.config.defense.name == DEFENSE_NONE}
+    plain_cells = {
+        plain(c.config): c.key
+        for c in cells.values()
+        if c.config.defense.name == DEFENSE_NONE and c.config.detector.name == DETECTOR_NONE
+    }
     ordered = []
     for c in cells.values():
         after = None
-        if DEFENSES.get(c.config.defense.name).needs_backdoored:
+        detector = c.config.detector.name
+        reads_trained = detector != DETECTOR_NONE and DETECTORS.get(detector).needs_trained
+        if DEFENSES.get(c.config.defense.name).needs_backdoored or reads_trained:
             after = plain_cells.get(plain(c.config))
         ordered.append(Cell(c.key, c.config, c.labels, after))
     return ordered

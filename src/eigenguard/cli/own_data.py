@@ -13,7 +13,7 @@ from eigenguard.cli.common import Opt, parse_settings
 
 def scan(
     out: Annotated[Path, Opt("--out", "-o", help="scan directory to create")],
-    detector: Annotated[str, Opt(help="detector name (eigenguard list)")] = "ss",
+    detector: Annotated[str | None, Opt(help="detector name (eigenguard list; default ss)")] = None,
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML file of settings")] = None,
     profile: Annotated[str | None, Opt(help="defaults: paper (GPU) or quick (CPU)")] = None,
     dataset: Annotated[str | None, Opt(help="imagefolder (your images), or e.g. fashion-mnist")] = None,
@@ -30,19 +30,17 @@ def scan(
     The model trained on the data (no defense) comes from the cache, or is trained once. With a planted
     attack the scan also scores itself against the truth (precision, recall, AUROC, TPR at 5% FPR).
     """
-    from eigenguard.config import Component, load_yaml, make_config, merge_settings
+    from eigenguard.config import load_yaml, make_config, merge_settings
     from eigenguard.pipeline.scan import scan as run_scan
 
     flags = {k: v for k, v in locals().items() if k in SETTING_FLAGS and v is not None}
-    settings = parse_settings(set_, example="detector.epsilon=0.05")
-    detector_options = {k.partition(".")[2]: v for k, v in settings.items() if k.startswith("detector.")}
-    settings = {k: v for k, v in settings.items() if not k.startswith("detector.")}
-    values = merge_settings(merge_settings(load_yaml(config) if config else {}, flags), settings)
-    result = run_scan(make_config(values), Component(name=detector, **detector_options), out, progress=not quiet)
+    values = merge_settings({"detector": "ss", **(load_yaml(config) if config else {})}, flags)
+    values = merge_settings(values, parse_settings(set_))
+    result = run_scan(make_config(values), out, progress=not quiet)
     typer.echo(summary(result.report, out))
 
 
-SETTING_FLAGS = ("profile", "dataset", "data_root", "attack", "poison_rate", "seed", "device")
+SETTING_FLAGS = ("detector", "profile", "dataset", "data_root", "attack", "poison_rate", "seed", "device")
 
 
 def summary(report: dict, out: Path) -> str:

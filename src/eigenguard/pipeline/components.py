@@ -13,9 +13,10 @@ import functools
 from typing import Any
 
 from eigenguard.attacks import ATTACKS
-from eigenguard.config import ATTACK_NONE, PAPER_DEFENSE_FRACTION, Component, TrainConfig, make_config
+from eigenguard.config import ATTACK_NONE, DETECTOR_NONE, PAPER_DEFENSE_FRACTION, Component, TrainConfig, make_config
 from eigenguard.data import DATASETS
 from eigenguard.defenses import DEFENSES, Defense
+from eigenguard.detectors import DETECTORS
 from eigenguard.errors import EigenguardError
 from eigenguard.models import MODELS, create_model
 
@@ -46,6 +47,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.defense_fraction is None:  # a user's own images are held back only for a defense that needs them
         own = config.dataset == "imagefolder" and not instance.needs_clean_pool
         updates["defense_fraction"] = 0.0 if own else PAPER_DEFENSE_FRACTION
+    detector = config.detector
+    if detector.name != DETECTOR_NONE:
+        if detector.name not in DETECTORS:
+            allowed = ", ".join([DETECTOR_NONE, *DETECTORS.names()])
+            raise EigenguardError(f"invalid detector = {detector.name!r}: unknown detector; allowed: {allowed}")
+        updates["detector"] = Component(name=detector.name, **DETECTORS.complete(detector.name, detector.options))
     resolved = make_config({**config.model_dump(), **{k: _dump(v) for k, v in updates.items()}})
     instance.check(resolved, insertion_points(resolved.model))
     return resolved

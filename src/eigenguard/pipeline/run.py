@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from eigenguard.config import DEFENSE_NONE, TrainConfig
+from eigenguard.config import DEFENSE_NONE, DETECTOR_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
@@ -105,6 +105,8 @@ def train(
     source_commit()  # read (and cached) before training: the code this process runs, not a later checkout
 
     # -- 1. check and load everything before writing anything --------------------------------------
+    if config.detector.name != DETECTOR_NONE:
+        raise EigenguardError(f"detector {config.detector.name!r} is set: that is a scan; run eigenguard scan")
     config = resolve(config)  # names checked, every attack and defense option explicit
     device = resolve_device(config.device)
     out = _run_path(config)

@@ -1,6 +1,6 @@
 """`eigenguard scan`: rank the images of a training set by how suspicious they are, and say so in files.
 
-    scan(TrainConfig(profile="quick", attack="badnets"), Component(name="ss"), Path("scans/badnets-ss"))
+    scan(TrainConfig(profile="quick", attack="badnets", detector="ss"), Path("scans/badnets-ss"))
 
 The data are loaded as `train` loads them (a benchmark dataset with the planted attack the config names,
 or a user's image folder as it is); the model trained on them without a defense comes from the cache of
@@ -14,7 +14,8 @@ once (a failed scan leaves nothing):
   evidence, and with a planted attack precision and recall of the flagged set, AUROC of the scores and the
   true-positive rate at 5% false positives (the score threshold that 5% of the clean images exceed);
 - suspects.png: a contact sheet of each class's top suspects;
-- scan.yaml: the configuration and the detector, to reproduce it.
+- config.yaml: the configuration, the detector in it, to reproduce it.
+A grid cell whose config names a detector is a scan (bench/cell.py).
 """
 
 import csv
@@ -30,7 +31,7 @@ import torch
 import yaml
 from rich.console import Console
 
-from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, Component, TrainConfig
+from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, DETECTOR_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.image_folder import image_folder_files
 from eigenguard.defenses.base import auroc
@@ -53,19 +54,19 @@ class ScanResult:
     report: dict[str, Any]
 
 
-def scan(
-    config: TrainConfig, detector: Component, out: Path, *, progress: bool = True, console: Console | None = None
-) -> ScanResult:
-    """Scan the training set `config` describes with `detector`; write `out` (module docstring)."""
+def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Console | None = None) -> ScanResult:
+    """Scan the training set `config` describes with its detector; write `out` (module docstring)."""
     console = console or Console(stderr=True, quiet=not progress)
     started = time.perf_counter()
     if config.defense.name != DEFENSE_NONE:
         raise EigenguardError(
             f"invalid defense = {config.defense.name!r} for a scan: it scans the data as they are; allowed: none"
         )
+    if config.detector.name == DETECTOR_NONE:
+        raise EigenguardError(f"a scan needs a detector; allowed: {', '.join(DETECTORS.names())}")
     config = resolve(config)
-    options = DETECTORS.complete(detector.name, detector.options)
-    instance = DETECTORS.create(detector.name, **options)
+    detector = config.detector
+    instance = DETECTORS.create(detector.name, **detector.options)
     check_new_run_dir(out)
     device = resolve_device(config.device)
     data = prepare_data(config, device, needs_clean_pool=False, say=lambda line: console.print(line, markup=False))
@@ -103,7 +104,7 @@ def scan(
     logits = _logits(model, data.train_set, trainer)
     truth = data.poison_indices if config.attack.name != ATTACK_NONE else None
     report = {
-        "detector": {"name": detector.name, **options},
+        "detector": detector.model_dump(),
         "images": len(data.train_set),
         "flagged": len(detection.flagged),
         "target": estimate_target(detection, data.train_set),
@@ -115,7 +116,7 @@ def scan(
     if truth is not None:
         report["target"]["true_class"] = config.target
         report["target"]["correct"] = report["target"]["class"] == config.target
-    _write(out, config, detector.name, options, detection, data.train_set, logits, files, truth, report)
+    _write(out, config, detection, data.train_set, logits, files, truth, report)
     return ScanResult(out, report)
 
 
@@ -189,8 +190,6 @@ def _logits(model: torch.nn.Module, data: ImageDataset, trainer: Trainer) -> tor
 def _write(
     out: Path,
     config: TrainConfig,
-    name: str,
-    options: dict[str, Any],
     detection: Detection,
     data: ImageDataset,
     logits: torch.Tensor,
@@ -228,10 +227,8 @@ def _write(
         atomic_write_text(partial / "suspects.csv", buffer.getvalue())
         atomic_write_text(partial / "detection.json", json.dumps(report, indent=2) + "\n")
         atomic_write_text(
-            partial / "scan.yaml",
-            yaml.safe_dump({"config": {**config.model_dump(), "out": None}, "detector": {"name": name, **options}},
-                           sort_keys=False),
-        )  # fmt: skip
+            partial / "config.yaml", yaml.safe_dump({**config.model_dump(), "out": str(out)}, sort_keys=False)
+        )
         atomic_write_bytes(partial / "suspects.png", contact_sheet(data, detection.scores, flagged))
         partial.rename(out)
     except BaseException:

@@ -1,0 +1,79 @@
+"""The tables of docs/results/detection.md, printed as Markdown from an exported detection grid.
+
+    python benchmarks/detection_tables.py benchmarks/results/detection-quick.json
+
+Cells with a detector are scans (pipeline/scan.py); their metrics hold the scores against the planted
+attack. Three tables, attack x detector:
+- AUROC of the scores and TPR at 5% FPR (the threshold 5% of the clean images exceed);
+- precision / recall of the detector's own flagged set;
+- the target class it names (right, wrong, or none named), and the scan's seconds (detector only; the
+  model it read came from the cache or was trained once per attack).
+The clean-data row (attack none) shows how many images a detector flags and whether it names a target
+when nothing is poisoned. `·` marks a cell that has not run.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from table3_tables import ATTACKS
+
+from eigenguard.bench.report import markdown_table
+
+ROWS = {**ATTACKS, "none": "clean data"}
+DETECTORS = {"ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split"}
+
+
+def scans(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(attack, detector) -> the scan's metrics, for seed 0 (a later file's cell wins)."""
+    found = {}
+    for path in paths:
+        for cell in json.loads(path.read_text())["cells"]:
+            config = cell.get("config") or {}
+            detector = (config.get("detector") or {}).get("name", "none")
+            if cell.get("status") == "done" and detector != "none" and config.get("seed") == 0:
+                found[(config["attack"]["name"], detector)] = cell["metrics"]
+    return found
+
+
+def table(found: dict[tuple[str, str], dict[str, Any]], show) -> str:
+    rows = []
+    for attack, label in ROWS.items():
+        cells = [show(found[(attack, d)]) if (attack, d) in found else "·" for d in DETECTORS]
+        rows.append([label, *cells])
+    return markdown_table(["attack", *DETECTORS.values()], rows)
+
+
+def ranking(m: dict[str, Any]) -> str:
+    t = m.get("truth")
+    return f"{m['flagged']} flagged" if t is None else f"{t['auroc']:.3f} / {100 * t['tpr_at_5fpr']:.0f}%"
+
+
+def flagged(m: dict[str, Any]) -> str:
+    t = m.get("truth")
+    if t is None:
+        return f"{m['flagged']} flagged"
+    precision = "-" if t["precision"] is None else f"{100 * t['precision']:.0f}"
+    return f"{precision} / {100 * t['recall']:.0f}"
+
+
+def target(m: dict[str, Any]) -> str:
+    named = m["target"]["class"]
+    verdict = "none" if named is None else ("right" if m["target"].get("correct", False) else f"wrong ({named})")
+    if "truth" not in m and named is not None:
+        verdict = f"names {named}"
+    return f"{verdict}, {m['seconds']['detector']:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("exports", nargs="+", type=Path)
+    found = scans(parser.parse_args().exports)
+    print("AUROC / TPR at 5% FPR\n\n" + table(found, ranking))
+    print("\nprecision / recall of the flagged set, %\n\n" + table(found, flagged))
+    print("\ntarget class named, detector seconds\n\n" + table(found, target))
+
+
+if __name__ == "__main__":
+    main()
