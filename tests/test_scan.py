@@ -183,6 +183,7 @@ def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they
     assert "of the 54 top suspects" in report["target"]["evidence"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("detector", "options"),
     [("spectre", ["--set", "detector.dims=20"]), ("d-br", ["--set", "detector.intra_epochs=1"])],
