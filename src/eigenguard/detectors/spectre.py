@@ -35,6 +35,10 @@ n_c - dims - 1 points (the kept points must span the PCA; the reference assumes 
 images is not scored; eigenvalues are floored before Sigma^-1/2; M's denominator is floored at 1e-12; the
 top eigenpair comes from ARPACK (the reference: KrylovKit, same start vector of ones). stage3 here is the
 third stage after its final ReLU (the reference's block output is taken before it).
+
+Cost: the filter usually drops one or a few points a step and may drop up to 2 eps_c, each step an ARPACK
+solve on a k^2-dimensional operator, for each of the ten k: minutes for a class of a few hundred images on
+a CPU, far more for thousands (docs/components.md).
 """
 
 import math
