@@ -9,9 +9,9 @@ defenses exist: names and component options are checked against the registries b
 
 - A profile (`paper`, `quick`) is a set of defaults applied when the object is built, in Python exactly as
   in YAML or with `--profile`: every value given explicitly wins over the profile's.
-- The attack and the defense are components: a name plus that component's own options,
+- The attack, the defense and the detector are components: a name plus that component's own options,
   `{name: eigenguard, k: 40}` (a bare name means the component's defaults). `eigenguard list` prints every
-  component's options; on the command line `--set defense.k=40` sets one.
+  component's options; on the command line `--set defense.k=40` sets one. A run with a detector is a scan.
 - What decides a result is stated once: the fields `Experiment` declares. `Placement` declares where and
   how a run runs (device, paths, checkpoint cadence); `TrainConfig` is both, flat. Grid cell keys and the
   caches of trained weights hash `result_values` (the Experiment fields; keys add `KEY_VERSION`), nothing else.
