@@ -135,12 +135,19 @@ def test_a_number_given_in_another_kind_is_one_setting() -> None:
     assert type(cell({"name": "eigenguard", "k": 20.0}).config.defense.options["k"]) is int
 
 
-@pytest.mark.parametrize("name", ["study-queue.json", "study-filter.json", "fast-anchors.json"])
+@pytest.mark.parametrize(
+    "name", ["study-queue.json", "study-filter.json", "fast-anchors.json", "clean-model-queue.json"]
+)
 def test_committed_exports_import_under_this_version(name: str) -> None:
     # every finished cell of the raw JSON behind docs/results/ still gives its recorded key from its config,
     # so `eigenguard import` takes it and `eigenguard bench` does not run it again
-    record = read_export(GRIDS[0].parent.parent / "benchmarks" / "results" / name)
+    path = GRIDS[0].parent.parent / "benchmarks" / "results" / name
+    raw = json.loads(path.read_text())
+    record = read_export(path)
     assert sum(c["status"] == "done" for c in record["cells"]) >= 7
+    if raw.get("key_version") == KEY_VERSION:  # a file of this version keeps its keys: else raise KEY_VERSION
+        done = [c["key"] for c in raw["cells"] if c["status"] == "done"]
+        assert [c["key"] for c in record["cells"] if c["status"] == "done"] == done
 
 
 def test_grid_expansion_labels_variants_and_dependencies(tmp_path: Path) -> None:
