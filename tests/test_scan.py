@@ -3,6 +3,7 @@
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -151,13 +152,18 @@ def test_predict_bad_input_is_one_line(mnist_root: Path, tmp_path: Path) -> None
     assert result.exit_code == 0 and "good.png" in result.output
 
 
-def test_scan_of_a_planted_attack_scores_itself(mnist_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "scan"
+def scan_badnets_mnist(mnist_root: Path, out: Path, *settings: str) -> Any:
+    """`eigenguard scan` of the tiny MNIST set with BadNets planted, a tiny model; `settings` added."""
     args = ["scan", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "badnets", "--out", str(out),
-            "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=2", "--set", "batch_size=64",
-            "--set", "detector.epsilon=0.2"]  # fmt: skip
+            "--device", "cpu", "-q", "--set", "width=0.125", "--set", "batch_size=64", *settings]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_scan_of_a_planted_attack_scores_itself(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scan"
+    result = scan_badnets_mnist(mnist_root, out, "--set", "epochs=2", "--set", "detector.epsilon=0.2")
     report = json.loads((out / "detection.json").read_text())
     truth = report["truth"]
     assert truth["poisoned"] == 54 and 0 <= truth["auroc"] <= 1 and 0 <= truth["tpr_at_5fpr"] <= 1
@@ -170,11 +176,7 @@ def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they
     mnist_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "scan"
-    args = ["scan", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "badnets", "--out", str(out),
-            "--detector", "abl", "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=5",
-            "--set", "batch_size=64"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    scan_badnets_mnist(mnist_root, out, "--detector", "abl", "--set", "epochs=5")
     report = json.loads((out / "detection.json").read_text())
     assert report["flagged"] == 54 and report["found"] == {"isolation_epochs": 1}  # 10% of 540; 20% of 5 epochs
     rows = list(csv.DictReader((out / "suspects.csv").open()))
@@ -190,11 +192,7 @@ def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they
 )
 def test_every_detector_scans_through_the_cli(mnist_root: Path, tmp_path: Path, detector: str, options: list) -> None:
     out = tmp_path / "scan"
-    args = ["scan", "--dataset", "mnist", "--data-root", str(mnist_root), "--attack", "badnets", "--out", str(out),
-            "--detector", detector, "--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=2",
-            "--set", "batch_size=64", *options]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    scan_badnets_mnist(mnist_root, out, "--detector", detector, "--set", "epochs=2", *options)
     report = json.loads((out / "detection.json").read_text())
     assert report["detector"]["name"] == detector and 0 < report["flagged"] < report["images"] == 540
     assert 0 <= report["truth"]["auroc"] <= 1 and report["truth"]["poisoned"] == 54

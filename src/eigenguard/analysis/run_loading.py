@@ -22,8 +22,8 @@ from eigenguard.data import load_dataset
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
-from eigenguard.models import Backbone, create_model
-from eigenguard.pipeline.components import build_defense
+from eigenguard.models import Backbone
+from eigenguard.pipeline.predict import rebuilt_model
 from eigenguard.run_directory import stored_config
 from eigenguard.training.features import features
 
@@ -60,17 +60,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root:
         raise EigenguardError(f"{path}/model.safetensors is unreadable ({e}); is the run complete?") from None
     _, test = load_dataset(config.dataset, config.data_root, config.download, config.image_size)
     test = test.to(device)
-    model = create_model(
-        config.model, in_channels=test.image_shape[0], num_classes=test.num_classes, width=config.width
-    )
-    build_defense(config).rebuild(model)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise EigenguardError(
-            f"{path}/model.safetensors does not fit its config.yaml: {str(e).splitlines()[0]}"
-        ) from None
-    model = model.to(device).eval()
+    model = rebuilt_model(config, weights, test.image_shape[0], test.num_classes, path).to(device).eval()
     attack = None
     if config.attack.name != ATTACK_NONE:
         options = config.attack.options

@@ -14,7 +14,6 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 PARTIAL = ".partial"
@@ -75,9 +74,9 @@ def run_cell(
         if cfg.detector.name != DETECTOR_NONE:  # a scan: written at once, its trained model from the cache
             shutil.rmtree(partial, ignore_errors=True)
             found = scan(cfg, partial, progress=False, console=Console(stderr=True)).report
-            run = SimpleNamespace(metrics={"acc": found["model"]["acc"], "asr": found["model"]["asr"], **found})
+            metrics = {"acc": found["model"]["acc"], "asr": found["model"]["asr"], **found}
         else:
-            run = train(cfg, progress=False, console=Console(stderr=True), resume=resume)
+            metrics = train(cfg, progress=False, console=Console(stderr=True), resume=resume).metrics
         # config.yaml names the directory the run now lives in, not its temporary name
         import yaml
 
@@ -86,7 +85,7 @@ def run_cell(
         )
         partial.rename(final)
         log = read_log(final) or []  # its rows go to the store too: a result outlives its run directory
-        result = {"status": "done", "metrics": run.metrics, "run_dir": str(final), "error": None, "log": log}
+        result = {"status": "done", "metrics": metrics, "run_dir": str(final), "error": None, "log": log}
     except Exception as e:  # isolation is the point: record it, let the grid go on
         shutil.rmtree(partial, ignore_errors=True)
         tail = "".join(traceback.format_exception(e)[-3:]).strip()

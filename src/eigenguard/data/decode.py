@@ -15,13 +15,19 @@ from eigenguard.errors import EigenguardError
 MAX_DECODE_THREADS = 8
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as RGB uint8 (size, size, 3), resized with antialiased bilinear filtering when needed."""
+def open_image(path: Path, mode: str) -> tuple[Image.Image, int]:
+    """The image at `path` converted to PIL mode `mode`, and how many bands the file had; a file PIL cannot
+    decode is one EigenguardError."""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            return image.convert(mode), len(image.getbands())
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EigenguardError(f"cannot decode image {path}: {one_line(exc) or type(exc).__name__}") from None
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image as RGB uint8 (size, size, 3), resized with antialiased bilinear filtering when needed."""
+    rgb, _ = open_image(path, "RGB")
     if rgb.size != (size, size):
         # Pillow's bilinear filter widens its support when shrinking, i.e. it antialiases.
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)

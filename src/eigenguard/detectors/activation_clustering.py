@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eigenguard.detectors.base import Detection, DetectionContext, Detector, within_class_z
+from eigenguard.detectors.base import Detection, DetectionContext, Detector, flagged_first, within_class_z
 from eigenguard.options import component, option
 from eigenguard.training.features import classifier_inputs
 
@@ -74,8 +74,7 @@ class ActivationClustering(Detector):
                 "silhouette": round(silhouette, 4),
                 "poisoned": poisoned,
             }
-        scores = within_class_z(margin, labels)
-        scores[is_flagged] += scores.max() - scores.min() + 1  # the flagged clusters first, each by its margin
+        scores = flagged_first(within_class_z(margin, labels), is_flagged)
         flagged = torch.nonzero(is_flagged).flatten()
         evidence = "silhouette of the class's two clusters, where the smaller is at most size_threshold of it"
         return Detection(scores, flagged, {"classes": classes}, class_scores=separation, class_evidence=evidence)

@@ -75,6 +75,14 @@ def within_class_z(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def flagged_first(scores: torch.Tensor, is_flagged: torch.Tensor) -> torch.Tensor:
+    """`scores` lifted so every flagged image ranks above every other, each part in its own order: for a
+    detector whose decision is a cluster or a class, not a score threshold."""
+    lifted = scores.clone()
+    lifted[is_flagged] += scores.max() - scores.min() + 1
+    return lifted
+
+
 def top_per_class(scores: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
     """The ceil(fraction x n_c) highest-scoring images of every class c of two or more (sorted indices)."""
     flagged = []

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eigenguard.detectors.base import Detection, DetectionContext, Detector, within_class_z
+from eigenguard.detectors.base import Detection, DetectionContext, Detector, flagged_first, within_class_z
 from eigenguard.options import component, option
 from eigenguard.training.features import features
 
@@ -214,7 +214,6 @@ class Spectre(Detector):
             classes[str(c)] = {"eps": eps, "dims": dims, **{key: round(v, 4) for key, v in found.items()}}
         evidence = "QUE soft top eigenvalue of the robustly whitened class over its mean eigenvalue"
         is_flagged &= labels == int(spike.argmax())  # the suspects of the class that looks like the target
-        scores = within_class_z(raw, labels)
-        scores[is_flagged] += scores.max() - scores.min() + 1  # the flagged first, each by its score
+        scores = flagged_first(within_class_z(raw, labels), is_flagged)
         flagged = torch.nonzero(is_flagged).flatten()
         return Detection(scores, flagged, {"classes": classes}, class_scores=spike, class_evidence=evidence)

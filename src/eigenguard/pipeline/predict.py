@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from eigenguard.config import TrainConfig
 from eigenguard.data import load_dataset
-from eigenguard.data.decode import decode_image
+from eigenguard.data.decode import decode_image, open_image
 from eigenguard.data.image_folder import IMAGE_EXTENSIONS
 from eigenguard.data.sources import one_line
 from eigenguard.data.transforms import Normalize
@@ -51,6 +51,22 @@ class TrainedModel(nn.Module):
         return self.backbone(self.normalize(images))
 
 
+def rebuilt_model(
+    config: TrainConfig, weights: dict[str, torch.Tensor], in_channels: int, num_classes: int, path: Path
+) -> Backbone:
+    """The run's architecture with the structure its defense adds, filled with `weights` (its
+    model.safetensors, from run directory `path`); weights that do not fit are one EigenguardError."""
+    model = create_model(config.model, in_channels=in_channels, num_classes=num_classes, width=config.width)
+    build_defense(config).rebuild(model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise EigenguardError(
+            f"{path}/model.safetensors does not fit its config.yaml: {str(e).splitlines()[0]}"
+        ) from None
+    return model
+
+
 def load_model(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
     """The finished run at `run_dir` as a ready model (module docstring); a directory that is not a
     finished run, or files that do not fit each other, are one EigenguardError."""
@@ -72,16 +88,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
         described = data_description(test)
     torch_device = resolve_device(device)
     shape = tuple(described["image_shape"])
-    backbone = create_model(
-        config.model, in_channels=shape[0], num_classes=len(described["classes"]), width=config.width
-    )
-    build_defense(config).rebuild(backbone)
-    try:
-        backbone.load_state_dict(weights)
-    except RuntimeError as e:
-        raise EigenguardError(
-            f"{path}/model.safetensors does not fit its config.yaml: {str(e).splitlines()[0]}"
-        ) from None
+    backbone = rebuilt_model(config, weights, shape[0], len(described["classes"]), path)
     normalize = Normalize(tuple(described["mean"]), tuple(described["std"]), torch_device)
     model = TrainedModel(backbone, list(described["classes"]), shape, normalize, config.dataset in RESIZING_DATASETS)
     return model.to(torch_device).eval()
@@ -109,12 +116,8 @@ def load_image(path: Path, model: TrainedModel) -> np.ndarray:
     channels, height, width = model.image_shape
     if model.resizes:
         return decode_image(path, height).transpose(2, 0, 1)
-    try:
-        with Image.open(path) as image:
-            size, bands = image.size, len(image.getbands())
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise EigenguardError(f"cannot decode image {path}: {one_line(e) or type(e).__name__}") from None
+    image, bands = open_image(path, "L" if channels == 1 else "RGB")
+    size, pixels = image.size, np.asarray(image, dtype=np.uint8)
     kind = "grey" if channels == 1 else "colour"
     if size != (width, height) or (channels == 1 and bands not in (1, 2)):
         got = f"{size[0]}x{size[1]} with {bands} band{'s' * (bands > 1)}"

@@ -20,6 +20,7 @@ A grid cell whose config names a detector is a scan (bench/cell.py).
 
 import csv
 import io
+import json
 import math
 import shutil
 import time
@@ -136,7 +137,7 @@ def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
         )
     else:
         labels = data.labels.cpu()
-        top = max(len(detection.flagged), math.ceil(0.01 * len(data)))
+        top = math.ceil(0.01 * len(data))  # nothing flagged: the 1% most suspicious
         ranked = detection.flagged.cpu() if len(detection.flagged) else detection.scores.argsort(descending=True)[:top]
         share_top = torch.bincount(labels[ranked], minlength=data.num_classes).double() / len(ranked)
         share_all = torch.bincount(labels, minlength=data.num_classes).double() / len(labels)
@@ -198,8 +199,6 @@ def _write(
     report: dict[str, Any],
 ) -> None:
     """Every file into a sibling directory, then one rename: a scan directory is complete or absent."""
-    import json
-
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
