@@ -22,7 +22,9 @@ from table3_tables import ATTACKS
 from eigenguard.bench.report import markdown_table
 
 ROWS = {**ATTACKS, "none": "clean data"}
-DETECTORS = {"ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split"}
+DETECTORS = {
+    "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)"
+}  # fmt: skip
 
 
 def scans(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:

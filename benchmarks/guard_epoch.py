@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
-from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import guard, inference_mode
 from eigenguard.models import create_model
 from eigenguard.pipeline.run import cpu_name
 from eigenguard.training.evaluate import per_sample_loss
+from eigenguard.training.guarded import detached_features
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from eigenguard.defenses.eigenguard import detached_features
 from eigenguard.guard import filter_rows_gram, filter_rows_svd, guard
 from eigenguard.models import create_model
 from eigenguard.pipeline.run import cpu_name
+from eigenguard.training.guarded import detached_features
 
 
 def sync(device: torch.device) -> None:

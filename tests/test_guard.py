@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from eigenguard import TrainConfig, create_model, train
-from eigenguard.defenses.eigenguard import EigenGuardDefense, pick_by_loss
+from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import (
     EigenGuard,
@@ -22,6 +22,7 @@ from eigenguard.guard import (
 from eigenguard.guard.safe_eigh import safe_eigh
 from eigenguard.guard.spectral_filter import SPECTRA, filter_jointly
 from eigenguard.models import MODELS
+from eigenguard.training.guarded import pick_by_loss
 
 D64 = torch.float64
 
@@ -277,7 +278,7 @@ def test_training_steps_record_each_samples_loss() -> None:
 def test_anchors_ranked_by_a_pass_or_by_the_training_losses(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranking: str
 ) -> None:
-    from eigenguard.defenses import eigenguard as defense_module
+    from eigenguard.training import guarded as defense_module
 
     passes, ranked = [], []
     real_pass, real_pick = defense_module.per_sample_loss, defense_module.pick_by_loss
@@ -309,7 +310,7 @@ def test_anchors_ranked_by_a_pass_or_by_the_training_losses(
 
 
 def test_detached_anchors_run_apart_from_the_batch() -> None:
-    from eigenguard.defenses.eigenguard import detached_features
+    from eigenguard.training.guarded import detached_features
 
     g = torch.Generator().manual_seed(6)
     batch, anchors = torch.randn(16, 1, 12, 12, generator=g), torch.randn(6, 1, 12, 12, generator=g)

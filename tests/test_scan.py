@@ -49,7 +49,7 @@ def make_shop(root: Path, per_class: int = 60, planted: int = 15, seed: int = 0)
 
 
 def test_detectors_are_registered_with_their_options() -> None:
-    assert DETECTORS.names() == ["abl", "ac", "d-br", "spectre", "ss"]
+    assert DETECTORS.names() == ["abl", "ac", "d-br", "sieve", "spectre", "ss"]
     assert create_detector("ss").describe() == {"name": "ss", "epsilon": 0.1, "removal_factor": 1.5}
     with pytest.raises(EigenguardError, match="invalid option epsilon = 0 for detector 'ss'"):
         create_detector("ss", epsilon=0)
@@ -188,7 +188,11 @@ def test_abl_isolation_flags_the_lowest_loss_and_judges_the_target_by_where_they
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("detector", "options"),
-    [("spectre", ["--set", "detector.dims=20"]), ("d-br", ["--set", "detector.intra_epochs=1"])],
+    [
+        ("spectre", ["--set", "detector.dims=20"]),
+        ("d-br", ["--set", "detector.intra_epochs=1"]),
+        ("sieve", ["--set", "detector.sieve_epochs=1"]),
+    ],
 )
 def test_every_detector_scans_through_the_cli(mnist_root: Path, tmp_path: Path, detector: str, options: list) -> None:
     out = tmp_path / "scan"

@@ -1,6 +1,7 @@
 """The guard as a sieve on a toy set where the answer is known: the guarded model is replaced by one that
-predicts every image's true class (what a guard that stopped the attack does), so the sieve must find
-exactly the relabelled images, name their target class and train on the rest. And the AUROC it reports."""
+predicts every image's true class (what a guard that stopped the attack does), so the sieve (detector and
+defense) must find exactly the relabelled images, name their target class and train on the rest. And the
+AUROC it reports."""
 
 import pytest
 import torch
@@ -9,10 +10,9 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses import create_defense
 from eigenguard.defenses.base import auroc
-from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.pdb import DefensiveStamp
-from eigenguard.defenses.sieve import (
-    Sieve,
+from eigenguard.defenses.sieve import Sieve
+from eigenguard.detectors.refusals import (
     confusion_matrix,
     flag,
     loss_separation,
@@ -23,6 +23,7 @@ from eigenguard.defenses.sieve import (
     widen,
 )
 from eigenguard.errors import EigenguardError
+from eigenguard.training.guarded import GuardedTraining
 from tests.test_defenses import tiny_context, tiny_dataset
 
 
@@ -118,7 +119,7 @@ def test_the_bimodal_class_is_the_target_and_its_outlying_group_the_poisons(pois
 def test_sieve_recovers_planted_poisons(flagged: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data, poisons, truth = planted()
     ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
-    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: BrightnessOracle())
     seen: list[ImageDataset] = []
     fit = ctx.trainer.fit
     monkeypatch.setattr(ctx.trainer, "fit", lambda model, d, **kw: seen.append(d) or fit(model, d, **kw))
@@ -139,7 +140,7 @@ def test_sieve_recovers_planted_poisons(flagged: str, monkeypatch: pytest.Monkey
 def test_the_outlier_rule_recovers_planted_poisons(monkeypatch: pytest.MonkeyPatch) -> None:
     data, poisons, _ = planted()
     ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
-    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: BrightnessOracle())
     _, report = Sieve(target="bimodal", rule="target-outliers").run(ctx)
     assert report["estimated_target"] == 0 and report["outlier_side"] == "high"
     assert report["split"] == {"flagged": 24, "flagged_poisoned": 24, "precision": 1.0, "recall": 1.0}
@@ -166,7 +167,7 @@ def test_widening_finds_the_poisons_the_first_rule_missed() -> None:
 def test_sieve_in_front_of_pdb_gives_a_stamped_model(monkeypatch: pytest.MonkeyPatch) -> None:
     data, poisons, _ = planted()
     ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
-    monkeypatch.setattr(EigenGuardDefense, "train_guarded", lambda self, ctx, epochs, phase="train": BrightnessOracle())
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: BrightnessOracle())
     model, report = Sieve(then="pdb").run(ctx)
     assert isinstance(model.on_input, DefensiveStamp)
     assert report["pdb"]["defensive_images"] > 0 and report["trained_on"] == 256 - 24
@@ -205,3 +206,20 @@ def test_a_cached_guard_reading_changes_no_result() -> None:
     assert not r1.pop("sieve_cached") and r2.pop("sieve_cached")
     assert r1 == r2 and phases1 == phases2 == ["sieve", "train"] and fits1 == fits2 == 2
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_sieve_detector_flags_the_planted_poisons_and_names_their_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eigenguard.detectors import DetectionContext, create_detector
+    from eigenguard.pipeline.scan import detection_metrics, estimate_target
+
+    data, poisons, _ = planted()
+    ctx = tiny_context(data, tiny_dataset(32, seed=1))
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: BrightnessOracle())
+    detection = create_detector("sieve", widen="none").detect(
+        DetectionContext(ctx.config, ctx.trainer, data, trained=lambda: None)
+    )
+    assert torch.equal(detection.flagged, poisons) and detection.report["outlier_side"] == "high"
+    assert set(detection.scores.argsort(descending=True)[:24].tolist()) == set(poisons.tolist())
+    assert detection_metrics(detection, poisons, len(data))["auroc"] == 1.0
+    target = estimate_target(detection, data)
+    assert target["class"] == 0 and "within-group variance" in target["evidence"]

@@ -57,6 +57,16 @@ def test_poisons_are_flagged_rank_first_and_name_their_class(seed: int) -> None:
     assert clean.class_scores.max() < 3 * clean.class_scores.min()
 
 
+def test_statistics_from_a_sample_of_each_class_still_find_the_poisons() -> None:
+    rows, labels, poison = three_classes(0)
+    full = Spectre(epsilon=P / len(labels)).filter(rows, labels, 3)
+    same = Spectre(epsilon=P / len(labels), fit_images=N).filter(rows, labels, 3)  # a class of N: no sample
+    assert torch.equal(full.scores, same.scores) and torch.equal(full.flagged, same.flagged)
+    sampled = Spectre(epsilon=P / len(labels), fit_images=120).filter(rows, labels, 3)
+    assert sampled.report["classes"]["1"]["fit_images"] == 120 and sampled.class_scores.argmax() == 1
+    assert set(poison.tolist()) <= set(sampled.flagged.tolist()) and len(sampled.flagged) == round(1.5 * P)
+
+
 def test_scores_ignore_a_class_s_scale_and_eps_is_capped_at_half_a_class() -> None:
     rows, labels, _ = three_classes(0)
     louder = rows.clone()
@@ -106,7 +116,9 @@ def test_options_are_validated() -> None:
         "dims": 100,
         "alpha": 4.0,
         "removal_factor": 1.5,
+        "fit_images": None,
     }
-    for bad in ({"epsilon": 0}, {"epsilon": 1}, {"dims": 0}, {"alpha": 0}, {"removal_factor": -1}, {"point": 3}):
+    bad_options = ({"epsilon": 0}, {"epsilon": 1}, {"dims": 0}, {"alpha": 0}, {"removal_factor": -1}, {"point": 3})
+    for bad in (*bad_options, {"fit_images": 7}):
         with pytest.raises(EigenguardError):
             Spectre(**bad)

@@ -58,11 +58,14 @@ def option(default: Any, help: str, range: str = "") -> Any:
     return field(default=default, metadata={"option": Spec(help, range)})
 
 
-def option_like(cls: type, key: str) -> Any:
-    """An option declared as `cls` declares its option `key` (default, help, range): for a component that
-    passes those options on, e.g. the guard's defense."""
+_SAME: Any = object()
+
+
+def option_like(cls: type, key: str, default: Any = _SAME) -> Any:
+    """An option declared as `cls` declares its option `key` (help, range, and its default unless another is
+    given): for a component that passes those options on, e.g. the sieve defense to its detector."""
     original = _declared(cls)[key]
-    return field(default=original.default, metadata=dict(original.metadata))
+    return field(default=original.default if default is _SAME else default, metadata=dict(original.metadata))
 
 
 T = TypeVar("T")

@@ -38,7 +38,10 @@ third stage after its final ReLU (the reference's block output is taken before i
 
 Cost: the filter usually drops one or a few points a step and may drop up to 2 eps_c, each step an ARPACK
 solve on a k^2-dimensional operator, for each of the ten k: minutes for a class of a few hundred images on
-a CPU, far more for thousands (docs/components.md).
+a CPU, far more for thousands (docs/components.md). A reduced budget, off by default: `fit_images` = m
+estimates the PCA, the robust covariance and the QUE matrix of a class from m of its images drawn at random
+(seeded by the class), with eps_c scaled to m / n_c, and scores every image with them; the suspects are
+still the round(1.5 eps_c) highest of the class, and the class statistic uses every image.
 """
 
 import math
@@ -144,25 +147,31 @@ def robust_keep(x: np.ndarray, e: float, limit: int) -> np.ndarray:
 
 
 def spectre_class(
-    rows: torch.Tensor, eps: int, dims: int, alpha: float, removal_factor: float
+    rows: torch.Tensor, eps: int, dims: int, alpha: float, removal_factor: float, fit: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """SPECTRE in one class: QUE scores at the chosen k, the suspects' mask, and what was found (k, statistic)."""
+    """SPECTRE in one class: QUE scores at the chosen k, the suspects' mask, and what was found (k, statistic).
+    `fit`: the rows (indices) the PCA, the robust covariance and the QUE matrix are estimated from, with eps
+    scaled to their share (None: every row, the reference); every row is scored."""
     n = len(rows)
-    centred = rows.double() - rows.double().mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    pca = (centred @ vh[:dims].T).cpu().numpy()
-    limit = min(round(LIMIT_FILTER * eps), n - dims - 1)  # the kept points must span `dims` dimensions
+    fit = torch.arange(n, device=rows.device) if fit is None else fit
+    m_fit = len(fit)
+    eps_fit = max(1, round(eps * m_fit / n))
+    mean = rows[fit].double().mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(rows[fit].double() - mean, full_matrices=False)
+    pca = ((rows.double() - mean) @ vh[:dims].T).cpu().numpy()
+    on = fit.cpu().numpy()
+    limit = min(round(LIMIT_FILTER * eps_fit), m_fit - dims - 1)  # the kept points must span `dims` dimensions
     removed = min(round(removal_factor * eps), n - dims - 1)
     best: dict[str, Any] = {"statistic": -math.inf}
     for k in sorted({round(v**2) for v in np.linspace(1, math.sqrt(dims), 10)}):
         x = pca[:, :k]
         if k == 1:
-            scores, kept = x[:, 0] ** 2, n
+            scores, kept = x[:, 0] ** 2, m_fit
         else:
-            keep = robust_keep(x, eps / n, limit)
-            white = x @ inv_sqrt(cov(x[keep], corrected=False))
-            m = que_matrix(cov(white), alpha)
-            scores, kept = quadratic(white, m), int(keep.sum())
+            keep = robust_keep(x[on], eps_fit / m_fit, limit)
+            whiten = inv_sqrt(cov(x[on][keep], corrected=False))
+            m = que_matrix(cov(x[on] @ whiten), alpha)
+            scores, kept = quadratic(x @ whiten, m), int(keep.sum())
         suspects = lowest(-scores, removed)
         sigma = cov(pca @ inv_sqrt(cov(pca[~suspects])))
         statistic = float(np.trace(sigma @ que_matrix(sigma, alpha)))
@@ -183,6 +192,10 @@ class Spectre(Detector):
     dims: int = option(100, "PCA dimensions; k is searched over round(linspace(1, sqrt(dims), 10)^2)", ">= 1")
     alpha: float = option(4.0, "QUE exponent alpha", "> 0")
     removal_factor: float = option(1.5, "flags removal_factor * eps_c of each class", "> 0")
+    fit_images: int | None = option(
+        None, "estimate each class's statistics from at most this many of its images, drawn at random (null: all)",
+        ">= 8",
+    )  # fmt: skip
 
     def detect(self, ctx: DetectionContext) -> Detection:
         model, t = ctx.trained(), ctx.trainer
@@ -205,13 +218,21 @@ class Spectre(Detector):
             if dims < 1:  # too few images for a covariance
                 continue
             eps = min(max(1, round(self.epsilon * len(labels))), n // 2)
+            fit = None
+            if self.fit_images is not None and n > self.fit_images:
+                fit = torch.randperm(n, generator=torch.Generator().manual_seed(c))[: self.fit_images].sort().values
+                dims = min(dims, self.fit_images // 4 - 1)
             scores, suspects, found = spectre_class(
-                rows[members.to(rows.device)], eps, dims, self.alpha, self.removal_factor
-            )
+                rows[members.to(rows.device)], eps, dims, self.alpha, self.removal_factor,
+                None if fit is None else fit.to(rows.device),
+            )  # fmt: skip
             raw[members] = torch.from_numpy(scores)
             is_flagged[members[torch.from_numpy(suspects)]] = True
             spike[c] = found["spike"]
-            classes[str(c)] = {"eps": eps, "dims": dims, **{key: round(v, 4) for key, v in found.items()}}
+            classes[str(c)] = {
+                "eps": eps, "dims": dims, "fit_images": n if fit is None else len(fit),
+                **{key: round(v, 4) for key, v in found.items()},
+            }  # fmt: skip
         evidence = "QUE soft top eigenvalue of the robustly whitened class over its mean eigenvalue"
         is_flagged &= labels == int(spike.argmax())  # the suspects of the class that looks like the target
         scores = flagged_first(within_class_z(raw, labels), is_flagged)
