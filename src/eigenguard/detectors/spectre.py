@@ -38,7 +38,7 @@ third stage after its final ReLU (the reference's block output is taken before i
 
 Cost: the filter usually drops one or a few points a step and may drop up to 2 eps_c, each step an ARPACK
 solve on a k^2-dimensional operator, for each of the ten k: minutes for a class of a few hundred images on
-a CPU, far more for thousands (docs/components.md). A reduced budget, off by default: `fit_images` = m
+a CPU, a few for thousands (docs/components.md times it). A reduced budget, off by default: `fit_images` = m
 estimates the PCA, the robust covariance and the QUE matrix of a class from m of its images drawn at random
 (seeded by the class), with eps_c scaled to m / n_c, and scores every image with them; the suspects are
 still the round(1.5 eps_c) highest of the class, and the class statistic uses every image.
