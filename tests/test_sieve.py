@@ -223,3 +223,11 @@ def test_the_sieve_detector_flags_the_planted_poisons_and_names_their_class(monk
     assert detection_metrics(detection, poisons, len(data))["auroc"] == 1.0
     target = estimate_target(detection, data)
     assert target["class"] == 0 and "within-group variance" in target["evidence"]
+
+
+def test_the_sieve_trains_the_papers_eigenguard() -> None:
+    # the guarded reading's cache names its guard by these options: the defense's describe, as before the move
+    from eigenguard.defenses.eigenguard import EigenGuardDefense
+    from eigenguard.options import options_of
+
+    assert {"name": "eigenguard", **options_of(GuardedTraining())} == EigenGuardDefense().describe()
