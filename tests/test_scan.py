@@ -258,3 +258,20 @@ def test_a_grid_cell_with_a_detector_is_a_scan(mnist_root: Path, tmp_path: Path)
     moved = ResultStore(tmp_path / "other.sqlite")
     assert import_export(moved, export_grid(store, "scans")).imported == 2
     assert moved.status(scan_cell.key) == "done"
+
+
+def test_a_folder_that_changed_after_loading_is_one_error_not_misnamed_rows(tmp_path: Path) -> None:
+    from eigenguard.data.image_folder import image_folder_files, load_image_folder
+
+    make_shop(tmp_path / "shop", per_class=6, planted=0)
+    train, _ = load_image_folder(tmp_path / "shop")
+    everything = torch.arange(len(train))
+    files = image_folder_files(tmp_path / "shop", everything, train.labels)
+    assert [train.classes[c] for c in train.labels.tolist()] == [f.parent.name for f in files]
+    moved = files[0]
+    moved.rename(tmp_path / "shop" / "train" / train.classes[-1] / ("z" + moved.name))  # to another class
+    with pytest.raises(EigenguardError, match="changed while it was read"):
+        image_folder_files(tmp_path / "shop", everything, train.labels)
+    (tmp_path / "shop" / "train" / train.classes[-1] / ("z" + moved.name)).unlink()
+    with pytest.raises(EigenguardError, match="changed while it was read"):
+        image_folder_files(tmp_path / "shop", everything)  # one file fewer: an index past the end

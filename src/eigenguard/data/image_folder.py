@@ -57,13 +57,24 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def image_folder_files(root: str | Path | None, indices: torch.Tensor) -> list[Path]:
-    """The files of the training images at `indices` (into the whole train/ folder, in the loader's order)."""
+def image_folder_files(
+    root: str | Path | None, indices: torch.Tensor, labels: torch.Tensor | None = None
+) -> list[Path]:
+    """The files of the training images at `indices` (into the whole train/ folder, in the loader's order),
+    listed again: where the folder changed since it was loaded (an index past its end, or a file whose class
+    folder is not its `labels` entry, the loader's labels), one error rather than misnamed rows."""
     if root is None:
         raise EigenguardError("dataset 'imagefolder' needs a directory: pass --data-root")
     train_dir = Path(root).expanduser() / "train"
-    paths, _ = _samples(train_dir, list(_class_dirs(train_dir)))
-    return [paths[i] for i in indices.tolist()]
+    classes = list(_class_dirs(train_dir))
+    paths, found = _samples(train_dir, classes)
+    rows = indices.tolist()
+    changed = bool(rows) and max(rows) >= len(paths)
+    if not changed and labels is not None:
+        changed = any(found[i] != int(c) for i, c in zip(rows, labels.tolist(), strict=True))
+    if changed:
+        raise EigenguardError(f"{train_dir} changed while it was read (files added, removed or moved); run again")
+    return [paths[i] for i in rows]
 
 
 def load_image_folder(

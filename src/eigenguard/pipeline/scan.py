@@ -71,7 +71,10 @@ def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Cons
     check_new_run_dir(out)
     device = resolve_device(config.device)
     data = prepare_data(config, device, needs_clean_pool=False, say=lambda line: console.print(line, markup=False))
-    files = image_folder_files(config.data_root, data.split.train) if config.dataset == "imagefolder" else None
+    files = None
+    if config.dataset == "imagefolder":  # the loader's labels, where no planted attack changed them
+        labels = data.train_set.labels.cpu() if config.attack.name == ATTACK_NONE else None
+        files = image_folder_files(config.data_root, data.split.train, labels)
     console.print(
         f"[bold]scan[/] {config.dataset} ({len(data.train_set)} training images"
         + (
