@@ -231,3 +231,54 @@ def test_the_sieve_trains_the_papers_eigenguard() -> None:
     from eigenguard.options import options_of
 
     assert {"name": "eigenguard", **options_of(GuardedTraining())} == EigenGuardDefense().describe()
+
+
+class Indifferent(nn.Module):
+    """A guarded model that tells no image apart (equal logits): no class's losses split, no target stands out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 4, dtype=x.dtype)
+
+
+def test_where_no_class_stands_out_the_sieve_flags_nothing_or_asks_abl(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eigenguard.detectors import Detection
+    from eigenguard.detectors.loss_isolation import LossIsolation
+
+    data, poisons, _ = planted()
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: Indifferent())
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    _, report = Sieve(target="bimodal", rule="target-outliers", no_target="nothing").run(ctx)
+    assert report["target_lift"] < 2 and report["estimated_target"] is None
+    assert report["split"]["flagged"] == 0 and report["trained_on"] == 256
+
+    # ABL's isolation flags the poisons and a few clean images of other classes: it names class 0, and the
+    # isolated images labelled 0 (the poisons) are flagged
+    isolated = torch.cat([poisons, torch.nonzero(data.labels == 2).flatten()[:3]]).sort().values
+    calls = []
+    fake = Detection(torch.zeros(256, dtype=torch.float64), isolated)
+    monkeypatch.setattr(LossIsolation, "detect", lambda self, c: calls.append(c) or fake)
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    _, report = Sieve(target="bimodal", rule="target-outliers", no_target="abl").run(ctx)
+    assert len(calls) == 1 and report["estimated_target"] == 0 and report["abl_target_lift"] >= 2
+    assert report["first_split"] == {"flagged": 24, "flagged_poisoned": 24, "precision": 1.0, "recall": 1.0}
+    assert report["split"]["recall"] == 1.0
+
+    # where ABL names no class either, nothing is flagged
+    spread = torch.cat([torch.nonzero(data.labels == c).flatten()[:8] for c in range(4)]).sort().values  # 8 a class
+    monkeypatch.setattr(
+        LossIsolation, "detect", lambda self, c: Detection(torch.zeros(256, dtype=torch.float64), spread)
+    )
+    ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+    _, report = Sieve(target="bimodal", rule="target-outliers", no_target="abl").run(ctx)
+    assert report["abl_target_lift"] < 2 and report["split"]["flagged"] == 0
+
+
+def test_a_class_that_stands_out_is_named_whatever_no_target_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    data, poisons, _ = planted()
+    monkeypatch.setattr(GuardedTraining, "train_guarded", lambda self, *a, **kw: BrightnessOracle())
+    reports = []
+    for no_target in ("flag", "nothing", "abl"):
+        ctx = tiny_context(data, tiny_dataset(32, seed=1), poisoned=poisons)
+        reports.append(Sieve(target="bimodal", rule="target-outliers", no_target=no_target).run(ctx)[1])
+    assert all(r["target_lift"] >= 2 and r["split"] == reports[0]["split"] for r in reports)
+    assert "abl_target_lift" not in reports[2]

@@ -6,7 +6,8 @@ or finds unlike any class; this defense then
      relabelled as the guard predicts (`flagged: relabel`), plainly (`then: none`) or with PDB in front
      of the same split (`then: pdb`, PDB's defaults).
 Its options of steps 1-4b are the detector's, with the defaults of the sieve's first version (the
-detector's are the measured best: docs/results/clean-model.md). The report gives the target estimate with
+detector's are the measured best: docs/results/clean-model.md). Where it flags nothing (`no_target`), the
+fresh model trains on every image. The report gives the target estimate with
 every class's refusal rate, the split's precision and recall (before widening too) and the AUROC of the
 guarded model's loss as a poison score (ground truth used for the report only).
 """
@@ -19,6 +20,8 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.defenses.pdb import PDB
+from eigenguard.detectors import Detection, DetectionContext
+from eigenguard.detectors.loss_isolation import LossIsolation
 from eigenguard.detectors.refusals import GuardRefusals, Rule, Target
 from eigenguard.options import component, option, option_like
 
@@ -33,19 +36,27 @@ class Sieve(Defense):
     then: Literal["none", "pdb"] = option("none", "train the final model plainly, or with PDB in front")
     target: Target = option_like(GuardRefusals, "target", default="spread")
     widen: Literal["none", "trigger"] = option_like(GuardRefusals, "widen", default="none")
+    no_target: Literal["flag", "nothing", "abl"] = option_like(GuardRefusals, "no_target")
 
     def rebuild(self, model: nn.Module) -> None:
         if self.then == "pdb":
             PDB().rebuild(model)
 
     def detector(self) -> GuardRefusals:
-        return GuardRefusals(sieve_epochs=self.sieve_epochs, rule=self.rule, target=self.target, widen=self.widen)
+        return GuardRefusals(
+            sieve_epochs=self.sieve_epochs, rule=self.rule, target=self.target, widen=self.widen,
+            no_target=self.no_target,
+        )  # fmt: skip
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         train, detector = ctx.train_set, self.detector()
         predicted, losses, report = detector.read(ctx.trainer, train, ctx.config, ctx.poison_indices)
-        mask, first, target = detector.split(predicted, losses, train, report)
-        if self.widen == "trigger":
+
+        def isolate() -> Detection:  # ABL's isolation, only where the guard names no target (no_target: abl)
+            return LossIsolation().detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
+
+        mask, first, target = detector.split(predicted, losses, train, report, isolate)
+        if self.widen == "trigger" or "abl_target_lift" in report:
             report["first_split"] = ctx.precision_recall(torch.nonzero(first).flatten())
         flagged = torch.nonzero(mask).flatten()
         report |= {

@@ -92,3 +92,30 @@ def top_per_class(scores: torch.Tensor, labels: torch.Tensor, fraction: float) -
         if count > 0 and len(members) >= 2:
             flagged.append(members[scores[members].topk(count).indices])
     return torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.int64)
+
+
+TARGET_LIFT = 2.0  # a class is named as the backdoor's target where its evidence is this many times the rest's
+
+
+def score_lift(class_scores: torch.Tensor) -> tuple[int, float, float]:
+    """The class with the highest per-class score: (class, its score over the other classes' median, that
+    median); inf where the median is 0 and the score is not."""
+    scores = class_scores.double().cpu()
+    best = int(scores.argmax())
+    others = torch.cat([scores[:best], scores[best + 1 :]])
+    reference = float(others.median()) if len(others) else 0.0
+    lift = float(scores[best]) / reference if reference > 0 else (math.inf if scores[best] > 0 else 0.0)
+    return best, lift, reference
+
+
+def share_lift(
+    ranked: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[int, float, torch.Tensor, torch.Tensor]:
+    """The class most over-represented among the images `ranked`: (class, its share of them over its share of
+    all images, the shares among them, the shares among all)."""
+    labels = labels.cpu()
+    share_top = torch.bincount(labels[ranked.cpu()], minlength=num_classes).double() / max(len(ranked), 1)
+    share_all = torch.bincount(labels, minlength=num_classes).double() / len(labels)
+    ratio = share_top / share_all.clamp_min(1e-12)
+    best = int(ratio.argmax())
+    return best, float(ratio[best]), share_top, share_all

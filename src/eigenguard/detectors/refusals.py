@@ -16,6 +16,11 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
      `bimodal`, the given label whose log-losses split best in two (Otsu's between-group share of the
      variance: 2/pi for one normal group, near 1 for two apart), for a guard that refuses the poisons (their
      loss is high) as for one that learns them (their loss falls below any clean image's of that class);
+  3b. where the target's evidence is under TARGET_LIFT (2) times the other classes' median (no class stands
+     out: clean data, or a clean-label attack the guard neither refuses nor learns apart), `no_target`:
+     `flag` goes on as if it did, `nothing` flags nothing, `abl` runs ABL's isolation (detectors/
+     loss_isolation.py, its defaults) and, where its flagged images name a class by TARGET_LIFT times their
+     share, flags those labelled with it and widens them (step 4b); else nothing;
   4. flag (`rule`): `target-refusals` the refusals whose given label is the estimated target;
      `refusals` every refusal; `target-outliers` the group of the target's Otsu split whose mean log-loss
      lies farther from the median of the other classes' median log-losses (poisons are unlike any class);
@@ -37,6 +42,7 @@ the defense's guard (how many anchors were poisons), never a decision.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +52,17 @@ import torch.nn.functional as F
 from eigenguard.cache import cache_root, cached_tensors, digest, fingerprint
 from eigenguard.config import TrainConfig, plain_weights_values
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.detectors.base import Detection, DetectionContext, Detector, flagged_first, within_class_z
+from eigenguard.detectors.base import (
+    TARGET_LIFT,
+    Detection,
+    DetectionContext,
+    Detector,
+    flagged_first,
+    score_lift,
+    share_lift,
+    within_class_z,
+)
+from eigenguard.detectors.loss_isolation import LossIsolation
 from eigenguard.guard import find_guards, inference_mode
 from eigenguard.options import component, option, options_of
 from eigenguard.training.evaluate import eval_logits
@@ -176,6 +192,9 @@ class GuardRefusals(Detector):
     rule: Rule = option("target-outliers", "which images are flagged (module docstring, step 4)")
     target: Target = option("bimodal", "how the target class is estimated (step 3)")
     widen: Literal["none", "trigger"] = option("trigger", "widen the flagged set along the estimated trigger (step 4b)")
+    no_target: Literal["flag", "nothing", "abl"] = option(
+        "flag", "where no class stands out (step 3b): flag as if it did, flag nothing, or ask ABL's isolation"
+    )
 
     def entry(self, trainer: Trainer, data: ImageDataset, config: TrainConfig, logs_truth: bool) -> Path:
         """The guarded reading's cache entry: named by everything that decides it (and, for a scan, which
@@ -241,11 +260,33 @@ class GuardRefusals(Detector):
         return predicted, losses, report
 
     def split(
-        self, predicted: torch.Tensor, losses: torch.Tensor, data: ImageDataset, report: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Steps 3-4b on a reading: (flagged mask, the mask before widening, the estimated target); the
-        outlier side and the widening's separation are added to `report`."""
-        target = int(torch.tensor(report[EVIDENCE[self.target][0]]).argmax())
+        self,
+        predicted: torch.Tensor,
+        losses: torch.Tensor,
+        data: ImageDataset,
+        report: dict[str, Any],
+        isolate: Callable[[], Detection],
+    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """Steps 3-4b on a reading: (flagged mask, the mask before widening, the estimated target or None);
+        the target's lift, the outlier side and the widening's separation are added to `report`. `isolate`
+        runs ABL's isolation on the same data (step 3b, `no_target: abl`)."""
+        evidence = torch.tensor(report[EVIDENCE[self.target][0]], dtype=torch.float64)
+        target, lift, _ = score_lift(target_evidence(evidence, self.target))
+        report["target_lift"] = round(lift, 3)
+        nothing = torch.zeros(len(data), dtype=torch.bool, device=data.labels.device)
+        if lift < TARGET_LIFT and self.no_target == "nothing":
+            return nothing, nothing, None
+        if lift < TARGET_LIFT and self.no_target == "abl":
+            isolated = isolate()
+            target, lift, _, _ = share_lift(isolated.flagged, data.labels, data.num_classes)
+            report["abl_target_lift"] = round(lift, 3)
+            if lift < TARGET_LIFT:
+                return nothing, nothing, None
+            first = nothing.clone()
+            first[isolated.flagged.to(first.device)] = True
+            first &= data.labels == target  # the isolated images that carry the target's label seed the trigger
+            extra, report["widen_separation"] = widen(data.images, data.labels, target, first)
+            return first | extra, first, target
         if self.rule == "target-outliers":
             mask, report["outlier_side"] = outliers(losses, data.labels, target, data.num_classes)
         else:
@@ -260,14 +301,18 @@ class GuardRefusals(Detector):
     def detect(self, ctx: DetectionContext) -> Detection:
         data = ctx.train_set
         predicted, losses, report = self.read(ctx.trainer, data, ctx.config)
-        mask, _, target = self.split(predicted, losses, data, report)
+        mask, _, target = self.split(predicted, losses, data, report, lambda: LossIsolation().detect(ctx))
         report["estimated_target"] = target
         z = within_class_z(log_losses(losses), data.labels)
         base = -z if report.get("outlier_side") == "low" else z
         key, meaning = EVIDENCE[self.target]
-        evidence = torch.tensor(report[key], dtype=torch.float64)
-        if self.target == "bimodal":
-            evidence = 1 / (1 - evidence).clamp_min(1e-12)
+        evidence = target_evidence(torch.tensor(report[key], dtype=torch.float64), self.target)
         return Detection(
             flagged_first(base, mask).cpu(), torch.nonzero(mask).flatten().cpu(), report, evidence, meaning
         )
+
+
+def target_evidence(values: torch.Tensor, target: str) -> torch.Tensor:
+    """Per class, the number a target estimate compares (higher: more like the target): the bimodal share s
+    as the variance over the within-group variance, 1 / (1 - s); the others as they are."""
+    return 1 / (1 - values).clamp_min(1e-12) if target == "bimodal" else values

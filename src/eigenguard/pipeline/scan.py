@@ -37,6 +37,7 @@ from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.image_folder import image_folder_files
 from eigenguard.defenses.base import auroc
 from eigenguard.detectors import DETECTORS, Detection, DetectionContext
+from eigenguard.detectors.base import TARGET_LIFT, score_lift, share_lift
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.backdoored import backdoored_entry, load_or_train_backdoored
 from eigenguard.pipeline.components import resolve
@@ -45,7 +46,6 @@ from eigenguard.pipeline.run import resolve_device, train
 from eigenguard.run_directory import atomic_write_bytes, atomic_write_text, check_new_run_dir
 from eigenguard.training.trainer import Trainer
 
-TARGET_LIFT = 2.0  # a class holding this many times its share of the top suspects is named as the target
 SHEET_COLUMNS = 8
 
 
@@ -129,24 +129,15 @@ def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
     not stand out by TARGET_LIFT times. By the detector's own per-class scores against the median of the
     other classes' where it has them; else by its share of the flagged images against its share of all."""
     if detection.class_scores is not None:
-        scores = detection.class_scores.double().cpu()
-        best = int(scores.argmax())
-        others = torch.cat([scores[:best], scores[best + 1 :]])
-        reference = float(others.median()) if len(others) else 0.0
-        lift = float(scores[best]) / reference if reference > 0 else (math.inf if scores[best] > 0 else 0.0)
+        best, lift, reference = score_lift(detection.class_scores)
         evidence = (
-            f"{detection.class_evidence}: {data.classes[best]!r} {float(scores[best]):.3g}, the other classes' "
-            f"median {reference:.3g}"
+            f"{detection.class_evidence}: {data.classes[best]!r} "
+            f"{float(detection.class_scores[best]):.3g}, the other classes' median {reference:.3g}"
         )
     else:
-        labels = data.labels.cpu()
         top = math.ceil(0.01 * len(data))  # nothing flagged: the 1% most suspicious
         ranked = detection.flagged.cpu() if len(detection.flagged) else detection.scores.argsort(descending=True)[:top]
-        share_top = torch.bincount(labels[ranked], minlength=data.num_classes).double() / len(ranked)
-        share_all = torch.bincount(labels, minlength=data.num_classes).double() / len(labels)
-        ratio = share_top / share_all.clamp_min(1e-12)
-        best = int(ratio.argmax())
-        lift = float(ratio[best])
+        best, lift, share_top, share_all = share_lift(ranked, data.labels, data.num_classes)
         evidence = (
             f"{data.classes[best]!r} holds {float(share_top[best]):.0%} of the {len(ranked)} top suspects and "
             f"{float(share_all[best]):.0%} of all images"
