@@ -46,6 +46,7 @@ DEFENSES = {
     "sieve-outliers-pdb": "outlier sieve + PDB",
     "sieve-outliers-widen": "outlier sieve, widened",
     "sieve-outliers-widen-6": "outlier sieve, widened, 6-epoch guard",
+    "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
     "cbd": "CBD",
 }
 SIEVES = (
@@ -56,6 +57,7 @@ SIEVES = (
     "sieve-outliers-pdb",
     "sieve-outliers-widen",
     "sieve-outliers-widen-6",
+    "sieve-outliers-widen-6-abl",
 )
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd")
 
@@ -73,6 +75,7 @@ def variant(defense: dict[str, Any]) -> str:
         rule = "sieve-outliers" if defense.get("rule") == "target-outliers" else "sieve"
         rule += "-widen" if defense.get("widen", "none") != "none" else ""
         rule += f"-{defense['sieve_epochs']}" if defense.get("sieve_epochs") else ""
+        rule += f"-{defense['no_target']}" if defense.get("no_target", "flag") != "flag" else ""
         return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
     return name
 
@@ -146,6 +149,7 @@ def split_table(cells: Cells) -> str:
         "sieve-outliers-pdb": "outlier sieve + PDB: the same",
         "sieve-outliers-widen": "outlier sieve, widened by the trigger estimate: the same",
         "sieve-outliers-widen-6": "the same, 6-epoch guard",
+        "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
         "cbd": "CBD: its final weights",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
