@@ -4,11 +4,10 @@ EigenGuard's refusals; the `sieve` defense trains a plain model on what it leave
 A guarded model does not learn what the guard flattens: on a dirty-label attack it stops, it keeps
 predicting a poisoned image's true class, so it contradicts the label the attacker gave. Those
 contradictions (refusals) concentrate on the attack's target class, the label every poison carries.
-  1. train the guarded model (EigenGuard, the paper's options) on the poisoned set, `sieve_epochs` epochs
-     (default: the run's);
+  1. train the guarded model (EigenGuard, the paper's options) on the poisoned set, `sieve_epochs` epochs;
   2. read every training image once, un-augmented, each alone (the guard's per-sample inference): its
      prediction and its loss under the given label; a refusal is a prediction other than the given label;
-  3. estimate the target class (`target`): `spread` (default), the given label whose refusals reach the most
+  3. estimate the target class (`target`): `spread`, the given label whose refusals reach the most
      classes: the median, over the other classes j, of how many images labelled c the guard puts in j. An
      all-to-one attack's poisons come from every class, so its target's refusals go everywhere, while a
      hard class's own errors go to a few similar classes (Fashion-MNIST's shirts to T-shirts, pullovers
@@ -29,6 +28,9 @@ contradictions (refusals) concentrate on the attack's target class, the label ev
      unflagged images is a linear estimate of the trigger (with, for a dirty-label attack, the look of the
      classes the poisons came from). The target's unflagged images are projected on it and the high group of
      an Otsu split is flagged too: the poisons the first rule missed, at the price of some clean images.
+The detector's defaults are the measured best (6 epochs, `bimodal`, `target-outliers`, `widen: trigger`,
+`no_target: flag`); the sieve defense keeps its first version's (the run's epochs, `spread`,
+`target-refusals`, no widening).
 Score (suspects.csv's order): the flagged images first, then every image by its log-loss as a robust z-score
 inside its class, negated where the target's outlying group is the low one (a guard that learned the
 poisons). Target evidence (`class_scores`): for `bimodal`, each class's log-loss variance over its
