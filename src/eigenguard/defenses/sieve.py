@@ -55,12 +55,12 @@ class Sieve(Defense):
         def isolate() -> Detection:  # ABL's isolation, only where the guard names no target (no_target: abl)
             return LossIsolation().detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
 
-        mask, first, target = detector.split(predicted, losses, train, report, isolate)
-        if self.widen == "trigger" or "abl_target_lift" in report:
-            report["first_split"] = ctx.precision_recall(torch.nonzero(first).flatten())
-        flagged = torch.nonzero(mask).flatten()
+        split = detector.split(predicted, losses, train, report, isolate)
+        if split.widened:
+            report["first_split"] = ctx.precision_recall(torch.nonzero(split.first).flatten())
+        flagged = torch.nonzero(split.mask).flatten()
         report |= {
-            "estimated_target": target,
+            "estimated_target": split.target,
             "split": ctx.precision_recall(flagged),
             "loss_auroc": ctx.auroc(losses),
         }

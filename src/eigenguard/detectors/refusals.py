@@ -46,7 +46,7 @@ the defense's guard (how many anchors were poisons), never a decision.
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +185,17 @@ def flag(predicted: torch.Tensor, given: torch.Tensor, target: int, rule: str) -
     return torch.nonzero(refused).flatten()
 
 
+class Split(NamedTuple):
+    """A split of the training set: what is flagged, what was flagged before widening (step 4b), the
+    estimated target (None: no class stood out and nothing is flagged), every class's target evidence."""
+
+    mask: torch.Tensor
+    first: torch.Tensor
+    target: int | None
+    evidence: torch.Tensor
+    widened: bool
+
+
 @component
 class GuardRefusals(Detector):
     name = "sieve"
@@ -268,27 +279,26 @@ class GuardRefusals(Detector):
         data: ImageDataset,
         report: dict[str, Any],
         isolate: Callable[[], Detection],
-    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
-        """Steps 3-4b on a reading: (flagged mask, the mask before widening, the estimated target or None);
-        the target's lift, the outlier side and the widening's separation are added to `report`. `isolate`
-        runs ABL's isolation on the same data (step 3b, `no_target: abl`)."""
-        evidence = torch.tensor(report[EVIDENCE[self.target][0]], dtype=torch.float64)
-        target, lift, _ = score_lift(target_evidence(evidence, self.target))
+    ) -> Split:
+        """Steps 3-4b on a reading; the target's lift, the outlier side and the widening's separation are added
+        to `report`. `isolate` runs ABL's isolation on the same data (step 3b, `no_target: abl`)."""
+        evidence = target_evidence(torch.tensor(report[EVIDENCE[self.target][0]], dtype=torch.float64), self.target)
+        target, lift, _ = score_lift(evidence)
         report["target_lift"] = round(lift, 3)
         nothing = torch.zeros(len(data), dtype=torch.bool, device=data.labels.device)
         if lift < TARGET_LIFT and self.no_target == "nothing":
-            return nothing, nothing, None
+            return Split(nothing, nothing, None, evidence, widened=False)
         if lift < TARGET_LIFT and self.no_target == "abl":
             isolated = isolate()
             target, lift, _, _ = share_lift(isolated.flagged, data.labels, data.num_classes)
             report["abl_target_lift"] = round(lift, 3)
             if lift < TARGET_LIFT:
-                return nothing, nothing, None
+                return Split(nothing, nothing, None, evidence, widened=False)
             first = nothing.clone()
             first[isolated.flagged.to(first.device)] = True
             first &= data.labels == target  # the isolated images that carry the target's label seed the trigger
             extra, report["widen_separation"] = widen(data.images, data.labels, target, first)
-            return first | extra, first, target
+            return Split(first | extra, first, target, evidence, widened=True)
         if self.rule == "target-outliers":
             mask, report["outlier_side"] = outliers(losses, data.labels, target, data.num_classes)
         else:
@@ -298,19 +308,21 @@ class GuardRefusals(Detector):
         if self.widen == "trigger":
             extra, report["widen_separation"] = widen(data.images, data.labels, target, mask)
             mask = mask | extra
-        return mask, first, target
+        return Split(mask, first, target, evidence, widened=self.widen == "trigger")
 
     def detect(self, ctx: DetectionContext) -> Detection:
         data = ctx.train_set
         predicted, losses, report = self.read(ctx.trainer, data, ctx.config)
-        mask, _, target = self.split(predicted, losses, data, report, lambda: LossIsolation().detect(ctx))
-        report["estimated_target"] = target
+        split = self.split(predicted, losses, data, report, lambda: LossIsolation().detect(ctx))
+        report["estimated_target"] = split.target
         z = within_class_z(log_losses(losses), data.labels)
         base = -z if report.get("outlier_side") == "low" else z
-        key, meaning = EVIDENCE[self.target]
-        evidence = target_evidence(torch.tensor(report[key], dtype=torch.float64), self.target)
         return Detection(
-            flagged_first(base, mask).cpu(), torch.nonzero(mask).flatten().cpu(), report, evidence, meaning
+            flagged_first(base, split.mask).cpu(),
+            torch.nonzero(split.mask).flatten().cpu(),
+            report,
+            split.evidence,
+            EVIDENCE[self.target][1],
         )
 
 
