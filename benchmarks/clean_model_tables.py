@@ -48,6 +48,7 @@ DEFENSES = {
     "sieve-outliers-widen-6": "outlier sieve, widened, 6-epoch guard",
     "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
     "cbd": "CBD",
+    "inversion": "trigger inversion",
 }
 SIEVES = (
     "sieve-rate",
@@ -59,7 +60,7 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-NEW = ("pdb", "pdb-clean", *SIEVES, "cbd")
+NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", "inversion")
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 
@@ -129,6 +130,10 @@ def split_text(cell: dict[str, Any] | None, defense: str) -> str:
             f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}, "
             f"AUROC {report['loss_auroc']:.3f}{mark}"
         )
+    if defense == "inversion":
+        split, guess = report["split"], report["estimated_target"]
+        mark = "" if guess == target else f" (wrong: {guess})"
+        return f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}{mark}"
     if defense == "cbd":
         return (
             f"AUROC {report['weight_auroc']:.3f}, w {report['weight_mean_poisoned']:.2f} on poisons, "
@@ -151,6 +156,7 @@ def split_table(cells: Cells) -> str:
         "sieve-outliers-widen-6": "the same, 6-epoch guard",
         "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
         "cbd": "CBD: its final weights",
+        "inversion": "trigger inversion: its split (P, R in %), target estimate",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)

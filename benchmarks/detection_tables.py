@@ -23,7 +23,8 @@ from eigenguard.bench.report import markdown_table
 
 ROWS = {**ATTACKS, "none": "clean data"}
 DETECTORS = {
-    "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)"
+    "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)",
+    "inversion": "inversion (ours)",
 }  # fmt: skip
 
 

@@ -404,6 +404,7 @@ def test_backdoored_model_is_trained_once_and_reused(mnist_root: Path, tmp_path:
         ("pdb", {}),
         ("sieve", {"sieve_epochs": 1, "then": "pdb"}),
         ("cbd", {"backdoor_epochs": 1}),
+        ("inversion", {"steps": 3, "images": 64}),
     ],
 )
 def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: Path, tmp_path: Path) -> None:

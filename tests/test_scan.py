@@ -49,7 +49,7 @@ def make_shop(root: Path, per_class: int = 60, planted: int = 15, seed: int = 0)
 
 
 def test_detectors_are_registered_with_their_options() -> None:
-    assert DETECTORS.names() == ["abl", "ac", "d-br", "sieve", "spectre", "ss"]
+    assert DETECTORS.names() == ["abl", "ac", "d-br", "inversion", "sieve", "spectre", "ss"]
     assert create_detector("ss").describe() == {"name": "ss", "epsilon": 0.1, "removal_factor": 1.5}
     with pytest.raises(EigenguardError, match="invalid option epsilon = 0 for detector 'ss'"):
         create_detector("ss", epsilon=0)

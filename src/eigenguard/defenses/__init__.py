@@ -3,7 +3,8 @@
 Training-time: none, eigenguard, abl, asd (10 clean seeds per class), d-st (no clean data), pdb (no clean
 data: plants a defensive backdoor of its own), sieve (no clean data: the guard's refusals find the poisons,
 then a plain model trains on the rest), cbd (no clean data: an early-stopped backdoored model down-weights
-what it fits), ss (ss reads the backdoored model's features, then retrains).
+what it fits), ss (ss reads the backdoored model's features, then retrains), inversion (no clean data:
+the inversion detector's split of the backdoored model's training set, then retrains).
 Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (data-free), d-br (no clean
 data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
 `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
@@ -24,6 +25,7 @@ from eigenguard.defenses.dst import DST
 from eigenguard.defenses.eigenguard import EigenGuardDefense
 from eigenguard.defenses.fine_pruning import FinePruning
 from eigenguard.defenses.finetune import FineTuning
+from eigenguard.defenses.inversion import InversionRetraining
 from eigenguard.defenses.nad import NAD
 from eigenguard.defenses.no_defense import NoDefense
 from eigenguard.defenses.pdb import PDB
@@ -34,7 +36,7 @@ from eigenguard.registry import Registry
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 for _cls in (
     NoDefense, EigenGuardDefense, FineTuning, ANP, ABL, SpectralSignatures, FinePruning, NAD, CLP, DBR, DST, ASD,
-    PDB, Sieve, CBD, DimensionEditTraining,
+    PDB, Sieve, CBD, InversionRetraining, DimensionEditTraining,
 ):  # fmt: skip
     DEFENSES.register(_cls.name)(_cls)
 

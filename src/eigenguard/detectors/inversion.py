@@ -1,0 +1,150 @@
+"""Trigger inversion by universal perturbations (`inversion`): this project's own detector, built on two
+published ideas and no clean data.
+
+A backdoor is a shortcut: its target class is reachable from any image by a small input change (Neural
+Cleanse's premise, Wang et al., IEEE S&P 2019, which inverts a mask and a pattern per class on clean data).
+Here the change is a universal additive perturbation (Moosavi-Dezfooli et al., CVPR 2017) of a fixed
+size, and the images it moves are the training set's own: for an all-to-one attack with target t, every
+image whose given label is not t is clean (a dirty-label poison carries t; a clean-label poison is a t).
+  1. for every class c, projected gradient descent on one perturbation delta_c (L2 norm at most `budget`
+     per pixel, root-mean-square, in pixel units on [0, 255]) lowers the trained model's loss of c on
+     `images` training images neither labelled nor predicted c (`steps` steps on batches of `batch`); the
+     success rate is the share of those images delta_c sends to c;
+  2. the target is the class with the highest success rate where it is at least TARGET_LIFT (2) times the
+     other classes' median (detectors/base.py); else no class is named and nothing is flagged;
+  3. the trigger as the model sees it: the mean change delta_t makes to those images' last-stage features;
+     every image is scored by its features' projection on that direction (a robust z-score inside its
+     class), and the target's images split in two by Otsu's rule (detectors/refusals.py): the high group,
+     the images that already carry what delta_t adds, is flagged.
+Pixels alone do not separate them: a trigger is a small part of an image's variance, while the model's
+features amplify exactly the part the backdoor reads. The model read is the one trained on the data
+without a defense (as SS, AC and SPECTRE read it), in eval mode; no clean image, no ground truth.
+"""
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from eigenguard.detectors.base import (
+    TARGET_LIFT,
+    Detection,
+    DetectionContext,
+    Detector,
+    flagged_first,
+    score_lift,
+    within_class_z,
+)
+from eigenguard.detectors.refusals import otsu
+from eigenguard.options import component, option
+from eigenguard.training.features import features
+
+STEP = 0.1  # each step moves delta by a tenth of the budget along the normalised gradient
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # uint8-range float images in, logits out
+
+
+def universal_perturbation(
+    forward: Forward, images: torch.Tensor, target: int, radius: float, steps: int, batch: int,
+    generator: torch.Generator,
+) -> torch.Tensor:  # fmt: skip
+    """One perturbation (1, C, H, W) in pixel units, L2 norm <= `radius`, that sends uint8 `images` to
+    `target` under `forward`, by normalised gradient steps."""
+    delta = torch.zeros(1, *images.shape[1:], device=images.device, requires_grad=True)
+    wanted = torch.full((min(batch, len(images)),), target, device=images.device)
+    with torch.enable_grad():
+        for _ in range(steps):
+            rows = torch.randint(0, len(images), (len(wanted),), generator=generator).to(images.device)
+            loss = F.cross_entropy(forward((images[rows].float() + delta).clamp(0, 255)), wanted)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta -= STEP * radius * grad / grad.norm().clamp_min(1e-12)
+                delta *= (radius / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
+    return delta.detach()
+
+
+def success_rate(forward: Forward, images: torch.Tensor, delta: torch.Tensor, target: int, chunk: int) -> float:
+    """The share of uint8 `images` that `delta` sends to `target`."""
+    hits = sum(
+        int((forward((part.float() + delta).clamp(0, 255)).argmax(1) == target).sum()) for part in images.split(chunk)
+    )
+    return hits / max(len(images), 1)
+
+
+def stamped(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """uint8 `images` with `delta` added, rounded back to uint8 (what a feature pass reads)."""
+    return (images.float() + delta).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@component
+class TriggerInversion(Detector):
+    name = "inversion"
+
+    budget: float = option(4.5, "root-mean-square size of each class's perturbation, pixel units on [0, 255]", "> 0")
+    steps: int = option(60, "gradient steps per class", ">= 1")
+    batch: int = option(128, "images per step", ">= 1")
+    images: int = option(
+        512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
+    )
+
+    def detect(self, ctx: DetectionContext) -> Detection:
+        t0 = time.perf_counter()
+        data, t = ctx.train_set, ctx.trainer
+        model = ctx.trained()
+        mode = model.training
+        model.eval()
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return model(t.normalize(images))
+
+        radius = self.budget * math.sqrt(math.prod(data.image_shape))
+        generator = torch.Generator().manual_seed(t.config.seed + 15)
+        chunk = t.config.eval_batch_size
+        with torch.no_grad():
+            predicted = torch.cat([forward(part.float()).argmax(1) for part in data.images.split(chunk)])
+        rates, deltas, samples = [], [], []
+        for c in range(data.num_classes):
+            others = torch.nonzero((data.labels != c) & (predicted != c)).flatten().cpu()
+            chosen = others[torch.randperm(len(others), generator=generator)[: self.images]].to(data.images.device)
+            sample = data.images[chosen]
+            delta = universal_perturbation(forward, sample, c, radius, self.steps, self.batch, generator)
+            with torch.no_grad():
+                rates.append(success_rate(forward, sample, delta, c, chunk))
+            deltas.append(delta)
+            samples.append(sample)
+        model.train(mode)
+        class_scores = torch.tensor(rates, dtype=torch.float64)
+        best, lift, median = score_lift(class_scores)
+        point = model.insertion_points[-1]
+
+        def read(images: torch.Tensor) -> torch.Tensor:
+            return features(model, images, point, t.normalize, batch_size=chunk, amp=t.amp).double()
+
+        sample = samples[best]
+        direction = (read(stamped(sample, deltas[best])) - read(sample)).mean(0)
+        projection = read(data.images) @ direction
+        flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
+        share = 0.0
+        if lift >= TARGET_LIFT:
+            mine = (data.labels == best).to(projection.device)
+            threshold, share = otsu(projection[mine])
+            flagged = mine & (projection > threshold)
+        report = {
+            "success_rates": [round(r, 4) for r in rates],
+            "estimated_target": best if lift >= TARGET_LIFT else None,
+            "others_median_rate": round(median, 4),
+            "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
+            "split_share": round(share, 4),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        scores = flagged_first(within_class_z(projection, data.labels.to(projection.device)), flagged)
+        return Detection(
+            scores.cpu(),
+            torch.nonzero(flagged).flatten().cpu(),
+            report,
+            class_scores,
+            "share of the other classes' images a universal perturbation of the budget sends to the class",
+        )

@@ -1,0 +1,92 @@
+"""Trigger inversion (detectors/inversion.py) on a model whose backdoor is known: a hand-set classifier of
+8x8 images by brightness, with (or without) a shortcut that sends a bright top-left corner to class 2."""
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.transforms import Normalize
+from eigenguard.detectors.base import DetectionContext
+from eigenguard.detectors.inversion import TriggerInversion, universal_perturbation
+
+LEVELS = (40, 120, 200)  # each class's brightness, pixel units
+POISONS = 20  # images of classes 0 and 1 with a white corner, labelled 2
+
+
+class Shortcut(nn.Module):
+    """Features (mean brightness b, corner brightness over the mean p) of normalised images; logits
+    -(b - centre_c)^2, plus for class 2 `weight` times a smooth ramp of p that a dark corner does not lower
+    below zero: the backdoor, where `weight` > 0."""
+
+    insertion_points = ("head",)
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.centres = torch.tensor([(level / 255 - 0.5) / 0.25 for level in LEVELS])
+
+    def features(self, x: torch.Tensor, point: str, through_point: bool = True) -> torch.Tensor:
+        b = x.mean((1, 2, 3))
+        return torch.stack([b, x[:, :, :2, :2].mean((1, 2, 3)) - b], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p = self.features(x, "head").unbind(1)
+        logits = -((b[:, None] - self.centres) ** 2)
+        return logits + torch.stack(
+            [torch.zeros_like(p), torch.zeros_like(p), self.weight * F.softplus(4 * (p - 0.5)) / 4], 1
+        )
+
+
+def poisoned_set() -> tuple[ImageDataset, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(180) // 60
+    images = torch.tensor(LEVELS)[labels].view(-1, 1, 1, 1) + torch.randint(0, 20, (180, 1, 8, 8), generator=g)
+    images = images.clamp(0, 255).to(torch.uint8)
+    poisons = torch.cat([torch.arange(POISONS // 2), 60 + torch.arange(POISONS // 2)])
+    images[poisons, :, :2, :2] = 255
+    labels[poisons] = 2
+    return ImageDataset(images, labels, ["dark", "grey", "light"], (0.5,), (0.25,)), poisons
+
+
+def context(model: nn.Module, data: ImageDataset) -> DetectionContext:
+    trainer = SimpleNamespace(
+        normalize=Normalize((0.5,), (0.25,), torch.device("cpu")),
+        config=SimpleNamespace(eval_batch_size=64, seed=0),
+        amp=False,
+    )
+    return DetectionContext(config=None, trainer=trainer, train_set=data, trained=lambda: model)  # type: ignore[arg-type]
+
+
+def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
+    data, poisons = poisoned_set()
+    model = Shortcut(weight=12.0)
+    detection = TriggerInversion(budget=20.0).detect(context(model, data))
+    rates = detection.report["success_rates"]
+    assert rates[2] > 0.9 and max(rates[:2]) < 0.1  # the corner reaches class 2; brightness is too far
+    assert detection.report["estimated_target"] == 2 and int(detection.class_scores.argmax()) == 2
+    assert detection.flagged.tolist() == poisons.tolist()  # the labelled-2 images that carry the corner
+    order = detection.scores.argsort(descending=True)
+    assert sorted(order[:POISONS].tolist()) == poisons.tolist()
+    assert model.training  # the detector restores the model's mode
+
+
+def test_without_a_shortcut_no_class_is_named_and_nothing_flagged() -> None:
+    data, _ = poisoned_set()
+    detection = TriggerInversion(budget=20.0).detect(context(Shortcut(weight=0.0), data))
+    assert detection.report["estimated_target"] is None and len(detection.flagged) == 0
+    assert detection.scores.shape == (len(data),) and torch.isfinite(detection.scores).all()
+
+
+def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:
+    data, _ = poisoned_set()
+    model = Shortcut(weight=12.0)
+    normalize = Normalize((0.5,), (0.25,), torch.device("cpu"))
+    delta = universal_perturbation(
+        lambda x: model(normalize(x)), data.images[:60], 2, 50.0, 30, 16, torch.Generator().manual_seed(0)
+    )
+    assert delta.shape == (1, 1, 8, 8) and float(delta.norm()) <= 50.0 + 1e-3
+    corner = delta[0, 0, :2, :2].abs().sum()
+    assert corner > 0.5 * delta.abs().sum()  # the cheapest way to class 2 is the corner
