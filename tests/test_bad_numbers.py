@@ -69,17 +69,17 @@ def test_a_bad_number_is_refused_or_meaningful(
 
 # Component options (`eigenguard list`): resolved as a run resolves them, and an attack built as a run builds
 # it (both before anything is written). A huge value is meaningful for these kinds of option:
-BUDGETS = {"epochs", "iterations", "noise_steps", "pgd_steps", "surrogate_pgd_steps", "sieve_epochs"}
+BUDGETS = {"epochs", "iterations", "noise_steps", "pgd_steps", "surrogate_pgd_steps", "sieve_epochs", "steps"}
 BUDGETS |= {f"{p}_epochs" for p in ("isolation", "training", "unlearning", "sd", "intra", "st", "head", "teacher")}
 BUDGETS |= {f"{p}_epochs" for p in ("backdoor", "mask", "generator", "surrogate")}
 STEPS = {"lr", "unlearning_lr", "mask_lr", "meta_lr", "sd_lr", "st_lr", "head_lr", "backdoor_lr"}
 WEIGHTS = {"gamma", "lambda_u", "lambda_norm", "lambda_div", "mixup_alpha", "temperature", "power", "strength", "u"}
 WEIGHTS |= {"removal_factor", "negative_ratio", "cross_ratio"}
-CAPPED = {"seeds_per_class", "anchor_count", "r"}
+CAPPED = {"seeds_per_class", "anchor_count", "r", "images"}
 HUGE = {
     **dict.fromkeys(BUDGETS, "a longer budget is the user's choice"),
     **dict.fromkeys(STEPS, "legal; a run whose loss turns non-finite stops with one line (test_bad_input)"),
-    **dict.fromkeys({"batch_size", "st_batch_size"}, "one batch holds the whole set"),
+    **dict.fromkeys({"batch_size", "st_batch_size", "batch"}, "one batch holds the whole set"),
     **dict.fromkeys(WEIGHTS, "a weight or a scale; counts of samples it sets are capped at what there is"),
     **dict.fromkeys(CAPPED, "capped at what there is: the class's pool, the training set, the directions"),
     **dict.fromkeys({"size", "shift"}, "PDB checks them against the image side and the class count as it starts"),

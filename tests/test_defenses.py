@@ -335,6 +335,7 @@ def test_defense_options_are_checked() -> None:
         "pdb",
         "sieve",
         "cbd",
+        "inversion",
         "dimension-edit",
     }
     assert expected == set(DEFENSES.names())

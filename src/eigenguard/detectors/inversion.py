@@ -83,7 +83,9 @@ def stamped(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 class TriggerInversion(Detector):
     name = "inversion"
 
-    budget: float = option(4.5, "root-mean-square size of each class's perturbation, pixel units on [0, 255]", "> 0")
+    budget: float = option(
+        4.5, "root-mean-square size of each class's perturbation, pixel units on [0, 255]", "(0, 255]"
+    )
     steps: int = option(60, "gradient steps per class", ">= 1")
     batch: int = option(128, "images per step", ">= 1")
     images: int = option(
