@@ -48,7 +48,8 @@ DEFENSES = {
     "sieve-outliers-widen-6": "outlier sieve, widened, 6-epoch guard",
     "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
     "cbd": "CBD",
-    "inversion": "trigger inversion",
+    "inversion-first": "trigger inversion, first split",
+    "inversion": "trigger inversion, widened",
 }
 SIEVES = (
     "sieve-rate",
@@ -60,7 +61,8 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", "inversion")
+INVERSIONS = ("inversion-first", "inversion")
+NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 
@@ -78,6 +80,8 @@ def variant(defense: dict[str, Any]) -> str:
         rule += f"-{defense['sieve_epochs']}" if defense.get("sieve_epochs") else ""
         rule += f"-{defense['no_target']}" if defense.get("no_target", "flag") != "flag" else ""
         return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
+    if name == "inversion":  # widening became an option (default on) after its first cells
+        return "inversion" if defense.get("widen", "none") == "trigger" else "inversion-first"
     return name
 
 
@@ -130,7 +134,7 @@ def split_text(cell: dict[str, Any] | None, defense: str) -> str:
             f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}, "
             f"AUROC {report['loss_auroc']:.3f}{mark}"
         )
-    if defense == "inversion":
+    if defense in INVERSIONS:
         split, guess = report["split"], report["estimated_target"]
         mark = "" if guess == target else f" (wrong: {guess})"
         return f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}{mark}"
@@ -156,7 +160,8 @@ def split_table(cells: Cells) -> str:
         "sieve-outliers-widen-6": "the same, 6-epoch guard",
         "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
         "cbd": "CBD: its final weights",
-        "inversion": "trigger inversion: its split (P, R in %), target estimate",
+        "inversion-first": "trigger inversion, first split: its split (P, R in %), target estimate",
+        "inversion": "trigger inversion, widened: the same",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)
@@ -202,6 +207,8 @@ def spend_tables(cells: Cells) -> str:
                 report = cell["metrics"].get("defense_report") or {}
                 if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
                     seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
+                if d in INVERSIONS and plain is not None:  # it reads the cached plain model: a user trains it too
+                    seconds, robust = seconds + plain, robust + plain
                 text = f"{seconds:,.0f} s"
                 if plain is not None:
                     text += f", {seconds / plain:.2f}x ({robust / plain:.2f}x)"

@@ -63,7 +63,7 @@ def context(model: nn.Module, data: ImageDataset) -> DetectionContext:
 def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     data, poisons = poisoned_set()
     model = Shortcut(weight=12.0)
-    detection = TriggerInversion(budget=20.0).detect(context(model, data))
+    detection = TriggerInversion(budget=20.0, widen="none").detect(context(model, data))
     rates = detection.report["success_rates"]
     assert rates[2] > 0.9 and max(rates[:2]) < 0.1  # the corner reaches class 2; brightness is too far
     assert detection.report["estimated_target"] == 2 and int(detection.class_scores.argmax()) == 2
@@ -71,6 +71,10 @@ def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     order = detection.scores.argsort(descending=True)
     assert sorted(order[:POISONS].tolist()) == poisons.tolist()
     assert model.training  # the detector restores the model's mode
+
+    widened = TriggerInversion(budget=20.0).detect(context(model, data))  # widen: trigger, the default
+    assert widened.report["first_flagged"] == POISONS and set(poisons.tolist()) <= set(widened.flagged.tolist())
+    assert (data.labels[widened.flagged] == 2).all()  # it widens inside the target class only
 
 
 def test_without_a_shortcut_no_class_is_named_and_nothing_flagged() -> None:

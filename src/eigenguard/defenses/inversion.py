@@ -2,7 +2,8 @@
 
 The `inversion` detector (detectors/inversion.py) reads the model trained on the data without a defense:
 it names the class a small universal perturbation reaches from every other class and flags that class's
-images whose features already carry what the perturbation adds. This defense drops the flagged images and
+images whose features already carry what the perturbation adds (and, widened, those that carry its pixel
+estimate of the trigger). This defense drops the flagged images and
 trains a fresh model on the rest with the config's recipe, as Spectral Signatures does with its own split
 (defenses/spectral_signatures.py). Where no class stands out it flags nothing and the fresh model trains on
 every image. Its cost is two trainings and the inversion (the first training is the cached no-defense
@@ -10,7 +11,7 @@ model in a benchmark; a user pays it). The report gives the detector's findings 
 and recall against the true poisons (ground truth for the report only).
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,9 +31,12 @@ class InversionRetraining(Defense):
     steps: int = option_like(TriggerInversion, "steps")
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
+    widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
-        detector = TriggerInversion(budget=self.budget, steps=self.steps, batch=self.batch, images=self.images)
+        detector = TriggerInversion(
+            budget=self.budget, steps=self.steps, batch=self.batch, images=self.images, widen=self.widen
+        )
         train = ctx.train_set
         detection = detector.detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
         keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)

@@ -15,7 +15,10 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
   3. the trigger as the model sees it: the mean change delta_t makes to those images' last-stage features;
      every image is scored by its features' projection on that direction (a robust z-score inside its
      class), and the target's images split in two by Otsu's rule (detectors/refusals.py): the high group,
-     the images that already carry what delta_t adds, is flagged.
+     the images that already carry what delta_t adds, is flagged;
+  4. (`widen: trigger`) the sieve's step 4b (detectors/refusals.py): the mean image difference between the
+     flagged images and the target's others estimates the trigger in pixels; the others' high group along
+     it is flagged too. A few dozen poisons the first split leaves can still plant a backdoor.
 Pixels alone do not separate them: a trigger is a small part of an image's variance, while the model's
 features amplify exactly the part the backdoor reads. The model read is the one trained on the data
 without a defense (as SS, AC and SPECTRE read it), in eval mode; no clean image, no ground truth.
@@ -24,6 +27,7 @@ without a defense (as SS, AC and SPECTRE read it), in eval mode; no clean image,
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +41,7 @@ from eigenguard.detectors.base import (
     score_lift,
     within_class_z,
 )
-from eigenguard.detectors.refusals import otsu
+from eigenguard.detectors.refusals import otsu, widen
 from eigenguard.options import component, option
 from eigenguard.training.features import features
 
@@ -88,6 +92,9 @@ class TriggerInversion(Detector):
     )
     steps: int = option(60, "gradient steps per class", ">= 1")
     batch: int = option(128, "images per step", ">= 1")
+    widen: Literal["none", "trigger"] = option(
+        "trigger", "widen the flagged set along the pixel trigger estimate (step 4)"
+    )
     images: int = option(
         512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
     )
@@ -129,17 +136,23 @@ class TriggerInversion(Detector):
         direction = (read(stamped(sample, deltas[best])) - read(sample)).mean(0)
         projection = read(data.images) @ direction
         flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
-        share = 0.0
+        share, first, separation = 0.0, 0, 0.0
         if lift >= TARGET_LIFT:
             mine = (data.labels == best).to(projection.device)
             threshold, share = otsu(projection[mine])
             flagged = mine & (projection > threshold)
+            first = int(flagged.sum())
+            if self.widen == "trigger":
+                extra, separation = widen(data.images, data.labels, best, flagged.to(data.labels.device))
+                flagged |= extra.to(flagged.device)
         report = {
             "success_rates": [round(r, 4) for r in rates],
             "estimated_target": best if lift >= TARGET_LIFT else None,
             "others_median_rate": round(median, 4),
             "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
             "split_share": round(share, 4),
+            "first_flagged": first,
+            "widen_separation": round(separation, 4),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         scores = flagged_first(within_class_z(projection, data.labels.to(projection.device)), flagged)
