@@ -289,6 +289,26 @@ def test_run_resume_and_failure_isolation(mnist_root: Path, tmp_path: Path) -> N
     assert next(r for r in store.records("tiny") if r["key"] == failed["key"])["attempts"] == 2
 
 
+def test_a_grid_recorded_again_while_it_runs_does_not_stop_the_runner(mnist_root: Path, tmp_path: Path) -> None:
+    """`bench --dry-run` of an edited grid file records the grid again: a cell the runner finishes may no
+    longer be listed in it; the runner reports it under its own labels and goes on."""
+    grid = parse_grid(tiny_grid(mnist_root, attack=["badnets"], defense=["none"]))
+    edited = parse_grid(tiny_grid(mnist_root, attack=["blend"], defense=["none"]))
+    store, runs = ResultStore(tmp_path / "r.sqlite"), tmp_path / "runs"
+
+    class Recording(LocalExecutor):
+        def wait(self, poll_seconds: float) -> list[str]:
+            finished = super().wait(poll_seconds)
+            if finished:
+                store.register_grid(edited)
+            return finished
+
+    summary = run_grid(grid, store, Recording(store, runs, workers=1, device="cpu"), runs)
+    assert summary.done == 1 and summary.failed == 0
+    assert store.status(grid.cells[0].key) == "done"
+    assert store.grid_size("tiny") == 1 and store.records("tiny") == []  # as last recorded: blend, not run
+
+
 def crash(*args: object, **kwargs: object) -> None:
     os._exit(3)  # a worker that dies without a word (segfault, OOM kill)
 

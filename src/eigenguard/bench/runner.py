@@ -139,6 +139,7 @@ def run_grid(
     started_at = time.perf_counter()
     times = CellTimes(store.records())
     configs = {c.key: c.config.model_dump() for c in grid.cells}
+    labels_of = {c.key: c.labels for c in grid.cells}
 
     def ready(cell: Cell) -> bool:
         return cell.after is None or cell.after not in keys_in_todo
@@ -174,7 +175,7 @@ def run_grid(
                 left_keys = [c.key for c in todo] + executor.in_flight()
                 left = len(left_keys)
                 eta = sum(times.estimate(configs[k]) or 0.0 for k in left_keys) / executor.workers
-                labels = " ".join(f"{k}={v}" for k, v in record["labels"].items())
+                labels = " ".join(f"{k}={v}" for k, v in labels_of[key].items())
                 console.print(
                     f"[{summary.done + summary.failed}/{total}] {labels}: {outcome} "
                     f"({_format_seconds(record['wall_seconds'] or 0)}) | done {summary.done}, failed "

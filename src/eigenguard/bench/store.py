@@ -317,8 +317,13 @@ class ResultStore:
         return [_parsed(r) for r in rows]
 
     def record(self, grid: str, key: str) -> dict[str, Any]:
-        """One cell of `grid`, as `records` gives it."""
+        """One cell of `grid`, as `records` gives it; a cell the grid no longer lists (its file was edited and
+        recorded again while it ran) without labels."""
         row = self._db.execute(GRID_CELLS + " AND g.key = ?", (grid, key)).fetchone()
+        if row is None:
+            row = self._db.execute(
+                "SELECT ? AS grid, '{}' AS labels, * FROM cells WHERE key = ?", (grid, key)
+            ).fetchone()
         return _parsed(row)
 
     def grid_size(self, grid: str) -> int:
