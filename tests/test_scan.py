@@ -275,3 +275,16 @@ def test_a_folder_that_changed_after_loading_is_one_error_not_misnamed_rows(tmp_
     (tmp_path / "shop" / "train" / train.classes[-1] / ("z" + moved.name)).unlink()
     with pytest.raises(EigenguardError, match="changed while it was read"):
         image_folder_files(tmp_path / "shop", everything)  # one file fewer: an index past the end
+
+
+def test_a_target_no_other_class_shares_is_named_in_words_not_as_infinity() -> None:
+    from eigenguard.data.image_dataset import ImageDataset
+    from eigenguard.detectors.base import Detection
+    from eigenguard.pipeline.scan import estimate_target
+
+    data = ImageDataset(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"],
+                        (0.5,), (0.25,))  # fmt: skip
+    detection = Detection(torch.zeros(6), torch.tensor([2]), class_scores=torch.tensor([0.0, 0.3, 0.0]))
+    found = estimate_target(detection, data)
+    assert found["class_name"] == "b" and found["lift"] is None  # JSON has no infinity
+    assert "no other class scores" in found["evidence"] and "inf" not in found["evidence"]

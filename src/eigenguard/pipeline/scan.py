@@ -147,7 +147,8 @@ def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
         "class": best if named else None,
         "class_name": data.classes[best] if named else None,
         "lift": round(lift, 3) if math.isfinite(lift) else None,
-        "evidence": f"{evidence} ({lift:.1f}x; named at >= {TARGET_LIFT:g}x)",
+        "evidence": f"{evidence} ({f'{lift:.1f}x' if math.isfinite(lift) else 'no other class scores'}; "
+        f"named at >= {TARGET_LIFT:g}x)",
     }
 
 
