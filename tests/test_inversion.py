@@ -94,3 +94,14 @@ def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:
     assert delta.shape == (1, 1, 8, 8) and float(delta.norm()) <= 50.0 + 1e-3
     corner = delta[0, 0, :2, :2].abs().sum()
     assert corner > 0.5 * delta.abs().sum()  # the cheapest way to class 2 is the corner
+
+
+def test_oversampling_fills_the_target_class_up_to_the_others_median_with_its_own_kept_images() -> None:
+    from eigenguard.defenses.inversion import oversampled
+
+    labels = torch.tensor([0] * 10 + [1] * 8 + [2] * 12 + [3] * 10)
+    kept = torch.cat([torch.arange(3), torch.arange(10, 40)])  # class 0 lost 7 of its 10
+    more, added = oversampled(kept, labels, target=0, seed=0)
+    assert added == 7 and len(more) == len(kept) + 7  # the others' median: 10
+    assert set(more[len(kept) :].tolist()) <= {0, 1, 2} and torch.equal(more[: len(kept)], kept)
+    assert oversampled(kept, labels, target=2, seed=0)[1] == 0  # not short: nothing added

@@ -3,12 +3,14 @@
 The `inversion` detector (detectors/inversion.py) reads the model trained on the data without a defense:
 it names the class a small universal perturbation reaches from every other class and flags that class's
 images whose features already carry what the perturbation adds (and, widened, those that carry its pixel
-estimate of the trigger). This defense drops the flagged images and
-trains a fresh model on the rest with the config's recipe, as Spectral Signatures does with its own split
-(defenses/spectral_signatures.py). Where no class stands out it flags nothing and the fresh model trains on
-every image. Its cost is two trainings and the inversion (the first training is the cached no-defense
-model in a benchmark; a user pays it). The report gives the detector's findings and the split's precision
-and recall against the true poisons (ground truth for the report only).
+estimate of the trigger). This defense drops the flagged images and trains a fresh model on the rest with
+the config's recipe, as Spectral Signatures does with its own split (defenses/spectral_signatures.py).
+Where no class stands out it flags nothing and the fresh model trains on every image. `balance:
+oversample` draws the target's kept images again for the retraining, up to the other classes' median
+count (a clean-label attack such as SIG poisons most of its class, so its split leaves the class short);
+it repeats any poison the split missed as well. Its cost is two trainings and the inversion (the first
+training is the cached no-defense model in a benchmark; a user pays it). The report gives the detector's
+findings and the split's precision and recall against the true poisons (ground truth for the report only).
 """
 
 from typing import Any, Literal
@@ -19,7 +21,7 @@ from torch import nn
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.detectors import DetectionContext
 from eigenguard.detectors.inversion import TriggerInversion
-from eigenguard.options import component, option_like
+from eigenguard.options import component, option, option_like
 
 
 @component
@@ -32,6 +34,9 @@ class InversionRetraining(Defense):
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
     widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
+    balance: Literal["none", "oversample"] = option(
+        "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"
+    )
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         detector = TriggerInversion(
@@ -41,8 +46,31 @@ class InversionRetraining(Defense):
         detection = detector.detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
         keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)
         keep[detection.flagged.to(keep.device)] = False
+        kept = torch.nonzero(keep).flatten()
+        target = detection.report["estimated_target"]
+        extra = 0
+        if self.balance == "oversample" and target is not None:
+            kept, extra = oversampled(kept, train.labels, target, ctx.config.seed + 16)
         model = ctx.trainer.new_model()
-        ctx.trainer.fit(model, train.subset(torch.nonzero(keep).flatten()), epochs=ctx.config.epochs, phase="retrain")
+        ctx.trainer.fit(model, train.subset(kept), epochs=ctx.config.epochs, phase="retrain")
         report = dict(detection.report)
-        report |= {"split": ctx.precision_recall(detection.flagged), "trained_on": int(keep.sum())}
+        report |= {
+            "split": ctx.precision_recall(detection.flagged),
+            "trained_on": int(keep.sum()),
+            "oversampled": extra,
+        }
         return model, report
+
+
+def oversampled(kept: torch.Tensor, labels: torch.Tensor, target: int, seed: int) -> tuple[torch.Tensor, int]:
+    """`kept` (indices) with the target's kept images drawn again at random until the target holds the other
+    classes' median count (a split that removes most of a class, as SIG's 80% of it, leaves it short):
+    (the indices, how many were added)."""
+    counts = torch.bincount(labels[kept].cpu(), minlength=int(labels.max()) + 1)
+    others = torch.cat([counts[:target], counts[target + 1 :]])
+    mine = kept[labels[kept] == target]
+    short = int(others.median()) - len(mine)
+    if short <= 0 or len(mine) == 0:
+        return kept, 0
+    draws = torch.randint(len(mine), (short,), generator=torch.Generator().manual_seed(seed)).to(mine.device)
+    return torch.cat([kept, mine[draws]]), short
