@@ -100,9 +100,9 @@ class TriggerInversion(Detector):
     )
 
     def detect(self, ctx: DetectionContext) -> Detection:
-        t0 = time.perf_counter()
         data, t = ctx.train_set, ctx.trainer
         model = ctx.trained()
+        t0 = time.perf_counter()  # the detector's own time, not that of the model it reads
         mode = model.training
         model.eval()
 
