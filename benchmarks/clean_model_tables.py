@@ -50,6 +50,7 @@ DEFENSES = {
     "cbd": "CBD",
     "inversion-first": "trigger inversion, first split",
     "inversion": "trigger inversion, widened",
+    "inversion-balanced": "the same, balanced",
 }
 SIEVES = (
     "sieve-rate",
@@ -61,7 +62,7 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-INVERSIONS = ("inversion-first", "inversion")
+INVERSIONS = ("inversion-first", "inversion", "inversion-balanced")
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
@@ -81,7 +82,9 @@ def variant(defense: dict[str, Any]) -> str:
         rule += f"-{defense['no_target']}" if defense.get("no_target", "flag") != "flag" else ""
         return f"{rule}-pdb" if defense.get("then") == "pdb" else rule
     if name == "inversion":  # widening became an option (default on) after its first cells
-        return "inversion" if defense.get("widen", "none") == "trigger" else "inversion-first"
+        if defense.get("widen", "none") != "trigger":
+            return "inversion-first"
+        return "inversion-balanced" if defense.get("balance", "none") != "none" else "inversion"
     return name
 
 
@@ -162,6 +165,7 @@ def split_table(cells: Cells) -> str:
         "cbd": "CBD: its final weights",
         "inversion-first": "trigger inversion, first split: its split (P, R in %), target estimate",
         "inversion": "trigger inversion, widened: the same",
+        "inversion-balanced": "the same, balanced",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)
