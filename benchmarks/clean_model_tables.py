@@ -129,18 +129,12 @@ def split_text(cell: dict[str, Any] | None, defense: str) -> str:
     report, target = cell["metrics"]["defense_report"], cell["config"].get("target", 0)
     if defense in ("pdb", "pdb-clean"):
         return f"{report['defensive_poisoned']} of {report['defensive_images']}"
-    if defense in SIEVES:
+    if defense in SIEVES or defense in INVERSIONS:
         split, guess = report["split"], report["estimated_target"]
-        mark = "" if guess == target else f" (wrong: {guess})"
-        mark += f", {report['outlier_side']} side" if "outlier_side" in report else ""
-        return (
-            f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}, "
-            f"AUROC {report['loss_auroc']:.3f}{mark}"
-        )
-    if defense in INVERSIONS:
-        split, guess = report["split"], report["estimated_target"]
-        mark = "" if guess == target else f" (wrong: {guess})"
-        return f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}{mark}"
+        text = f"{split['flagged']:,} flagged, P {pct(split['precision'])} R {pct(split['recall'])}"
+        text += f", AUROC {report['loss_auroc']:.3f}" if defense in SIEVES else ""
+        text += "" if guess == target else f" (wrong: {guess})"
+        return text + (f", {report['outlier_side']} side" if "outlier_side" in report else "")
     if defense == "cbd":
         return (
             f"AUROC {report['weight_auroc']:.3f}, w {report['weight_mean_poisoned']:.2f} on poisons, "

@@ -43,6 +43,7 @@ from eigenguard.detectors.base import (
 )
 from eigenguard.detectors.refusals import otsu, widen
 from eigenguard.options import component, option
+from eigenguard.training.evaluate import eval_logits
 from eigenguard.training.features import features
 
 STEP = 0.1  # each step moves delta by a tenth of the budget along the normalised gradient
@@ -113,7 +114,7 @@ class TriggerInversion(Detector):
         generator = torch.Generator().manual_seed(t.config.seed + 15)
         chunk = t.config.eval_batch_size
         with torch.no_grad():
-            predicted = torch.cat([forward(part.float()).argmax(1) for part in data.images.split(chunk)])
+            predicted = eval_logits(model, data, t.normalize, chunk).argmax(1)
         rates, deltas, samples = [], [], []
         for c in range(data.num_classes):
             others = torch.nonzero((data.labels != c) & (predicted != c)).flatten().cpu()
