@@ -105,3 +105,12 @@ def test_oversampling_fills_the_target_class_up_to_the_others_median_with_its_ow
     assert added == 7 and len(more) == len(kept) + 7  # the others' median: 10
     assert set(more[len(kept) :].tolist()) <= {0, 1, 2} and torch.equal(more[: len(kept)], kept)
     assert oversampled(kept, labels, target=2, seed=0)[1] == 0  # not short: nothing added
+
+
+def test_a_class_the_model_already_gives_every_image_is_reached_by_nothing() -> None:
+    data, _ = poisoned_set()
+    model = Shortcut(weight=0.0)
+    model.centres = torch.tensor([0.0, 0.0, 0.0])  # three equal classes: argmax gives class 0 to every image
+    detection = TriggerInversion(budget=20.0, steps=3).detect(context(model, data))
+    assert detection.report["success_rates"][0] == 0.0 and detection.report["estimated_target"] is None
+    assert len(detection.flagged) == 0

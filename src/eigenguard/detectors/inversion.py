@@ -59,6 +59,8 @@ def universal_perturbation(
     """One perturbation (1, C, H, W) in pixel units, L2 norm <= `radius`, that sends uint8 `images` to
     `target` under `forward`, by normalised gradient steps."""
     delta = torch.zeros(1, *images.shape[1:], device=images.device, requires_grad=True)
+    if len(images) == 0:  # every image is the class already (or labelled it): nothing to send there
+        return delta.detach()
     wanted = torch.full((min(batch, len(images)),), target, device=images.device)
     with torch.enable_grad():
         for _ in range(steps):
@@ -133,9 +135,12 @@ class TriggerInversion(Detector):
         def read(images: torch.Tensor) -> torch.Tensor:
             return features(model, images, point, t.normalize, batch_size=chunk, amp=t.amp).double()
 
-        sample = samples[best]
-        direction = (read(stamped(sample, deltas[best])) - read(sample)).mean(0)
-        projection = read(data.images) @ direction
+        sample, every = samples[best], read(data.images)
+        if len(sample):
+            direction = (read(stamped(sample, deltas[best])) - read(sample)).mean(0)
+        else:  # no image to move: no trigger direction, every score equal
+            direction = torch.zeros_like(every[0])
+        projection = every @ direction
         flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
         share, first, separation = 0.0, 0, 0.0
         if lift >= TARGET_LIFT:
