@@ -67,6 +67,7 @@ def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     rates = detection.report["success_rates"]
     assert rates[2] > 0.9 and max(rates[:2]) < 0.1  # the corner reaches class 2; brightness is too far
     assert detection.report["estimated_target"] == 2 and int(detection.class_scores.argmax()) == 2
+    assert detection.report["cleanest_split"] == 2 and not detection.veto  # with and without the corner
     assert detection.flagged.tolist() == poisons.tolist()  # the labelled-2 images that carry the corner
     order = detection.scores.argsort(descending=True)
     assert sorted(order[:POISONS].tolist()) == poisons.tolist()
@@ -82,6 +83,23 @@ def test_without_a_shortcut_no_class_is_named_and_nothing_flagged() -> None:
     detection = TriggerInversion(budget=20.0).detect(context(Shortcut(weight=0.0), data))
     assert detection.report["estimated_target"] is None and len(detection.flagged) == 0
     assert detection.scores.shape == (len(data),) and torch.isfinite(detection.scores).all()
+
+
+def test_a_class_that_is_easy_to_reach_but_does_not_split_is_not_named_unless_confirm_is_off() -> None:
+    data, _ = poisoned_set()
+    data.labels[:20] = 2  # undo the poisons' labels: no image carries the corner, the shortcut stays
+    data.images[:20] = 50 + torch.randint(0, 20, (20, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    data.images[60:80] = data.images[80:100]  # class 1 without corners either
+    dark = torch.arange(30, 60)
+    data.images[dark] = (data.images[dark].int() - 35).clamp(0, 255).to(torch.uint8)  # class 0: two groups
+    model = Shortcut(weight=12.0)
+    vetoed = TriggerInversion(budget=20.0, widen="none").detect(context(model, data))
+    rates = vetoed.report["success_rates"]
+    assert rates[2] > 0.9 and vetoed.report["best_class"] == 2  # the corner still reaches class 2
+    assert vetoed.report["cleanest_split"] == 0 and vetoed.report["estimated_target"] is None
+    assert len(vetoed.flagged) == 0 and "class 0" in vetoed.veto
+    named = TriggerInversion(budget=20.0, widen="none", confirm="none").detect(context(model, data))
+    assert named.report["estimated_target"] == 2 and not named.veto
 
 
 def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:

@@ -288,3 +288,8 @@ def test_a_target_no_other_class_shares_is_named_in_words_not_as_infinity() -> N
     found = estimate_target(detection, data)
     assert found["class_name"] == "b" and found["lift"] is None  # JSON has no infinity
     assert "no other class scores" in found["evidence"] and "inf" not in found["evidence"]
+
+    vetoed = estimate_target(Detection(torch.zeros(6), torch.tensor([], dtype=torch.long),
+                                       class_scores=torch.tensor([0.1, 0.5, 0.1]), veto="it does not split"),
+                             data)  # fmt: skip
+    assert vetoed["class"] is None and vetoed["lift"] == 5.0 and "not named: it does not split" in vetoed["evidence"]

@@ -21,7 +21,7 @@ from torch import nn
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.detectors import DetectionContext
 from eigenguard.detectors.inversion import TriggerInversion
-from eigenguard.options import component, option, option_like
+from eigenguard.options import component, defaults_of, option, option_like, options_of
 
 
 @component
@@ -34,14 +34,14 @@ class InversionRetraining(Defense):
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
     widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
+    confirm: Literal["none", "split"] = option_like(TriggerInversion, "confirm")
     balance: Literal["none", "oversample"] = option(
         "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"
     )
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
-        detector = TriggerInversion(
-            budget=self.budget, steps=self.steps, batch=self.batch, images=self.images, widen=self.widen
-        )
+        shared = defaults_of(TriggerInversion)  # the detector's options, declared above with option_like
+        detector = TriggerInversion(**{k: v for k, v in options_of(self).items() if k in shared})
         train = ctx.train_set
         detection = detector.detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
         keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)

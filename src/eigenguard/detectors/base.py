@@ -39,6 +39,7 @@ class Detection:
     # None: the scan judges by where the flagged images sit
     class_scores: torch.Tensor | None = None
     class_evidence: str = ""
+    veto: str = ""  # why the detector names no class although its per-class scores would (empty: no veto)
 
 
 @component

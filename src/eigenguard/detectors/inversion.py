@@ -10,12 +10,17 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      per pixel, root-mean-square, in pixel units on [0, 255]) lowers the trained model's loss of c on
      `images` training images neither labelled nor predicted c (`steps` steps on batches of `batch`); the
      success rate is the share of those images delta_c sends to c;
-  2. the target is the class with the highest success rate where it is at least TARGET_LIFT (2) times the
-     other classes' median (detectors/base.py); else no class is named and nothing is flagged;
-  3. the trigger as the model sees it: the mean change delta_t makes to those images' last-stage features;
-     every image is scored by its features' projection on that direction (a robust z-score inside its
-     class), and the target's images split in two by Otsu's rule (detectors/refusals.py): the high group,
-     the images that already carry what delta_t adds, is flagged;
+  2. the trigger as the model sees it: for every class, the mean change delta_c makes to those images'
+     last-stage features; each class's images are projected on their own class's direction and split in
+     two by Otsu's rule (detectors/refusals.py), whose between-group share of the variance measures how
+     cleanly they split (a normal distribution gives 2/pi, two distinct groups near 1);
+  3. the target is the class with the highest success rate where it is at least TARGET_LIFT (2) times the
+     other classes' median (detectors/base.py) and (`confirm: split`) its images also split more cleanly
+     than any other class's: a backdoor's class holds images that carry the trigger and images that do not,
+     while a class that is merely easy to reach (ankle boots from sneakers) splits no more than its peers,
+     so the reference is the data's own classes, not a tuned constant. Else no class is named and nothing
+     is flagged. The target's high group, the images that already carry what delta_t adds, is flagged;
+     every image's score is its projection on delta_t's direction (a robust z-score inside its class);
   4. (`widen: trigger`) the sieve's step 4b (detectors/refusals.py): the mean image difference between the
      flagged images and the target's others estimates the trigger in pixels; the others' high group along
      it is flagged too. A few dozen poisons the first split leaves can still plant a backdoor.
@@ -101,6 +106,9 @@ class TriggerInversion(Detector):
     images: int = option(
         512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
     )
+    confirm: Literal["none", "split"] = option(
+        "split", "name the best class only where its images also split most cleanly of all classes' (step 3)"
+    )
 
     def detect(self, ctx: DetectionContext) -> Detection:
         data, t = ctx.train_set, ctx.trainer
@@ -135,37 +143,48 @@ class TriggerInversion(Detector):
         def read(images: torch.Tensor) -> torch.Tensor:
             return features(model, images, point, t.normalize, batch_size=chunk, amp=t.amp).double()
 
-        sample, every = samples[best], read(data.images)
-        if len(sample):
-            direction = (read(stamped(sample, deltas[best])) - read(sample)).mean(0)
-        else:  # no image to move: no trigger direction, every score equal
-            direction = torch.zeros_like(every[0])
-        projection = every @ direction
+        every = read(data.images)
+        directions = torch.stack([
+            (read(stamped(sample, delta)) - read(sample)).mean(0) if len(sample) else torch.zeros_like(every[0])
+            for sample, delta in zip(samples, deltas, strict=True)
+        ])  # fmt: skip
+        projections = every @ directions.T  # (images, classes): each image on every class's direction
+        labels = data.labels.to(projections.device)
+        splits = [otsu(projections[labels == c, c]) for c in range(data.num_classes)]
+        separations = torch.tensor([share for _, share in splits], dtype=torch.float64)
+        named = lift >= TARGET_LIFT and (self.confirm == "none" or int(separations.argmax()) == best)
+        projection = projections[:, best]
         flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
-        share, first, separation = 0.0, 0, 0.0
-        if lift >= TARGET_LIFT:
-            mine = (data.labels == best).to(projection.device)
-            threshold, share = otsu(projection[mine])
-            flagged = mine & (projection > threshold)
+        first, separation = 0, 0.0
+        if named:
+            mine = labels == best
+            flagged = mine & (projection > splits[best][0])
             first = int(flagged.sum())
             if self.widen == "trigger":
                 extra, separation = widen(data.images, data.labels, best, flagged.to(data.labels.device))
                 flagged |= extra.to(flagged.device)
         report = {
             "success_rates": [round(r, 4) for r in rates],
-            "estimated_target": best if lift >= TARGET_LIFT else None,
+            "estimated_target": best if named else None,
+            "best_class": best,
             "others_median_rate": round(median, 4),
             "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
-            "split_share": round(share, 4),
+            "split_shares": [round(float(v), 4) for v in separations],
+            "cleanest_split": int(separations.argmax()),
             "first_flagged": first,
             "widen_separation": round(separation, 4),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        scores = flagged_first(within_class_z(projection, data.labels.to(projection.device)), flagged)
+        scores = flagged_first(within_class_z(projection, labels), flagged)
         return Detection(
             scores.cpu(),
             torch.nonzero(flagged).flatten().cpu(),
             report,
             class_scores,
             "share of the other classes' images a universal perturbation of the budget sends to the class",
+            veto=(
+                f"its images split less cleanly than class {int(separations.argmax())}'s"
+                if lift >= TARGET_LIFT and not named
+                else ""
+            ),
         )

@@ -126,8 +126,9 @@ def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Cons
 
 def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
     """The class that looks most like the backdoor's target, with the evidence; class None where it does
-    not stand out by TARGET_LIFT times. By the detector's own per-class scores against the median of the
-    other classes' where it has them; else by its share of the flagged images against its share of all."""
+    not stand out by TARGET_LIFT times or the detector vetoes it. By the detector's own per-class scores
+    against the median of the other classes' where it has them; else by its share of the flagged images
+    against its share of all."""
     if detection.class_scores is not None:
         best, lift, reference = score_lift(detection.class_scores)
         evidence = (
@@ -142,7 +143,9 @@ def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
             f"{data.classes[best]!r} holds {float(share_top[best]):.0%} of the {len(ranked)} top suspects and "
             f"{float(share_all[best]):.0%} of all images"
         )
-    named = lift >= TARGET_LIFT
+    named = lift >= TARGET_LIFT and not detection.veto
+    if lift >= TARGET_LIFT and detection.veto:
+        evidence = f"{evidence}; not named: {detection.veto}"
     return {
         "class": best if named else None,
         "class_name": data.classes[best] if named else None,
