@@ -97,7 +97,7 @@ def test_a_class_that_is_easy_to_reach_but_does_not_split_is_not_named_unless_co
     rates = vetoed.report["success_rates"]
     assert rates[2] > 0.9 and vetoed.report["best_class"] == 2  # the corner still reaches class 2
     assert vetoed.report["cleanest_split"] == 0 and vetoed.report["estimated_target"] is None
-    assert len(vetoed.flagged) == 0 and "class 0" in vetoed.veto
+    assert len(vetoed.flagged) == 0 and "'dark'" in vetoed.veto
     named = TriggerInversion(budget=20.0, widen="none", confirm="none").detect(context(model, data))
     assert named.report["estimated_target"] == 2 and not named.veto
 

@@ -183,7 +183,7 @@ class TriggerInversion(Detector):
             class_scores,
             "share of the other classes' images a universal perturbation of the budget sends to the class",
             veto=(
-                f"its images split less cleanly than class {int(separations.argmax())}'s"
+                f"its images split less cleanly than those of {data.classes[int(separations.argmax())]!r}"
                 if lift >= TARGET_LIFT and not named
                 else ""
             ),

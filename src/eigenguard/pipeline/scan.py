@@ -44,6 +44,7 @@ from eigenguard.pipeline.components import resolve
 from eigenguard.pipeline.prepare import prepare_data
 from eigenguard.pipeline.run import resolve_device, train
 from eigenguard.run_directory import atomic_write_bytes, atomic_write_text, check_new_run_dir
+from eigenguard.training.evaluate import eval_logits
 from eigenguard.training.trainer import Trainer
 
 SHEET_COLUMNS = 8
@@ -105,7 +106,8 @@ def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Cons
     detection = instance.detect(DetectionContext(config, trainer, data.train_set, trained))
     detect_seconds = time.perf_counter() - t0 - model_info.get("seconds", 0.0)
     model = trained()  # its classes for the table, whether or not the detector read it
-    logits = _logits(model, data.train_set, trainer)
+    with torch.no_grad():
+        logits = eval_logits(model, data.train_set, trainer.normalize, config.eval_batch_size).cpu()
     truth = data.poison_indices if config.attack.name != ATTACK_NONE else None
     report = {
         "detector": detector.model_dump(),
@@ -144,14 +146,13 @@ def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
             f"{float(share_all[best]):.0%} of all images"
         )
     named = lift >= TARGET_LIFT and not detection.veto
-    if lift >= TARGET_LIFT and detection.veto:
-        evidence = f"{evidence}; not named: {detection.veto}"
+    vetoed = f"; not named: {detection.veto}" if lift >= TARGET_LIFT and detection.veto else ""
     return {
         "class": best if named else None,
         "class_name": data.classes[best] if named else None,
         "lift": round(lift, 3) if math.isfinite(lift) else None,
         "evidence": f"{evidence} ({f'{lift:.1f}x' if math.isfinite(lift) else 'no other class scores'}; "
-        f"named at >= {TARGET_LIFT:g}x)",
+        f"named at >= {TARGET_LIFT:g}x){vetoed}",
     }
 
 
@@ -174,16 +175,6 @@ def detection_metrics(detection: Detection, poisoned: torch.Tensor, n: int) -> d
         "auroc": auroc(detection.scores, poisoned),
         "tpr_at_5fpr": None if tpr is None else round(tpr, 4),
     }
-
-
-@torch.no_grad()
-def _logits(model: torch.nn.Module, data: ImageDataset, trainer: Trainer) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    size = trainer.config.eval_batch_size
-    out = [model(trainer.normalize(data.images[i : i + size])).float().cpu() for i in range(0, len(data), size)]
-    model.train(was_training)
-    return torch.cat(out)
 
 
 def _write(
