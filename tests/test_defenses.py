@@ -435,6 +435,17 @@ def test_every_defense_runs_end_to_end(defense: str, options: dict, mnist_root: 
     )
 
 
+def test_inversion_with_nothing_named_returns_the_model_it_read_without_a_second_training(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    options = {"steps": 1, "images": 16, "budget": 1e-3}  # too small to reach any class: no target
+    result = train(defended(mnist_root, tmp_path / "run", tmp_path / "cache", "inversion", options), progress=False)
+    report = result.metrics["defense_report"]
+    assert report["estimated_target"] is None and report["split"]["flagged"] == 0 and not report["retrained"]
+    assert result.metrics["acc"] == pytest.approx(result.metrics["backdoored_acc"], abs=1e-6)  # the same weights
+    assert "retrain" not in (tmp_path / "run" / "log.csv").read_text()
+
+
 @pytest.mark.slow
 def test_dst_reuses_dbrs_distinguishing_model_with_the_same_result(mnist_root: Path, tmp_path: Path) -> None:
     """D-BR and D-ST of one setting train the SD model once; a cache hit gives D-ST the same weights,

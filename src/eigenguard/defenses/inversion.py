@@ -5,7 +5,8 @@ it names the class a small universal perturbation reaches from every other class
 images whose features already carry what the perturbation adds (and, widened, those that carry its pixel
 estimate of the trigger). This defense drops the flagged images and trains a fresh model on the rest with
 the config's recipe, as Spectral Signatures does with its own split (defenses/spectral_signatures.py).
-Where no class stands out it flags nothing and the fresh model trains on every image. `balance:
+Where no class is named it flags nothing, and the model it read, trained on every image with the same
+recipe, is the one returned: a clean dataset costs the inversion alone, not a second training. `balance:
 oversample` draws the target's kept images again for the retraining, up to the other classes' median
 count (a clean-label attack such as SIG poisons most of its class, so its split leaves the class short);
 it repeats any poison the split missed as well. Its cost is two trainings and the inversion (the first
@@ -51,13 +52,18 @@ class InversionRetraining(Defense):
         extra = 0
         if self.balance == "oversample" and target is not None:
             kept, extra = oversampled(kept, train.labels, target, ctx.config.seed + 16)
-        model = ctx.trainer.new_model()
-        ctx.trainer.fit(model, train.subset(kept), epochs=ctx.config.epochs, phase="retrain")
+        retrained = len(detection.flagged) > 0
+        if retrained:
+            model = ctx.trainer.new_model()
+            ctx.trainer.fit(model, train.subset(kept), epochs=ctx.config.epochs, phase="retrain")
+        else:  # nothing to drop: the model read was trained on every image already
+            model = ctx.backdoored()
         report = dict(detection.report)
         report |= {
             "split": ctx.precision_recall(detection.flagged),
             "trained_on": int(keep.sum()),
             "oversampled": extra,
+            "retrained": retrained,
         }
         return model, report
 
