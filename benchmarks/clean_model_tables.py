@@ -185,7 +185,10 @@ def plain_seconds(cells: Cells, attack: str, machine: str) -> float | None:
 
 
 def cpu(cell: dict[str, Any]) -> str:
-    return cell["metrics"].get("environment", {}).get("cpu", "unknown CPU")
+    """The CPU model and the kernels torch chose on it: one name can hide machines twice as fast as others."""
+    env = cell["metrics"].get("environment", {})
+    kernels = env.get("cpu_capability")
+    return env.get("cpu", "unknown CPU") + (f" ({kernels})" if kernels else "")
 
 
 def spend_tables(cells: Cells) -> str:
