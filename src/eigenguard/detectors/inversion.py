@@ -152,7 +152,10 @@ class TriggerInversion(Detector):
         labels = data.labels.to(projections.device)
         splits = [otsu(projections[labels == c, c]) for c in range(data.num_classes)]
         separations = torch.tensor([share for _, share in splits], dtype=torch.float64)
-        named = lift >= TARGET_LIFT and (self.confirm == "none" or int(separations.argmax()) == best)
+        cleanest = int(separations.argmax())
+        reached = lift >= TARGET_LIFT
+        named = reached and (self.confirm == "none" or cleanest == best)
+        veto = "" if named or not reached else f"its images split less cleanly than those of {data.classes[cleanest]!r}"
         projection = projections[:, best]
         flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
         first, separation = 0, 0.0
@@ -170,7 +173,7 @@ class TriggerInversion(Detector):
             "others_median_rate": round(median, 4),
             "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
             "split_shares": [round(float(v), 4) for v in separations],
-            "cleanest_split": int(separations.argmax()),
+            "cleanest_split": cleanest,
             "first_flagged": first,
             "widen_separation": round(separation, 4),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -182,9 +185,5 @@ class TriggerInversion(Detector):
             report,
             class_scores,
             "share of the other classes' images a universal perturbation of the budget sends to the class",
-            veto=(
-                f"its images split less cleanly than those of {data.classes[int(separations.argmax())]!r}"
-                if lift >= TARGET_LIFT and not named
-                else ""
-            ),
+            veto=veto,
         )
