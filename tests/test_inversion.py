@@ -10,7 +10,7 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.detectors.base import DetectionContext
-from eigenguard.detectors.inversion import TriggerInversion, universal_perturbation
+from eigenguard.detectors.inversion import TriggerInversion, principal_split, universal_perturbation
 
 LEVELS = (40, 120, 200)  # each class's brightness, pixel units
 POISONS = 20  # images of classes 0 and 1 with a white corner, labelled 2
@@ -76,6 +76,58 @@ def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     widened = TriggerInversion(budget=20.0).detect(context(model, data))  # widen: trigger, the default
     assert widened.report["first_flagged"] == POISONS and set(poisons.tolist()) <= set(widened.flagged.tolist())
     assert (data.labels[widened.flagged] == 2).all()  # it widens inside the target class only
+
+
+def test_along_principal_flags_the_shortcut_s_poisons_along_the_class_s_own_top_component() -> None:
+    data, poisons = poisoned_set()
+    detection = TriggerInversion(budget=20.0, widen="none", along="principal").detect(context(Shortcut(12.0), data))
+    assert detection.report["estimated_target"] == 2 and detection.flagged.tolist() == poisons.tolist()
+    report = detection.report  # poisons from two classes: wider than a class, with other classes' pixels
+    assert report["flagged_spread"] > report["class_spread_median"] and report["dissent"] == []
+    assert report["flagged_neighbour_share"] < report["kept_neighbour_share"]
+
+
+def clusters(width: float, flip: bool, looks_like: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (N, 4) and 8x8 images of classes 0-3, 50 each, every class around its own centre with spread
+    1, and 50 more images labelled 2 (indices 200-249): features of spread `width` far from class 2's
+    centre on one side or the other (`flip`), images at class `looks_like`'s brightness."""
+    g = torch.Generator().manual_seed(0)
+    centres = 10.0 * torch.eye(4, dtype=torch.float64)
+    second = torch.tensor([10.0, 0.0, 10.0 + (20.0 if flip else -20.0), 0.0], dtype=torch.float64)
+    rows = [centres[c] + torch.randn(50, 4, generator=g, dtype=torch.float64) for c in range(4)]
+    rows.append(second + width * torch.randn(50, 4, generator=g, dtype=torch.float64))
+    labels = torch.cat([torch.arange(4).repeat_interleave(50), torch.full((50,), 2)])
+    level = torch.cat([torch.arange(4).repeat_interleave(50), torch.full((50,), looks_like)]) * 60 + 20
+    images = (level.view(-1, 1, 1, 1) + torch.randint(0, 10, (250, 1, 8, 8), generator=g)).to(torch.uint8)
+    return torch.cat(rows), images, labels
+
+
+def test_principal_split_flags_the_group_most_votes_name_on_either_side_of_the_component() -> None:
+    second = torch.arange(200, 250).tolist()
+    first = torch.arange(100, 150).tolist()
+    for width, flip in ((0.05, False), (0.05, True), (3.0, False), (3.0, True)):
+        every, images, labels = clusters(width, flip, looks_like=0)
+        towards_first = every[100:150].mean(0) - every[200:250].mean(0)
+        projection, threshold, report = principal_split(
+            every, images, labels, 2, towards_first, torch.Generator().manual_seed(0)
+        )
+        flagged = torch.nonzero((labels == 2) & (projection > threshold)).flatten().tolist()
+        # spread (too tight or too wide for a class) and neighbours (class 0's pixels) outvote the perturbation
+        assert flagged == second and report["dissent"] == ["perturbation"], (width, flip)
+    every, images, labels = clusters(3.0, False, looks_like=2)
+    images[100:150] = images[150:200]  # class 2's own images now look like class 3's
+    projection, threshold, report = principal_split(
+        every, images, labels, 2, every[100:150].mean(0) - every[200:250].mean(0), torch.Generator().manual_seed(0)
+    )
+    flagged = torch.nonzero((labels == 2) & (projection > threshold)).flatten().tolist()
+    assert flagged == first and report["dissent"] == ["spread"]  # perturbation and neighbours outvote spread
+    every, images, labels = clusters(0.05, False, looks_like=2)
+    images[100:150] = images[150:200]
+    projection, threshold, report = principal_split(
+        every, images, labels, 2, every[200:250].mean(0) - every[100:150].mean(0), torch.Generator().manual_seed(0)
+    )
+    flagged = torch.nonzero((labels == 2) & (projection > threshold)).flatten().tolist()
+    assert flagged == second and report["dissent"] == ["neighbours"]  # a collapsed group that carries delta_t
 
 
 def test_without_a_shortcut_no_class_is_named_and_nothing_flagged() -> None:

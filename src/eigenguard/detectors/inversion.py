@@ -20,7 +20,19 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      while a class that is merely easy to reach (ankle boots from sneakers) splits no more than its peers,
      so the reference is the data's own classes, not a tuned constant. Else no class is named and nothing
      is flagged. The target's high group, the images that already carry what delta_t adds, is flagged;
-     every image's score is its projection on delta_t's direction (a robust z-score inside its class);
+     every image's score is its projection on delta_t's direction (a robust z-score inside its class).
+     (`along: principal`) The target's images are split instead along their own top principal component
+     (Spectral Signatures' direction, Tran et al. 2018), which separates every attack's poisons here, even
+     where delta_t does not resemble the trigger (Input-aware's per-image triggers: delta_t reaches the
+     class by its natural features, and its direction's high group is mostly clean). Which of the two
+     groups holds the poisons, three votes decide, each from one property poisons have: it carries more of
+     what delta_t adds (the premise above); its feature spread (mean distance to its centroid over the
+     centroid's norm) lies farther, in log ratio, from the other classes' median spread (the clean part of
+     a class looks like a class, while poisons collapse onto a strong trigger, as Blend's and SIG's, or keep
+     the diversity of the classes they came from); its images' nearest neighbours in pixels are less often
+     labelled the target (a relabelled image looks like its own class). Each vote fails somewhere (the
+     first on Input-aware, the second on a target of unusual spread, the third on global triggers, whose
+     poisons are one another's neighbours); the report names the dissenters;
   4. (`widen: trigger`) the sieve's step 4b (detectors/refusals.py): the mean image difference between the
      flagged images and the target's others estimates the trigger in pixels; the others' high group along
      it is flagged too. A few dozen poisons the first split leaves can still plant a backdoor.
@@ -47,6 +59,7 @@ from eigenguard.detectors.base import (
     within_class_z,
 )
 from eigenguard.detectors.refusals import otsu, widen
+from eigenguard.detectors.spectral import top_direction
 from eigenguard.options import component, option
 from eigenguard.training.evaluate import eval_logits
 from eigenguard.training.features import features
@@ -91,6 +104,72 @@ def stamped(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (images.float() + delta).round_().clamp_(0, 255).to(torch.uint8)
 
 
+NEIGHBOURS = 10  # pixel-space neighbours an image's label agreement is read from (step 3, third vote)
+REFERENCE = 4096  # training images drawn as the neighbours' pool: a bounded cost on any dataset size
+
+
+def spread(rows: torch.Tensor) -> float:
+    """Mean distance of `rows` to their centroid over the centroid's norm (scale-free)."""
+    centre = rows.mean(0)
+    return float((rows - centre).norm(dim=1).mean() / centre.norm().clamp_min(1e-12))
+
+
+def neighbour_share(
+    images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, target: int, generator: torch.Generator
+) -> torch.Tensor:
+    """For each of `rows` (indices), the share of its NEIGHBOURS nearest training images in pixels (among a
+    random REFERENCE of them, itself excluded) that are labelled `target`."""
+    pool = torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
+    reference = images[pool].flatten(1).float()
+    shares = []
+    for part in rows.split(1024):
+        distances = torch.cdist(images[part].flatten(1).float(), reference)
+        distances[part[:, None] == pool[None, :]] = float("inf")
+        nearest = distances.topk(min(NEIGHBOURS, len(pool)), largest=False).indices
+        shares.append((labels[pool][nearest] == target).double().mean(1))
+    return torch.cat(shares)
+
+
+def principal_split(
+    every: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, target: int, direction: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float, dict[str, object]]:  # fmt: skip
+    """Every image's projection on the `target` images' top principal component (centred on them), signed
+    so that the Otsu group the votes name (module docstring, step 3) lies high; the threshold between the
+    groups; the votes and what they read. `direction`: the target's perturbation's mean feature change."""
+    mine = labels == target
+    centre = every[mine].mean(0)
+    projection = (every - centre) @ top_direction(every[mine] - centre)
+    threshold, _ = otsu(projection[mine])
+    groups = (mine & (projection > threshold), mine & (projection <= threshold))
+    others = [spread(every[labels == c]) for c in labels.unique().tolist() if c != target and (labels == c).sum() > 1]
+    reference = float(torch.tensor(others).median()) if others else 1.0
+    spreads = [spread(every[g]) for g in groups]
+    offs = [abs(math.log(max(v, 1e-12) / reference)) for v in spreads]
+    rows = torch.nonzero(mine).flatten()
+    share = neighbour_share(images, labels, rows, target, generator)
+    inside = [share[g[mine]].mean().item() for g in groups]
+    carried = [float((every[g] @ direction).mean()) for g in groups]
+    votes = {  # each names the group (0: high, 1: low) it takes for the poisons
+        "perturbation": 0 if carried[0] >= carried[1] else 1,  # it carries more of what delta_t adds
+        "spread": 0 if offs[0] >= offs[1] else 1,  # it looks less like a class
+        "neighbours": 0 if inside[0] <= inside[1] else 1,  # its images look more like other classes'
+    }
+    low = sum(votes.values()) >= 2
+    if low:
+        projection, threshold = -projection, -threshold
+    order = (1, 0) if low else (0, 1)
+    report = {
+        "dissent": [name for name, vote in votes.items() if vote != order[0]],  # votes for the kept group
+        "flagged_spread": round(spreads[order[0]], 4),
+        "kept_spread": round(spreads[order[1]], 4),
+        "class_spread_median": round(reference, 4),
+        "flagged_neighbour_share": round(inside[order[0]], 4),
+        "kept_neighbour_share": round(inside[order[1]], 4),
+    }
+    return projection, threshold, report
+
+
 @component
 class TriggerInversion(Detector):
     name = "inversion"
@@ -108,6 +187,11 @@ class TriggerInversion(Detector):
     )
     confirm: Literal["none", "split"] = option(
         "split", "name the best class only where its images also split most cleanly of all classes' (step 3)"
+    )
+    along: Literal["direction", "principal"] = option(
+        "direction",
+        "the line the named class's images are split along: its perturbation's feature change or "
+        "its own top principal component, the side of atypical spread flagged (step 3)",
     )
 
     def detect(self, ctx: DetectionContext) -> Detection:
@@ -156,16 +240,16 @@ class TriggerInversion(Detector):
         reached = lift >= TARGET_LIFT
         named = reached and (self.confirm == "none" or cleanest == best)
         veto = "" if named or not reached else f"its images split less cleanly than those of {data.classes[cleanest]!r}"
-        projection = projections[:, best]
-        flagged = torch.zeros(len(data), dtype=torch.bool, device=projection.device)
-        first, separation = 0, 0.0
-        if named:
-            mine = labels == best
-            flagged = mine & (projection > splits[best][0])
-            first = int(flagged.sum())
-            if self.widen == "trigger":
-                extra, separation = widen(data.images, data.labels, best, flagged.to(data.labels.device))
-                flagged |= extra.to(flagged.device)
+        projection, threshold, spreads = projections[:, best], splits[best][0], {}
+        if named and self.along == "principal":
+            projection, threshold, spreads = principal_split(
+                every, data.images, labels, best, directions[best], generator
+            )
+        flagged = (labels == best) & (projection > threshold) & named
+        first, separation = int(flagged.sum()), 0.0
+        if named and self.widen == "trigger":
+            extra, separation = widen(data.images, data.labels, best, flagged.to(data.labels.device))
+            flagged |= extra.to(flagged.device)
         report = {
             "success_rates": [round(r, 4) for r in rates],
             "estimated_target": best if named else None,
@@ -175,6 +259,7 @@ class TriggerInversion(Detector):
             "split_shares": [round(float(v), 4) for v in separations],
             "cleanest_split": cleanest,
             "first_flagged": first,
+            **spreads,
             "widen_separation": round(separation, 4),
             "seconds": round(time.perf_counter() - t0, 3),
         }

@@ -15,11 +15,15 @@ from eigenguard.options import component, option
 from eigenguard.training.features import features
 
 
+def top_direction(centred: torch.Tensor) -> torch.Tensor:
+    """The top right singular vector of centred rows (its sign is the SVD's)."""
+    return torch.linalg.svd(centred, full_matrices=False)[2][0]
+
+
 def spectral_scores(rows: torch.Tensor) -> torch.Tensor:
     """Squared projection of each centred row on the rows' top right singular vector (float64)."""
     centred = rows.double() - rows.double().mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    return (centred @ vh[0]) ** 2
+    return (centred @ top_direction(centred)) ** 2
 
 
 def per_class_spectral_scores(
