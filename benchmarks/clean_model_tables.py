@@ -51,6 +51,7 @@ DEFENSES = {
     "inversion-first": "trigger inversion, first split",
     "inversion": "trigger inversion, widened",
     "inversion-balanced": "the same, balanced",
+    "inversion-principal": "trigger inversion, principal split",
 }
 SIEVES = (
     "sieve-rate",
@@ -62,7 +63,7 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-INVERSIONS = ("inversion-first", "inversion", "inversion-balanced")
+INVERSIONS = ("inversion-first", "inversion", "inversion-balanced", "inversion-principal")
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
@@ -84,6 +85,8 @@ def variant(defense: dict[str, Any]) -> str:
     if name == "inversion":  # widening became an option (default on) after its first cells
         if defense.get("widen", "none") != "trigger":
             return "inversion-first"
+        if defense.get("along", "direction") != "direction":
+            return "inversion-principal"
         return "inversion-balanced" if defense.get("balance", "none") != "none" else "inversion"
     return name
 
@@ -98,7 +101,9 @@ def load(paths: list[Path]) -> dict[int, Cells]:
             attack = cfg["attack"]["name"]
             if c["status"] != "done" or cfg.get("train_subset") != 20000 or cfg.get("epochs") != 12:
                 continue
-            if cfg.get("poison_rate") != RATES.get(attack, 0.1):
+            if cfg.get("poison_rate") != RATES.get(attack, 0.1) or cfg.get("target", 0) != 0:
+                continue
+            if cfg.get("detector", {}).get("name", "none") != "none":  # a scan: detection.md's
                 continue
             seeds.setdefault(cfg["seed"], {})[attack, variant(cfg["defense"])] = c
     return seeds
@@ -160,6 +165,7 @@ def split_table(cells: Cells) -> str:
         "inversion-first": "trigger inversion, first split: its split (P, R in %), target estimate",
         "inversion": "trigger inversion, widened: the same",
         "inversion-balanced": "the same, balanced",
+        "inversion-principal": "trigger inversion, principal split: the same",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)
