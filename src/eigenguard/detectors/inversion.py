@@ -191,7 +191,7 @@ class TriggerInversion(Detector):
     along: Literal["direction", "principal"] = option(
         "direction",
         "the line the named class's images are split along: its perturbation's feature change or "
-        "its own top principal component, the side of atypical spread flagged (step 3)",
+        "its own top principal component, the side three votes name flagged (step 3)",
     )
 
     def detect(self, ctx: DetectionContext) -> Detection:
