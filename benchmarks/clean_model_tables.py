@@ -52,6 +52,7 @@ DEFENSES = {
     "inversion": "trigger inversion, widened",
     "inversion-balanced": "the same, balanced",
     "inversion-principal": "trigger inversion, principal split",
+    "inversion-principal-reach": "the same, the cleanest split named",
 }
 SIEVES = (
     "sieve-rate",
@@ -63,7 +64,7 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-INVERSIONS = ("inversion-first", "inversion", "inversion-balanced", "inversion-principal")
+INVERSIONS = ("inversion-first", "inversion", "inversion-balanced", "inversion-principal", "inversion-principal-reach")
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
@@ -85,9 +86,9 @@ def variant(defense: dict[str, Any]) -> str:
     if name == "inversion":  # widening became an option (default on) after its first cells
         if defense.get("widen", "none") != "trigger":
             return "inversion-first"
-        if defense.get("along", "direction") != "direction":
-            return "inversion-principal"
-        return "inversion-balanced" if defense.get("balance", "none") != "none" else "inversion"
+        column = "inversion-principal" if defense.get("along", "direction") != "direction" else "inversion"
+        column += "-reach" if defense.get("confirm", "split") == "reach" else ""
+        return f"{column}-balanced" if defense.get("balance", "none") != "none" else column
     return name
 
 
@@ -166,6 +167,7 @@ def split_table(cells: Cells) -> str:
         "inversion": "trigger inversion, widened: the same",
         "inversion-balanced": "the same, balanced",
         "inversion-principal": "trigger inversion, principal split: the same",
+        "inversion-principal-reach": "the same, the cleanest split named",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)

@@ -24,20 +24,30 @@ from eigenguard.bench.report import markdown_table
 ROWS = {**ATTACKS, "none": "clean data"}
 DETECTORS = {
     "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)",
-    "inversion": "inversion (ours)",
+    "inversion": "inversion, direction (ours)", "inversion-principal-reach": "inversion, principal, reach (ours)",
 }  # fmt: skip
 
 
 def scans(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(attack, detector) -> the scan's metrics, for seed 0 (a later file's cell wins)."""
+    """(attack, detector) -> the scan's metrics, for seed 0 and the default target class (a later file's
+    cell wins)."""
     found = {}
     for path in paths:
         for cell in json.loads(path.read_text())["cells"]:
             config = cell.get("config") or {}
-            detector = (config.get("detector") or {}).get("name", "none")
-            if cell.get("status") == "done" and detector != "none" and config.get("seed") == 0:
+            detector = column(config.get("detector") or {})
+            chosen = config.get("seed") == 0 and config.get("target", 0) == 0
+            if cell.get("status") == "done" and detector != "none" and chosen:
                 found[(config["attack"]["name"], detector)] = cell["metrics"]
     return found
+
+
+def column(detector: dict[str, Any]) -> str:
+    """The table's column of a scan's detector: its name, and trigger inversion's split and naming rule where
+    not the defaults."""
+    name = detector.get("name", "none")
+    name += "-principal" if detector.get("along", "direction") != "direction" else ""
+    return name + ("-reach" if detector.get("confirm", "split") == "reach" else "")
 
 
 def table(found: dict[tuple[str, str], dict[str, Any]], show) -> str:

@@ -3,6 +3,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.detectors.base import DetectionContext
-from eigenguard.detectors.inversion import TriggerInversion, principal_split, universal_perturbation
+from eigenguard.detectors.inversion import TriggerInversion, named_target, principal_split, universal_perturbation
 
 LEVELS = (40, 120, 200)  # each class's brightness, pixel units
 POISONS = 20  # images of classes 0 and 1 with a white corner, labelled 2
@@ -152,6 +153,22 @@ def test_a_class_that_is_easy_to_reach_but_does_not_split_is_not_named_unless_co
     assert len(vetoed.flagged) == 0 and "'dark'" in vetoed.veto
     named = TriggerInversion(budget=20.0, widen="none", confirm="none").detect(context(model, data))
     assert named.report["estimated_target"] == 2 and not named.veto
+
+
+def test_confirm_reach_names_the_cleanest_split_where_it_is_reached_twice_the_median_too() -> None:
+    # class 5 is the best reached (a neighbour's images resemble it); class 1 is reached 2.5x the median
+    # and splits far more cleanly than any other: a weak trigger into a class unlike the rest
+    rates = torch.tensor([0.08, 0.115, 0.004, 0.027, 0.045, 0.13, 0.07, 0.02, 0.09, 0.04], dtype=torch.float64)
+    shares = torch.tensor([0.66, 0.95, 0.59, 0.61, 0.63, 0.66, 0.68, 0.55, 0.64, 0.66], dtype=torch.float64)
+    assert named_target(rates, shares, "none")[::3] == (5, True)
+    assert named_target(rates, shares, "split")[::3] == (5, False)  # vetoed: class 1 splits more cleanly
+    chosen, lift, median, named = named_target(rates, shares, "reach")
+    assert (chosen, named) == (1, True) and lift == pytest.approx(0.115 / 0.045) and median == 0.045
+    rates[1] = 0.08  # reached under 2x the others' median: nothing named, whatever the split
+    assert named_target(rates, shares, "reach")[::3] == (1, False)
+    rates[1], shares[1] = 0.5, 0.6  # best reached but not the cleanest split: only `none` names it
+    found = [named_target(rates, shares, confirm)[::3] for confirm in ("none", "split", "reach")]
+    assert found == [(1, True), (1, False), (6, False)]
 
 
 def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:

@@ -293,3 +293,8 @@ def test_a_target_no_other_class_shares_is_named_in_words_not_as_infinity() -> N
                                        class_scores=torch.tensor([0.1, 0.5, 0.1]), veto="it does not split"),
                              data)  # fmt: skip
     assert vetoed["class"] is None and vetoed["lift"] == 5.0 and "not named: it does not split" in vetoed["evidence"]
+
+    # the class the detector's rule weighs is the one judged and named, not the highest score
+    scores = torch.tensor([0.1, 0.5, 0.25])
+    weighed = estimate_target(Detection(torch.zeros(6), torch.tensor([4]), class_scores=scores, candidate=2), data)
+    assert weighed["class_name"] == "c" and weighed["lift"] == 2.5 and "'c' 0.25" in weighed["evidence"]

@@ -37,7 +37,7 @@ class InversionRetraining(Defense):
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
     widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
-    confirm: Literal["none", "split"] = option_like(TriggerInversion, "confirm")
+    confirm: Literal["none", "split", "reach"] = option_like(TriggerInversion, "confirm")
     along: Literal["direction", "principal"] = option_like(TriggerInversion, "along")
     balance: Literal["none", "oversample"] = option(
         "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"

@@ -40,6 +40,7 @@ class Detection:
     class_scores: torch.Tensor | None = None
     class_evidence: str = ""
     veto: str = ""  # why the detector names no class although its per-class scores would (empty: no veto)
+    candidate: int | None = None  # the class its own rule weighs for the target (None: the highest score)
 
 
 @component
@@ -98,11 +99,11 @@ def top_per_class(scores: torch.Tensor, labels: torch.Tensor, fraction: float) -
 TARGET_LIFT = 2.0  # a class is named as the backdoor's target where its evidence is this many times the rest's
 
 
-def score_lift(class_scores: torch.Tensor) -> tuple[int, float, float]:
-    """The class with the highest per-class score: (class, its score over the other classes' median, that
-    median); inf where the median is 0 and the score is not."""
+def score_lift(class_scores: torch.Tensor, at: int | None = None) -> tuple[int, float, float]:
+    """Class `at` (default: the one with the highest per-class score): (class, its score over the other
+    classes' median, that median); inf where the median is 0 and the score is not."""
     scores = class_scores.double().cpu()
-    best = int(scores.argmax())
+    best = int(scores.argmax()) if at is None else at
     others = torch.cat([scores[:best], scores[best + 1 :]])
     reference = float(others.median()) if len(others) else 0.0
     lift = float(scores[best]) / reference if reference > 0 else (math.inf if scores[best] > 0 else 0.0)

@@ -18,9 +18,13 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      other classes' median (detectors/base.py) and (`confirm: split`) its images also split more cleanly
      than any other class's: a backdoor's class holds images that carry the trigger and images that do not,
      while a class that is merely easy to reach (ankle boots from sneakers) splits no more than its peers,
-     so the reference is the data's own classes, not a tuned constant. Else no class is named and nothing
-     is flagged. The target's high group, the images that already carry what delta_t adds, is flagged;
-     every image's score is its projection on delta_t's direction (a robust z-score inside its class).
+     so the reference is the data's own classes, not a tuned constant. (`confirm: reach`) The class whose
+     images split most cleanly, where it too is reached TARGET_LIFT times the others' median: the same two
+     tests with the split leading, for a target far from every other class (a weak trigger into a class
+     unlike the rest), which a class its neighbours resemble can outdo in reach but not in split. Else no
+     class is named and nothing is flagged. The target's high group, the images that already carry what
+     delta_t adds, is flagged; every image's score is its projection on delta_t's direction (a robust
+     z-score inside its class).
      (`along: principal`) The target's images are split instead along their own top principal component
      (Spectral Signatures' direction, Tran et al. 2018), which separates every attack's poisons here, even
      where delta_t does not resemble the trigger (Input-aware's per-image triggers: delta_t reaches the
@@ -170,6 +174,17 @@ def principal_split(
     return projection, threshold, report
 
 
+def named_target(
+    rates: torch.Tensor, separations: torch.Tensor, confirm: str
+) -> tuple[int, float, float, bool]:  # fmt: skip
+    """Step 3 from the classes' success rates and split shares: (the class weighed, its rate over the other
+    classes' median, that median, whether it is named)."""
+    cleanest = int(separations.argmax())
+    chosen, lift, median = score_lift(rates, cleanest if confirm == "reach" else None)
+    named = lift >= TARGET_LIFT and (confirm != "split" or chosen == cleanest)
+    return chosen, lift, median, named
+
+
 @component
 class TriggerInversion(Detector):
     name = "inversion"
@@ -185,8 +200,10 @@ class TriggerInversion(Detector):
     images: int = option(
         512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
     )
-    confirm: Literal["none", "split"] = option(
-        "split", "name the best class only where its images also split most cleanly of all classes' (step 3)"
+    confirm: Literal["none", "split", "reach"] = option(
+        "split",
+        "the class named (step 3): the best-reached (none); it only where its images also split most cleanly "
+        "(split); the one whose images split most cleanly, where it too is reached at >= 2x (reach)",
     )
     along: Literal["direction", "principal"] = option(
         "direction",
@@ -221,7 +238,6 @@ class TriggerInversion(Detector):
             samples.append(sample)
         model.train(mode)
         class_scores = torch.tensor(rates, dtype=torch.float64)
-        best, lift, median = score_lift(class_scores)
         point = model.insertion_points[-1]
 
         def read(images: torch.Tensor) -> torch.Tensor:
@@ -236,24 +252,24 @@ class TriggerInversion(Detector):
         labels = data.labels.to(projections.device)
         splits = [otsu(projections[labels == c, c]) for c in range(data.num_classes)]
         separations = torch.tensor([share for _, share in splits], dtype=torch.float64)
+        chosen, lift, median, named = named_target(class_scores, separations, self.confirm)
         cleanest = int(separations.argmax())
         reached = lift >= TARGET_LIFT
-        named = reached and (self.confirm == "none" or cleanest == best)
         veto = "" if named or not reached else f"its images split less cleanly than those of {data.classes[cleanest]!r}"
-        projection, threshold, spreads = projections[:, best], splits[best][0], {}
+        projection, threshold, spreads = projections[:, chosen], splits[chosen][0], {}
         if named and self.along == "principal":
             projection, threshold, spreads = principal_split(
-                every, data.images, labels, best, directions[best], generator
+                every, data.images, labels, chosen, directions[chosen], generator
             )
-        flagged = (labels == best) & (projection > threshold) & named
+        flagged = (labels == chosen) & (projection > threshold) & named
         first, separation = int(flagged.sum()), 0.0
         if named and self.widen == "trigger":
-            extra, separation = widen(data.images, data.labels, best, flagged.to(data.labels.device))
+            extra, separation = widen(data.images, data.labels, chosen, flagged.to(data.labels.device))
             flagged |= extra.to(flagged.device)
         report = {
             "success_rates": [round(r, 4) for r in rates],
-            "estimated_target": best if named else None,
-            "best_class": best,
+            "estimated_target": chosen if named else None,
+            "best_class": int(class_scores.argmax()),
             "others_median_rate": round(median, 4),
             "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
             "split_shares": [round(float(v), 4) for v in separations],
@@ -271,4 +287,5 @@ class TriggerInversion(Detector):
             class_scores,
             "share of the other classes' images a universal perturbation of the budget sends to the class",
             veto=veto,
+            candidate=chosen,
         )

@@ -129,10 +129,10 @@ def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Cons
 def estimate_target(detection: Detection, data: ImageDataset) -> dict[str, Any]:
     """The class that looks most like the backdoor's target, with the evidence; class None where it does
     not stand out by TARGET_LIFT times or the detector vetoes it. By the detector's own per-class scores
-    against the median of the other classes' where it has them; else by its share of the flagged images
-    against its share of all."""
+    (of the class its rule weighs, else the highest) against the median of the other classes' where it has
+    them; else by its share of the flagged images against its share of all."""
     if detection.class_scores is not None:
-        best, lift, reference = score_lift(detection.class_scores)
+        best, lift, reference = score_lift(detection.class_scores, detection.candidate)
         evidence = (
             f"{detection.class_evidence}: {data.classes[best]!r} "
             f"{float(detection.class_scores[best]):.3g}, the other classes' median {reference:.3g}"
