@@ -199,6 +199,18 @@ def cpu(cell: dict[str, Any]) -> str:
     return env.get("cpu", "unknown CPU") + (f" ({kernels})" if kernels else "")
 
 
+def own_pace_plain(cell: dict[str, Any]) -> float | None:
+    """The plain training of the cell's setting timed at the cell's own pace: the median epoch time per image
+    of its retraining (the plain recipe on the kept images), times the plain run's epochs and images (one
+    CPU name ran up to 1.4x slower in some hours than in others, so a plain run timed in another cell is no
+    yardstick); None without a retraining."""
+    epochs = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") == "retrain"
+              and r.get("epoch_seconds") not in (None, "")]  # fmt: skip
+    m = cell["metrics"]
+    images = (m.get("defense_report") or {}).get("trained_on")
+    return statistics.median(epochs) / images * m["epochs"] * m["train_images"] if epochs and images else None
+
+
 def spend_tables(cells: Cells) -> str:
     out = []
     for machine in sorted({cpu(c) for (_, d), c in cells.items() if d in NEW}):
@@ -216,7 +228,11 @@ def spend_tables(cells: Cells) -> str:
                 report = cell["metrics"].get("defense_report") or {}
                 if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
                     seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
-                if d in INVERSIONS and plain is not None:  # it reads the cached plain model: a user trains it too
+                paced = own_pace_plain(cell)
+                if d in INVERSIONS and paced is not None:  # it reads the plain model: a user trains it too
+                    row.append(f"{seconds + paced:,.0f} s, {(seconds + paced) / paced:.2f}x")
+                    continue
+                if d in INVERSIONS and plain is not None:
                     seconds, robust = seconds + plain, robust + plain
                 text = f"{seconds:,.0f} s"
                 if plain is not None:

@@ -263,6 +263,13 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
         cell("badnets", widened, 0.86, 0.009, {**sieve_report, "loss_auroc": 0.9, "outlier_side": "high"}, seed=1),
         cell("badnets", {"name": "sieve", "target": "bimodal", "rule": "target-outliers"}, 0.5, 0.5, {}, rate=0.01),
     ]
+    # trigger inversion, principal split, cleanest split named: its plain run timed in another hour (900 s) is
+    # no yardstick; its own retraining pace is (40 s an epoch for 15,000 images: 640 s for the plain run)
+    reach = {"name": "inversion", "widen": "trigger", "along": "principal", "confirm": "reach"}
+    inverted = cell("badnets", reach, 0.887, 0.01, {**sieve_report, "trained_on": 15000}, plain_train_seconds=900.0)
+    inverted["metrics"] |= {"epochs": 12, "train_images": 20000}
+    inverted["log"] = [{"phase": "retrain", "epoch_seconds": s} for s in ("40", "40", "120")]
+    queue.append(inverted)
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -280,6 +287,8 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "2,100 flagged, P 90.0 R 95.0, AUROC 0.897 (wrong: 6)" in out and "AUROC 0.900 |" in out
     amd = out.split("Spend on AMD EPYC:")[1].split("Spend on Intel Xeon:")[0]
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
+    assert "| the same, the cleanest split named |" in out and "| 88.7 / 1.0 |" in out
+    assert "| 1,240 s, 1.94x |" in amd  # 600 s of its own over 640 s of plain training at its pace
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
     seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]
@@ -299,6 +308,11 @@ def test_detection_tables_read_scans_of_an_export(tmp_path: Path) -> None:
         return {"status": "done", "config": config, "metrics": metrics}
 
     cells = [scan("badnets", "ss", 0.987), scan("blend", "spectre", 0.5, named=3), scan("none", "ac", named=None)]
+    recommended = scan("badnets", "inversion", 0.999)
+    recommended["config"]["detector"] |= {"along": "principal", "confirm": "reach"}
+    trousers = scan("badnets", "inversion", 0.111)  # another target class: not this table's setting
+    trousers["config"]["target"] = 1
+    cells += [scan("badnets", "inversion", 0.998), recommended, trousers]
     cells.append(
         {
             "status": "done",
@@ -317,3 +331,5 @@ def test_detection_tables_read_scans_of_an_export(tmp_path: Path) -> None:
     assert "| BadNets | 50 / 75 | · |" in out and "| BadNets | right, 42 s |" in out
     assert "| Blend | · | · | wrong (3), 42 s |" in out
     assert "| clean data | · | 300 flagged |" in out and "| clean data | · | none, 42 s |" in out
+    assert "| inversion, direction (ours) | inversion, principal, reach (ours) |" in out
+    assert "| 0.998 / 91% | 0.999 / 91% |" in out and "0.111" not in out
