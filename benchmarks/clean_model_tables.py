@@ -268,6 +268,30 @@ def seeds_table(seeds: dict[int, Cells]) -> str:
     return markdown_table(["attack", *(DEFENSES[d] for d in ("none", *shown))], rows)
 
 
+CANDIDATE = "inversion-principal-reach"  # the defense the three-seed rows decide on
+
+
+def candidate_table(seeds: dict[int, Cells]) -> str:
+    """The candidate on every seed it ran: ACC / ASR, the same cell's no-defense model (the plain model it
+    read), and its cost at its own pace. Clean data is the attack `none`."""
+    rows = []
+    for a, name in {**ATTACKS, "none": "clean data"}.items():
+        row = [name]
+        for s in (0, 1, 2):
+            cell = seeds.get(s, {}).get((a, CANDIDATE))
+            if cell is None:
+                row.append("·")
+                continue
+            m = cell["metrics"]
+            paced = own_pace_plain(cell)
+            cost = f"{(m['defense_seconds'] + paced) / paced:.2f}x" if paced else "no retraining"
+            both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
+            row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")
+        if any(c != "·" for c in row[1:]):
+            rows.append(row)
+    return markdown_table(["attack", "seed 0", "seed 1", "seed 2"], rows) if rows else "(the candidate has not run)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grids", type=Path, nargs="+", help="exported grids (JSON), merged in order")
@@ -280,7 +304,8 @@ def main() -> None:
     print(results_table(cells), end="\n\n")
     print(split_table(cells), end="\n\n")
     print(spend_tables(cells), end="\n\n")
-    print(seeds_table(seeds))
+    print(seeds_table(seeds), end="\n\n")
+    print(candidate_table(seeds))
 
 
 if __name__ == "__main__":

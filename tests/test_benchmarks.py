@@ -267,7 +267,7 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     # no yardstick; its own retraining pace is (40 s an epoch for 15,000 images: 640 s for the plain run)
     reach = {"name": "inversion", "widen": "trigger", "along": "principal", "confirm": "reach"}
     inverted = cell("badnets", reach, 0.887, 0.01, {**sieve_report, "trained_on": 15000}, plain_train_seconds=900.0)
-    inverted["metrics"] |= {"epochs": 12, "train_images": 20000}
+    inverted["metrics"] |= {"epochs": 12, "train_images": 20000, "backdoored_acc": 0.9, "backdoored_asr": 1.0}
     inverted["log"] = [{"phase": "retrain", "epoch_seconds": s} for s in ("40", "40", "120")]
     queue.append(inverted)
     paths = []
@@ -289,6 +289,7 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
     assert "| the same, the cleanest split named |" in out and "| 88.7 / 1.0 |" in out
     assert "| 1,240 s, 1.94x |" in amd  # 600 s of its own over 640 s of plain training at its pace
+    assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x) | · | · |" in out  # the candidate, seed by seed
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
     seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]
