@@ -86,10 +86,15 @@ def variant(defense: dict[str, Any]) -> str:
     if name == "inversion":  # widening became an option (default on) after its first cells
         if defense.get("widen", "none") != "trigger":
             return "inversion-first"
-        column = "inversion-principal" if defense.get("along", "direction") != "direction" else "inversion"
-        column += "-reach" if defense.get("confirm", "split") == "reach" else ""
+        column = inversion_column(defense)
         return f"{column}-balanced" if defense.get("balance", "none") != "none" else column
     return name
+
+
+def inversion_column(options: dict[str, Any]) -> str:
+    """Trigger inversion's column (defense or detector): its split and naming rule where not the defaults."""
+    column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
+    return column + ("-reach" if options.get("confirm", "split") == "reach" else "")
 
 
 def load(paths: list[Path]) -> dict[int, Cells]:
@@ -211,6 +216,16 @@ def own_pace_plain(cell: dict[str, Any]) -> float | None:
     return statistics.median(epochs) / images * m["epochs"] * m["train_images"] if epochs and images else None
 
 
+def own_pace_cost(cell: dict[str, Any]) -> tuple[float, float] | None:
+    """A trigger inversion cell's seconds with the plain training it reads counted at its own pace, and their
+    ratio over that plain training; None without a retraining."""
+    paced = own_pace_plain(cell)
+    if paced is None:
+        return None
+    total = cell["metrics"]["defense_seconds"] + paced
+    return total, total / paced
+
+
 def spend_tables(cells: Cells) -> str:
     out = []
     for machine in sorted({cpu(c) for (_, d), c in cells.items() if d in NEW}):
@@ -228,9 +243,9 @@ def spend_tables(cells: Cells) -> str:
                 report = cell["metrics"].get("defense_report") or {}
                 if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
                     seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
-                paced = own_pace_plain(cell)
+                paced = own_pace_cost(cell)
                 if d in INVERSIONS and paced is not None:  # it reads the plain model: a user trains it too
-                    row.append(f"{seconds + paced:,.0f} s, {(seconds + paced) / paced:.2f}x")
+                    row.append(f"{paced[0]:,.0f} s, {paced[1]:.2f}x")
                     continue
                 if d in INVERSIONS and plain is not None:
                     seconds, robust = seconds + plain, robust + plain
@@ -283,8 +298,8 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
                 row.append("·")
                 continue
             m = cell["metrics"]
-            paced = own_pace_plain(cell)
-            cost = f"{(m['defense_seconds'] + paced) / paced:.2f}x" if paced else "no retraining"
+            paced = own_pace_cost(cell)
+            cost = f"{paced[1]:.2f}x" if paced else "no retraining"
             both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
             row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")
         if any(c != "·" for c in row[1:]):

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clean_model_tables import inversion_column
 from table3_tables import ATTACKS
 
 from eigenguard.bench.report import markdown_table
@@ -43,11 +44,9 @@ def scans(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def column(detector: dict[str, Any]) -> str:
-    """The table's column of a scan's detector: its name, and trigger inversion's split and naming rule where
-    not the defaults."""
+    """The table's column of a scan's detector: its name, trigger inversion's with its variant."""
     name = detector.get("name", "none")
-    name += "-principal" if detector.get("along", "direction") != "direction" else ""
-    return name + ("-reach" if detector.get("confirm", "split") == "reach" else "")
+    return inversion_column(detector) if name == "inversion" else name
 
 
 def table(found: dict[tuple[str, str], dict[str, Any]], show) -> str:
