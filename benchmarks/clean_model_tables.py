@@ -92,7 +92,8 @@ def variant(defense: dict[str, Any]) -> str:
 
 
 def inversion_column(options: dict[str, Any]) -> str:
-    """Trigger inversion's column (defense or detector): its split and naming rule where not the defaults."""
+    """Trigger inversion's column (defense or detector) from its split and naming rule; a cell stored before
+    `along` and `confirm` existed ran the direction split and `confirm: split`."""
     column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
     return column + ("-reach" if options.get("confirm", "split") == "reach" else "")
 

@@ -64,7 +64,9 @@ def context(model: nn.Module, data: ImageDataset) -> DetectionContext:
 def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     data, poisons = poisoned_set()
     model = Shortcut(weight=12.0)
-    detection = TriggerInversion(budget=20.0, widen="none").detect(context(model, data))
+    detection = TriggerInversion(budget=20.0, widen="none", along="direction", confirm="split").detect(
+        context(model, data)
+    )
     rates = detection.report["success_rates"]
     assert rates[2] > 0.9 and max(rates[:2]) < 0.1  # the corner reaches class 2; brightness is too far
     assert detection.report["estimated_target"] == 2 and int(detection.class_scores.argmax()) == 2
@@ -74,14 +76,16 @@ def test_the_shortcut_s_class_is_named_and_its_poisons_flagged() -> None:
     assert sorted(order[:POISONS].tolist()) == poisons.tolist()
     assert model.training  # the detector restores the model's mode
 
-    widened = TriggerInversion(budget=20.0).detect(context(model, data))  # widen: trigger, the default
+    widened = TriggerInversion(budget=20.0, along="direction", confirm="split").detect(
+        context(model, data)
+    )  # widen: trigger, the default
     assert widened.report["first_flagged"] == POISONS and set(poisons.tolist()) <= set(widened.flagged.tolist())
     assert (data.labels[widened.flagged] == 2).all()  # it widens inside the target class only
 
 
 def test_along_principal_flags_the_shortcut_s_poisons_along_the_class_s_own_top_component() -> None:
     data, poisons = poisoned_set()
-    detection = TriggerInversion(budget=20.0, widen="none", along="principal").detect(context(Shortcut(12.0), data))
+    detection = TriggerInversion(budget=20.0, widen="none").detect(context(Shortcut(12.0), data))  # the principal split
     assert detection.report["estimated_target"] == 2 and detection.flagged.tolist() == poisons.tolist()
     report = detection.report  # poisons from two classes: wider than a class, with other classes' pixels
     assert report["flagged_spread"] > report["class_spread_median"] and report["dissent"] == []
@@ -146,12 +150,14 @@ def test_a_class_that_is_easy_to_reach_but_does_not_split_is_not_named_unless_co
     dark = torch.arange(30, 60)
     data.images[dark] = (data.images[dark].int() - 35).clamp(0, 255).to(torch.uint8)  # class 0: two groups
     model = Shortcut(weight=12.0)
-    vetoed = TriggerInversion(budget=20.0, widen="none").detect(context(model, data))
+    vetoed = TriggerInversion(budget=20.0, widen="none", along="direction", confirm="split").detect(
+        context(model, data)
+    )
     rates = vetoed.report["success_rates"]
     assert rates[2] > 0.9 and vetoed.report["best_class"] == 2  # the corner still reaches class 2
     assert vetoed.report["cleanest_split"] == 0 and vetoed.report["estimated_target"] is None
     assert len(vetoed.flagged) == 0 and "'dark'" in vetoed.veto
-    named = TriggerInversion(budget=20.0, widen="none", confirm="none").detect(context(model, data))
+    named = TriggerInversion(budget=20.0, widen="none", along="direction", confirm="none").detect(context(model, data))
     assert named.report["estimated_target"] == 2 and not named.veto
 
 

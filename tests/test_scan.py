@@ -94,6 +94,7 @@ def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
     assert found >= len(planted) - 3, f"{found} of {len(planted)} planted files among the top suspects"
     report = json.loads((scan_dir / "detection.json").read_text())
     assert report["target"]["class_name"] == "apple" and "truth" not in report
+    assert report["detector"]["name"] == "inversion"  # the default
     assert (scan_dir / "suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "target class: apple" in result.output
     # the runner-up class of a planted file is the class it shows

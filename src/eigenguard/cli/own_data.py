@@ -10,10 +10,13 @@ import typer
 
 from eigenguard.cli.common import Opt, parse_settings
 
+# the detector that found every attack's poisons and named every target in docs/results/detection.md
+DEFAULT_DETECTOR = "inversion"
+
 
 def scan(
     out: Annotated[Path, Opt("--out", "-o", help="scan directory to create")],
-    detector: Annotated[str | None, Opt(help="detector name (eigenguard list; default ss)")] = None,
+    detector: Annotated[str | None, Opt(help=f"detector name (eigenguard list; default {DEFAULT_DETECTOR})")] = None,
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML file of settings")] = None,
     profile: Annotated[str | None, Opt(help="defaults: paper (GPU) or quick (CPU)")] = None,
     dataset: Annotated[str | None, Opt(help="imagefolder (your images), or e.g. fashion-mnist")] = None,
@@ -34,7 +37,7 @@ def scan(
     from eigenguard.pipeline.scan import scan as run_scan
 
     flags = {k: v for k, v in locals().items() if k in SETTING_FLAGS and v is not None}
-    values = merge_settings({"detector": "ss", **(load_yaml(config) if config else {})}, flags)
+    values = merge_settings({"detector": DEFAULT_DETECTOR, **(load_yaml(config) if config else {})}, flags)
     values = merge_settings(values, parse_settings(set_))
     result = run_scan(make_config(values), out, progress=not quiet)
     typer.echo(summary(result.report, out))

@@ -14,30 +14,29 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      last-stage features; each class's images are projected on their own class's direction and split in
      two by Otsu's rule (detectors/refusals.py), whose between-group share of the variance measures how
      cleanly they split (a normal distribution gives 2/pi, two distinct groups near 1);
-  3. the target is the class with the highest success rate where it is at least TARGET_LIFT (2) times the
-     other classes' median (detectors/base.py) and (`confirm: split`) its images also split more cleanly
-     than any other class's: a backdoor's class holds images that carry the trigger and images that do not,
-     while a class that is merely easy to reach (ankle boots from sneakers) splits no more than its peers,
-     so the reference is the data's own classes, not a tuned constant. (`confirm: reach`) The class whose
-     images split most cleanly, where it too is reached TARGET_LIFT times the others' median: the same two
-     tests with the split leading, for a target far from every other class (a weak trigger into a class
-     unlike the rest), which a class its neighbours resemble can outdo in reach but not in split. Else no
-     class is named and nothing is flagged. The target's high group, the images that already carry what
-     delta_t adds, is flagged; every image's score is its projection on delta_t's direction (a robust
-     z-score inside its class).
-     (`along: principal`) The target's images are split instead along their own top principal component
-     (Spectral Signatures' direction, Tran et al. 2018), which separates every attack's poisons here, even
-     where delta_t does not resemble the trigger (Input-aware's per-image triggers: delta_t reaches the
-     class by its natural features, and its direction's high group is mostly clean). Which of the two
-     groups holds the poisons, three votes decide, each from one property poisons have: it carries more of
-     what delta_t adds (the premise above); its feature spread (mean distance to its centroid over the
-     centroid's norm) lies farther, in log ratio, from the other classes' median spread (the clean part of
-     a class looks like a class, while poisons collapse onto a strong trigger, as Blend's and SIG's, or keep
-     the diversity of the classes they came from); its images' nearest neighbours in pixels are less often
-     labelled the target (a relabelled image looks like its own class). Each vote fails somewhere (the
-     first on Input-aware, the second on a target of unusual spread, the third on global triggers, whose
-     poisons are one another's neighbours); the report names the dissenters;
-  4. (`widen: trigger`) the sieve's step 4b (detectors/refusals.py): the mean image difference between the
+  3. the target (`confirm`): a backdoor's class is reached at least TARGET_LIFT (2) times the other classes'
+     median (detectors/base.py), and its images split more cleanly than any other class's, for it holds
+     images that carry the trigger and images that do not, while a class merely easy to reach (ankle boots
+     from sneakers) splits no more than its peers: the reference is the data's own classes, not a tuned
+     constant. `reach` (the default) names the class that splits most cleanly where it is also reached 2x;
+     `split` the best-reached class where it is reached 2x and splits most cleanly too, so a weak trigger
+     into a class unlike the rest, which a class its neighbours resemble outdoes in reach, names nothing;
+     `none` the best-reached class at 2x. Else no class is named and nothing is flagged;
+  4. the named class's split (`along`): `principal` (the default) splits its images along their own top
+     principal component (Spectral Signatures' direction, Tran et al. 2018), which separates every attack's
+     poisons here. Which of the two groups holds the poisons, three votes decide, each from one property
+     poisons have: it carries more of what delta_t adds (the premise above); its feature spread (mean
+     distance to its centroid over the centroid's norm) lies farther, in log ratio, from the other classes'
+     median spread (the clean part of a class looks like a class, while poisons collapse onto a strong
+     trigger, as Blend's and SIG's, or keep the diversity of the classes they came from); its images' nearest
+     neighbours in pixels are less often labelled the target (a relabelled image looks like its own class).
+     Each vote fails somewhere (the first on Input-aware, the second on a target of unusual spread, the third
+     on global triggers, whose poisons are one another's neighbours); the report names the dissenters.
+     `direction` flags the high group along delta_t's feature change, the images that already carry what it
+     adds; it fails where delta_t does not resemble the trigger (Input-aware's per-image triggers: delta_t
+     reaches the class by its natural features, and its direction's high group is mostly clean). Every
+     image's score is its projection on the line split (a robust z-score inside its class);
+  5. (`widen: trigger`) the sieve's step 4b (detectors/refusals.py): the mean image difference between the
      flagged images and the target's others estimates the trigger in pixels; the others' high group along
      it is flagged too. A few dozen poisons the first split leaves can still plant a backdoor.
 Pixels alone do not separate them: a trigger is a small part of an image's variance, while the model's
@@ -108,7 +107,7 @@ def stamped(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (images.float() + delta).round_().clamp_(0, 255).to(torch.uint8)
 
 
-NEIGHBOURS = 10  # pixel-space neighbours an image's label agreement is read from (step 3, third vote)
+NEIGHBOURS = 10  # pixel-space neighbours an image's label agreement is read from (step 4, third vote)
 REFERENCE = 4096  # training images drawn as the neighbours' pool: a bounded cost on any dataset size
 
 
@@ -139,7 +138,7 @@ def principal_split(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, float, dict[str, object]]:  # fmt: skip
     """Every image's projection on the `target` images' top principal component (centred on them), signed
-    so that the Otsu group the votes name (module docstring, step 3) lies high; the threshold between the
+    so that the Otsu group the votes name (module docstring, step 4) lies high; the threshold between the
     groups; the votes and what they read. `direction`: the target's perturbation's mean feature change."""
     mine = labels == target
     centre = every[mine].mean(0)
@@ -195,20 +194,20 @@ class TriggerInversion(Detector):
     steps: int = option(60, "gradient steps per class", ">= 1")
     batch: int = option(128, "images per step", ">= 1")
     widen: Literal["none", "trigger"] = option(
-        "trigger", "widen the flagged set along the pixel trigger estimate (step 4)"
+        "trigger", "widen the flagged set along the pixel trigger estimate (step 5)"
     )
     images: int = option(
         512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
     )
     confirm: Literal["none", "split", "reach"] = option(
-        "split",
+        "reach",
         "the class named (step 3): the best-reached (none); it only where its images also split most cleanly "
         "(split); the one whose images split most cleanly, where it too is reached at >= 2x (reach)",
     )
     along: Literal["direction", "principal"] = option(
-        "direction",
+        "principal",
         "the line the named class's images are split along: its perturbation's feature change or "
-        "its own top principal component, the side three votes name flagged (step 3)",
+        "its own top principal component, the side three votes name flagged (step 4)",
     )
 
     def detect(self, ctx: DetectionContext) -> Detection:
