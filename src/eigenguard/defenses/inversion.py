@@ -1,9 +1,10 @@
 """Trigger inversion, then retraining (`inversion`): this project's own defense, no clean data.
 
 The `inversion` detector (detectors/inversion.py) reads the model trained on the data without a defense:
-it names the class that a small universal perturbation reaches from the other classes and whose images
-split most cleanly, splits its images along their own top principal component, three votes naming the
-poisons' side (and, widened, flags those that carry its pixel estimate of the trigger). This defense
+it names the class that a small universal perturbation reaches from the other classes far more than any
+other, or whose images split most cleanly, splits its images along their own top principal component,
+three votes naming the poisons' side (and, widened, flags those that carry its pixel estimate of the
+trigger). This defense
 drops the flagged images and trains a fresh model on the rest with the config's recipe, as Spectral
 Signatures does with its own split (defenses/spectral_signatures.py).
 Where no class is named it flags nothing, and the model it read, trained on every image with the same
@@ -36,7 +37,7 @@ class InversionRetraining(Defense):
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
     widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
-    confirm: Literal["none", "split", "reach"] = option_like(TriggerInversion, "confirm")
+    confirm: Literal["none", "split", "reach", "either"] = option_like(TriggerInversion, "confirm")
     along: Literal["direction", "principal"] = option_like(TriggerInversion, "along")
     balance: Literal["none", "oversample"] = option(
         "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"
