@@ -4,9 +4,8 @@ The `inversion` detector (detectors/inversion.py) reads the model trained on the
 it names the class that a small universal perturbation reaches from the other classes far more than any
 other, or whose images split most cleanly, splits its images along their own top principal component,
 three votes naming the poisons' side (and, widened, flags those that carry its pixel estimate of the
-trigger). This defense
-drops the flagged images and trains a fresh model on the rest with the config's recipe, as Spectral
-Signatures does with its own split (defenses/spectral_signatures.py).
+trigger). This defense drops the flagged images and trains a fresh model on the rest with the config's
+recipe, as Spectral Signatures does with its own split (defenses/spectral_signatures.py).
 Where no class is named it flags nothing, and the model it read, trained on every image with the same
 recipe, is the one returned: a clean dataset costs the inversion alone, not a second training. `balance:
 oversample` draws the target's kept images again for the retraining, up to the other classes' median
