@@ -26,10 +26,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from table3_tables import ATTACKS as TABLE3_ATTACKS
 from table3_tables import pct
 
 from eigenguard.bench.report import markdown_table
+from eigenguard.detectors.inversion import named_target
 
 ATTACKS = {**TABLE3_ATTACKS, "clb": "CLB (working setting)"}
 RATES = {"sig": 0.8, "clb": 1.0}  # the poisoning rate of the quick profile's setting, else 0.1
@@ -53,6 +55,7 @@ DEFENSES = {
     "inversion-balanced": "the same, balanced",
     "inversion-principal": "trigger inversion, principal split",
     "inversion-principal-reach": "the same, the cleanest split named",
+    "inversion-principal-either": "the same, a class reached 2x any other named first",
 }
 SIEVES = (
     "sieve-rate",
@@ -64,7 +67,14 @@ SIEVES = (
     "sieve-outliers-widen-6",
     "sieve-outliers-widen-6-abl",
 )
-INVERSIONS = ("inversion-first", "inversion", "inversion-balanced", "inversion-principal", "inversion-principal-reach")
+INVERSIONS = (
+    "inversion-first",
+    "inversion",
+    "inversion-balanced",
+    "inversion-principal",
+    "inversion-principal-reach",
+    "inversion-principal-either",
+)
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
@@ -95,7 +105,8 @@ def inversion_column(options: dict[str, Any]) -> str:
     """Trigger inversion's column (defense or detector) from its split and naming rule; a cell stored before
     `along` and `confirm` existed ran the direction split and `confirm: split`."""
     column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
-    return column + ("-reach" if options.get("confirm", "split") == "reach" else "")
+    confirm = options.get("confirm", "split")
+    return column + (f"-{confirm}" if confirm in ("reach", "either") else "")
 
 
 def load(paths: list[Path]) -> dict[int, Cells]:
@@ -284,23 +295,51 @@ def seeds_table(seeds: dict[int, Cells]) -> str:
     return markdown_table(["attack", *(DEFENSES[d] for d in ("none", *shown))], rows)
 
 
-CANDIDATE = "inversion-principal-reach"  # the defense the three-seed rows decide on
+CANDIDATE = "inversion-principal-either"  # the defense the three-seed rows decide on
+STAND_INS = ("inversion-principal-reach", "inversion-principal")  # the same split, another naming rule
+
+
+def candidate_cell(cells: Cells, attack: str) -> tuple[dict[str, Any], str] | None:
+    """The candidate's cell for an attack and the naming rule it ran: its own, else a cell of the same split
+    under another rule where `either` names, from that cell's report, the class the cell named (nothing
+    else differs: the same class gives the same flagged images and the same retrained model)."""
+    if (attack, CANDIDATE) in cells:
+        return cells[attack, CANDIDATE], "either"
+    for column in STAND_INS:
+        cell = cells.get((attack, column))
+        if cell is not None and either_agrees(cell["metrics"]["defense_report"]):
+            return cell, cell["config"]["defense"].get("confirm", "split")
+    return None
+
+
+def either_agrees(report: dict[str, Any]) -> bool:
+    """Whether `confirm: either` names the class a report's rule named, from its success rates and split
+    shares (as the report rounds them)."""
+    if "split_shares" not in report:
+        return False
+    rates = torch.tensor(report["success_rates"], dtype=torch.float64)
+    shares = torch.tensor(report["split_shares"], dtype=torch.float64)
+    chosen, _, _, named = named_target(rates, shares, "either")
+    return (chosen if named else None) == report["estimated_target"]
 
 
 def candidate_table(seeds: dict[int, Cells]) -> str:
     """The candidate on every seed it ran: ACC / ASR, the same cell's no-defense model (the plain model it
-    read), and its cost at its own pace. Clean data is the attack `none`."""
+    read), and its cost at its own pace; a cell that ran another naming rule that named the same class says
+    which. Clean data is the attack `none`."""
     rows = []
     for a, name in {**ATTACKS, "none": "clean data"}.items():
         row = [name]
         for s in (0, 1, 2):
-            cell = seeds.get(s, {}).get((a, CANDIDATE))
-            if cell is None:
+            found = candidate_cell(seeds.get(s, {}), a)
+            if found is None:
                 row.append("·")
                 continue
+            cell, rule = found
             m = cell["metrics"]
             paced = own_pace_cost(cell)
             cost = f"{paced[1]:.2f}x" if paced else "no retraining"
+            cost += f"; ran `{rule}`" if rule != "either" else ""
             both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
             row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")
         if any(c != "·" for c in row[1:]):

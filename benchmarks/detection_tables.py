@@ -26,6 +26,7 @@ ROWS = {**ATTACKS, "none": "clean data"}
 DETECTORS = {
     "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)",
     "inversion": "inversion, direction (ours)", "inversion-principal-reach": "inversion, principal, reach (ours)",
+    "inversion-principal-either": "inversion, principal, either (ours)",
 }  # fmt: skip
 
 

@@ -266,10 +266,23 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     # trigger inversion, principal split, cleanest split named: its plain run timed in another hour (900 s) is
     # no yardstick; its own retraining pace is (40 s an epoch for 15,000 images: 640 s for the plain run)
     reach = {"name": "inversion", "widen": "trigger", "along": "principal", "confirm": "reach"}
-    inverted = cell("badnets", reach, 0.887, 0.01, {**sieve_report, "trained_on": 15000}, plain_train_seconds=900.0)
-    inverted["metrics"] |= {"epochs": 12, "train_images": 20000, "backdoored_acc": 0.9, "backdoored_asr": 1.0}
+    # its report: class 0 reached 4x any other and the cleanest split, so `either` names it too and the cell
+    # stands for the candidate (`confirm: either`)
+    found = {"success_rates": [0.8] + [0.2] * 9, "split_shares": [0.9] + [0.6] * 9}
+    inverted = cell("badnets", reach, 0.887, 0.01, {**sieve_report, **found, "trained_on": 15000})
+    inverted["metrics"] |= {"plain_train_seconds": 900.0, "epochs": 12, "train_images": 20000}
+    inverted["metrics"] |= {"backdoored_acc": 0.9, "backdoored_asr": 1.0}
     inverted["log"] = [{"phase": "retrain", "epoch_seconds": s} for s in ("40", "40", "120")]
-    queue.append(inverted)
+    # WaNet: class 0 reached 4x any other but not the cleanest split; `reach` named nothing, `either` would
+    # name class 0: the cell is no stand-in; the candidate's own cell on seed 1 is
+    missed = {"success_rates": [0.8] + [0.2] * 9, "split_shares": [0.6] + [0.9] + [0.6] * 8, "estimated_target": None}
+    nothing = {"split": {"flagged": 0, "precision": 0.0, "recall": 0.0}}
+    kept = cell("wanet", reach, 0.88, 0.585, {**missed, **nothing})
+    either = cell("wanet", {**reach, "confirm": "either"}, 0.87, 0.02, {**sieve_report, **missed}, seed=1)
+    either["metrics"]["defense_report"]["estimated_target"] = 0
+    for c in (kept, either):
+        c["metrics"] |= {"backdoored_acc": 0.88, "backdoored_asr": 0.585, "epochs": 12, "train_images": 20000}
+    queue += [inverted, kept, either]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -289,7 +302,9 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
     assert "| the same, the cleanest split named |" in out and "| 88.7 / 1.0 |" in out
     assert "| 1,240 s, 1.94x |" in amd  # 600 s of its own over 640 s of plain training at its pace
-    assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x) | · | · |" in out  # the candidate, seed by seed
+    candidate = out.split("| attack | seed 0 | seed 1 | seed 2 |")[1]  # the candidate, seed by seed
+    assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · |" in candidate
+    assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining) | · |" in candidate
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
     seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]
