@@ -31,7 +31,8 @@ from table3_tables import ATTACKS as TABLE3_ATTACKS
 from table3_tables import pct
 
 from eigenguard.bench.report import markdown_table
-from eigenguard.detectors.inversion import named_target
+from eigenguard.detectors.inversion import TriggerInversion, named_target
+from eigenguard.options import defaults_of
 
 ATTACKS = {**TABLE3_ATTACKS, "clb": "CLB (working setting)"}
 RATES = {"sig": 0.8, "clb": 1.0}  # the poisoning rate of the quick profile's setting, else 0.1
@@ -78,6 +79,7 @@ INVERSIONS = (
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
+STEPS = defaults_of(TriggerInversion)["steps"]  # trigger inversion's gradient steps; others are another column
 
 
 def variant(defense: dict[str, Any]) -> str:
@@ -106,7 +108,9 @@ def inversion_column(options: dict[str, Any]) -> str:
     `along` and `confirm` existed ran the direction split and `confirm: split`."""
     column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
     confirm = options.get("confirm", "split")
-    return column + (f"-{confirm}" if confirm in ("reach", "either") else "")
+    column += f"-{confirm}" if confirm in ("reach", "either") else ""
+    steps = options.get("steps", STEPS)
+    return column + (f"-steps{steps}" if steps != STEPS else "")
 
 
 def load(paths: list[Path]) -> dict[int, Cells]:

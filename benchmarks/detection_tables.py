@@ -27,6 +27,7 @@ DETECTORS = {
     "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)",
     "inversion": "inversion, direction (ours)", "inversion-principal-reach": "inversion, principal, reach (ours)",
     "inversion-principal-either": "inversion, principal, either (ours)",
+    "inversion-principal-reach-steps30": "the same, 30 steps",
 }  # fmt: skip
 
 
@@ -51,11 +52,13 @@ def column(detector: dict[str, Any]) -> str:
 
 
 def table(found: dict[tuple[str, str], dict[str, Any]], show) -> str:
+    """Attack x detector, the detectors that ran at least one scan."""
+    shown = {d: label for d, label in DETECTORS.items() if any(key[1] == d for key in found)}
     rows = []
     for attack, label in ROWS.items():
-        cells = [show(found[(attack, d)]) if (attack, d) in found else "·" for d in DETECTORS]
+        cells = [show(found[(attack, d)]) if (attack, d) in found else "·" for d in shown]
         rows.append([label, *cells])
-    return markdown_table(["attack", *DETECTORS.values()], rows)
+    return markdown_table(["attack", *shown.values()], rows)
 
 
 def ranking(m: dict[str, Any]) -> str:

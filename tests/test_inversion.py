@@ -193,6 +193,15 @@ def test_confirm_either_names_a_class_reached_2x_any_other_else_the_cleanest_spl
     shares = torch.tensor([0.6569, 0.9532, 0.5908, 0.6068, 0.6292, 0.6562, 0.6761, 0.5498, 0.6445, 0.6583])
     assert named_target(rates, shares, "either")[::3] == named_target(rates, shares, "reach")[::3] == (1, True)
     assert named_target(torch.zeros(10), shares, "either")[3] is False  # nothing reached: nothing named
+    # SIG (seed 0): the T-shirts lead the runner-up 1.6x in reach, and split 2.8x its excess over the median
+    rates = torch.tensor([0.5156, 0.0059, 0.0449, 0.0293, 0.1328, 0.3125, 0.2324, 0.0449, 0.0977, 0.2305])
+    shares = torch.tensor([0.7676, 0.5858, 0.6854, 0.6598, 0.6411, 0.6365, 0.6855, 0.6162, 0.6553, 0.6284])
+    assert named_target(rates, shares, "either")[::3] == (0, True)
+    # clean data, the inversion at 30 steps: the T-shirts reached 4.0x the median and the cleanest split by
+    # 0.008; `reach` names them, `either` does not (1.1x the runner-up in reach, 1.1x in split)
+    rates = torch.tensor([0.209, 0.0137, 0.0332, 0.0215, 0.0527, 0.1582, 0.1328, 0.0195, 0.1289, 0.1934])
+    shares = torch.tensor([0.6977, 0.5649, 0.5984, 0.6864, 0.6297, 0.6466, 0.6902, 0.5916, 0.6235, 0.6655])
+    assert named_target(rates, shares, "reach")[::3] == (0, True) and named_target(rates, shares, "either")[3] is False
 
 
 def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:

@@ -19,13 +19,16 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      classes, not a tuned constant: it is reached TARGET_LIFT times more than any other class (the trigger
      is a shortcut no natural class offers), or its images split more cleanly than any other class's, for
      it holds images that carry the trigger and images that do not, while a class merely easy to reach
-     (ankle boots from sneakers) splits no more than its peers. `either` (the default) names the
-     best-reached class where it is reached 2x any other, else the class that splits most cleanly where it
-     is also reached 2x the median: a weakly learnt trigger (a warp the model follows on half the triggered
-     images) may not split its class along delta_t, a weak trigger into a class unlike the rest is outdone
-     in reach by a class its neighbours resemble. `reach` is the second test alone; `split` names the
-     best-reached class at 2x only where it also splits most cleanly; `none` the best-reached class at 2x.
-     Else no class is named and nothing is flagged;
+     (ankle boots from sneakers) splits no more than its peers. `either` (the default) names the class
+     that leads the runner-up class TARGET_LIFT times in one test: the best-reached class where it is
+     reached 2x any other, else the class that splits most cleanly where its split share's excess over the
+     other classes' median share is 2x any other class's and it is reached 2x the median. A weakly learnt
+     trigger (a warp the model follows on half the triggered images) may not split its class along
+     delta_t; a weak trigger into a class unlike the rest is outdone in reach by a class its neighbours
+     resemble; on clean data a class that is naturally easy to reach leads neither test by 2x. `reach`
+     names the class that splits most cleanly where it is reached 2x the median, whatever the runner-up's
+     split; `split` the best-reached class at 2x only where it also splits most cleanly; `none` the
+     best-reached class at 2x. Else no class is named and nothing is flagged;
   4. the named class's split (`along`): `principal` (the default) splits its images along their own top
      principal component (Spectral Signatures' direction, Tran et al. 2018), which separates every attack's
      poisons here. Which of the two groups holds the poisons, three votes decide, each from one property
@@ -182,20 +185,23 @@ def named_target(
 ) -> tuple[int, float, float, bool]:  # fmt: skip
     """Step 3 from the classes' success rates and split shares: (the class weighed, its rate over the other
     classes' median, that median, whether it is named)."""
+    cleanest = int(separations.argmax())
     if confirm == "either":
         best = int(rates.argmax())
         if rates[best] > 0 and rates[best] >= TARGET_LIFT * runner_up(rates, best):
             return *score_lift(rates, best), True
-        confirm = "reach"
-    cleanest = int(separations.argmax())
+        chosen, lift, median = score_lift(rates, cleanest)
+        excess = separations - torch.cat([separations[:cleanest], separations[cleanest + 1 :]]).median()
+        leads = float(excess[cleanest]) >= TARGET_LIFT * runner_up(excess, cleanest)
+        return chosen, lift, median, lift >= TARGET_LIFT and leads
     chosen, lift, median = score_lift(rates, cleanest if confirm == "reach" else None)
     named = lift >= TARGET_LIFT and (confirm != "split" or chosen == cleanest)
     return chosen, lift, median, named
 
 
-def runner_up(rates: torch.Tensor, best: int) -> float:
-    """The highest rate of a class other than `best`."""
-    return float(torch.cat([rates[:best], rates[best + 1 :]]).max()) if len(rates) > 1 else 0.0
+def runner_up(values: torch.Tensor, best: int) -> float:
+    """The highest value of a class other than `best`."""
+    return float(torch.cat([values[:best], values[best + 1 :]]).max()) if len(values) > 1 else 0.0
 
 
 @component
@@ -217,7 +223,7 @@ class TriggerInversion(Detector):
         "either",
         "the class named (step 3): the best-reached (none); it only where its images also split most cleanly "
         "(split); the one whose images split most cleanly, where it too is reached at >= 2x (reach); the "
-        "best-reached where it is reached 2x any other class, else as reach (either)",
+        "one that leads the runner-up class 2x in reach, or in split where it too is reached at >= 2x (either)",
     )
     along: Literal["direction", "principal"] = option(
         "principal",
