@@ -35,7 +35,7 @@ from eigenguard.detectors.inversion import TriggerInversion, named_target
 from eigenguard.options import defaults_of
 
 ATTACKS = {**TABLE3_ATTACKS, "clb": "CLB (working setting)"}
-RATES = {"sig": 0.8, "clb": 1.0}  # the poisoning rate of the quick profile's setting, else 0.1
+RATES = {"sig": 0.8, "clb": 1.0, "none": 0.0}  # the poisoning rate of the quick profile's setting, else 0.1
 DEFENSES = {
     "none": "none",
     "eigenguard": "EigenGuard",

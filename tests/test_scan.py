@@ -164,7 +164,8 @@ def scan_badnets_mnist(mnist_root: Path, out: Path, *settings: str) -> Any:
 
 def test_scan_of_a_planted_attack_scores_itself(mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "scan"
-    result = scan_badnets_mnist(mnist_root, out, "--set", "epochs=2", "--set", "detector.epsilon=0.2")
+    options = ["--detector", "ss", "--set", "epochs=2", "--set", "detector.epsilon=0.2"]
+    result = scan_badnets_mnist(mnist_root, out, *options)
     report = json.loads((out / "detection.json").read_text())
     truth = report["truth"]
     assert truth["poisoned"] == 54 and 0 <= truth["auroc"] <= 1 and 0 <= truth["tpr_at_5fpr"] <= 1
@@ -208,7 +209,8 @@ def test_scan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     for args, says in (
         (["--detector", "nope"], "invalid detector = 'nope': unknown detector"),
         (["--detector", "none"], "a scan needs a detector; allowed: abl, ac"),
-        (["--set", "detector.epsilon=2"], "invalid option epsilon = 2"),
+        (["--set", "detector.steps=0"], "invalid option steps = 0 for detector 'inversion'"),  # the default
+        (["--detector", "ss", "--set", "detector.epsilon=2"], "invalid option epsilon = 2"),
         (["--dataset", "imagefolder", "--data-root", str(tmp_path / "missing")], "does not exist"),
         (["--dataset", "imagefolder", "--data-root", str(tmp_path)], "dataset 'imagefolder' not found"),
         (["--defense", "ft"], "No such option"),
