@@ -84,10 +84,10 @@ FAST_ANCHORS = {**RANKED_BY_TRAINING, "anchor_features": "detached"}  # its anch
     ("epoch", "while_writing", "defense"),
     [
         (1, False, "eigenguard"),
-        (2, False, "eigenguard"),
+        pytest.param(2, False, "eigenguard", marks=pytest.mark.slow),  # the same path one epoch later
         (2, True, "eigenguard"),
-        (1, False, RANKED_BY_TRAINING),
-        (1, False, FAST_ANCHORS),
+        pytest.param(1, False, RANKED_BY_TRAINING, marks=pytest.mark.slow),  # the guard's other options
+        pytest.param(1, False, FAST_ANCHORS, marks=pytest.mark.slow),
     ],
     ids=["epoch-1", "epoch-2", "epoch-2-while-writing", "ranked-by-training-epoch-1", "fast-anchors-epoch-1"],
 )
