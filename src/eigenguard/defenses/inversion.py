@@ -22,6 +22,7 @@ from torch import nn
 
 from eigenguard.defenses.base import Defense, DefenseContext
 from eigenguard.detectors import DetectionContext
+from eigenguard.detectors.base import without
 from eigenguard.detectors.inversion import TriggerInversion
 from eigenguard.options import component, defaults_of, option, option_like, options_of
 
@@ -75,9 +76,8 @@ def oversampled(kept: torch.Tensor, labels: torch.Tensor, target: int, seed: int
     classes' median count (a split that removes most of a class, as SIG's 80% of it, leaves it short):
     (the indices, how many were added)."""
     counts = torch.bincount(labels[kept].cpu(), minlength=int(labels.max()) + 1)
-    others = torch.cat([counts[:target], counts[target + 1 :]])
     mine = kept[labels[kept] == target]
-    short = int(others.median()) - len(mine)
+    short = int(without(counts, target).median()) - len(mine)
     if short <= 0 or len(mine) == 0:
         return kept, 0
     draws = torch.randint(len(mine), (short,), generator=torch.Generator().manual_seed(seed)).to(mine.device)

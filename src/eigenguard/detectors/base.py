@@ -99,13 +99,18 @@ def top_per_class(scores: torch.Tensor, labels: torch.Tensor, fraction: float) -
 TARGET_LIFT = 2.0  # a class is named as the backdoor's target where its evidence is this many times the rest's
 
 
+def without(values: torch.Tensor, index: int) -> torch.Tensor:
+    """Every class's value but class `index`'s."""
+    return torch.cat([values[:index], values[index + 1 :]])
+
+
 def score_lift(class_scores: torch.Tensor, at: int | None = None) -> tuple[int, float, float]:
     """Class `at` (default: the one with the highest per-class score): (class, its score over the other
     classes' median, that median); inf where the median is 0 and the score is not."""
     scores = class_scores.double().cpu()
     best = int(scores.argmax()) if at is None else at
-    others = torch.cat([scores[:best], scores[best + 1 :]])
-    reference = float(others.median()) if len(others) else 0.0
+    rest = without(scores, best)
+    reference = float(rest.median()) if len(rest) else 0.0
     lift = float(scores[best]) / reference if reference > 0 else (math.inf if scores[best] > 0 else 0.0)
     return best, lift, reference
 

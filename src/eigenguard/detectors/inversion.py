@@ -67,6 +67,7 @@ from eigenguard.detectors.base import (
     flagged_first,
     score_lift,
     within_class_z,
+    without,
 )
 from eigenguard.detectors.refusals import otsu, widen
 from eigenguard.detectors.spectral import top_direction
@@ -191,7 +192,7 @@ def named_target(
         if rates[best] > 0 and rates[best] >= TARGET_LIFT * runner_up(rates, best):
             return *score_lift(rates, best), True
         chosen, lift, median = score_lift(rates, cleanest)
-        excess = separations - torch.cat([separations[:cleanest], separations[cleanest + 1 :]]).median()
+        excess = separations - without(separations, cleanest).median()
         leads = float(excess[cleanest]) >= TARGET_LIFT * runner_up(excess, cleanest)
         return chosen, lift, median, lift >= TARGET_LIFT and leads
     chosen, lift, median = score_lift(rates, cleanest if confirm == "reach" else None)
@@ -201,7 +202,7 @@ def named_target(
 
 def runner_up(values: torch.Tensor, best: int) -> float:
     """The highest value of a class other than `best`."""
-    return float(torch.cat([values[:best], values[best + 1 :]]).max()) if len(values) > 1 else 0.0
+    return float(without(values, best).max()) if len(values) > 1 else 0.0
 
 
 @component
