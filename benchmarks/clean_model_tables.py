@@ -57,6 +57,7 @@ DEFENSES = {
     "inversion-principal": "trigger inversion, principal split",
     "inversion-principal-reach": "the same, the cleanest split named",
     "inversion-principal-either": "the same, a class reached 2x any other named first",
+    "inversion-principal-either-read4": "the same, reading a 4-epoch model",
 }
 SIEVES = (
     "sieve-rate",
@@ -75,6 +76,7 @@ INVERSIONS = (
     "inversion-principal",
     "inversion-principal-reach",
     "inversion-principal-either",
+    "inversion-principal-either-read4",
 )
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
@@ -110,7 +112,8 @@ def inversion_column(options: dict[str, Any]) -> str:
     confirm = options.get("confirm", "split")
     column += f"-{confirm}" if confirm in ("reach", "either") else ""
     steps = options.get("steps", STEPS)
-    return column + (f"-steps{steps}" if steps != STEPS else "")
+    column += f"-steps{steps}" if steps != STEPS else ""
+    return column + (f"-read{options['read_epochs']}" if options.get("read_epochs") else "")
 
 
 def load(paths: list[Path]) -> dict[int, Cells]:
@@ -189,6 +192,8 @@ def split_table(cells: Cells) -> str:
         "inversion-balanced": "the same, balanced",
         "inversion-principal": "trigger inversion, principal split: the same",
         "inversion-principal-reach": "the same, the cleanest split named",
+        "inversion-principal-either": "the same, a class reached 2x any other named first",
+        "inversion-principal-either-read4": "the same, reading a 4-epoch model",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
     return markdown_table(["attack", *(heads[d] for d in shown)], rows)
@@ -222,10 +227,10 @@ def cpu(cell: dict[str, Any]) -> str:
 
 def own_pace_plain(cell: dict[str, Any]) -> float | None:
     """The plain training of the cell's setting timed at the cell's own pace: the median epoch time per image
-    of its retraining (the plain recipe on the kept images), times the plain run's epochs and images (one
-    CPU name ran up to 1.4x slower in some hours than in others, so a plain run timed in another cell is no
-    yardstick); None without a retraining."""
-    epochs = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") == "retrain"
+    of its retraining (the plain recipe on the kept images, or on every image where a short reader named
+    nothing), times the plain run's epochs and images (one CPU name ran up to 1.4x slower in some hours than
+    in others, so a plain run timed in another cell is no yardstick); None without such a training."""
+    epochs = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") in ("retrain", "train")
               and r.get("epoch_seconds") not in (None, "")]  # fmt: skip
     m = cell["metrics"]
     images = (m.get("defense_report") or {}).get("trained_on")
@@ -233,12 +238,14 @@ def own_pace_plain(cell: dict[str, Any]) -> float | None:
 
 
 def own_pace_cost(cell: dict[str, Any]) -> tuple[float, float] | None:
-    """A trigger inversion cell's seconds with the plain training it reads counted at its own pace, and their
-    ratio over that plain training; None without a retraining."""
+    """A trigger inversion cell's seconds with the plain training it reads counted at its own pace (a short
+    reader it trained itself is in its own seconds already), and their ratio over that plain training; None
+    without a retraining."""
     paced = own_pace_plain(cell)
     if paced is None:
         return None
-    total = cell["metrics"]["defense_seconds"] + paced
+    reads_plain = not (cell["metrics"].get("defense_report") or {}).get("reader")
+    total = cell["metrics"]["defense_seconds"] + paced * reads_plain
     return total, total / paced
 
 

@@ -282,7 +282,14 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     either["metrics"]["defense_report"]["estimated_target"] = 0
     for c in (kept, either):
         c["metrics"] |= {"backdoored_acc": 0.88, "backdoored_asr": 0.585, "epochs": 12, "train_images": 20000}
-    queue += [inverted, kept, either]
+    # reading a 4-epoch model it trains itself: its 600 s hold that training, no plain run is added to them
+    short = cell(
+        "badnets", {**reach, "confirm": "either", "read_epochs": 4}, 0.885, 0.01, inverted["metrics"]["defense_report"]
+    )
+    short["metrics"]["defense_report"] = {**inverted["metrics"]["defense_report"], "reader": {"epochs": 4}}
+    short["metrics"] |= {"epochs": 12, "train_images": 20000}
+    short["log"] = [{"phase": "read", "epoch_seconds": "40"}] * 4 + inverted["log"]
+    queue += [inverted, kept, either, short]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -302,6 +309,7 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
     assert "| the same, the cleanest split named |" in out and "| 88.7 / 1.0 |" in out
     assert "| 1,240 s, 1.94x |" in amd  # 600 s of its own over 640 s of plain training at its pace
+    assert "| the same, reading a 4-epoch model |" in out and "| 600 s, 0.94x |" in amd  # 600 s over 640 s
     candidate = out.split("| attack | seed 0 | seed 1 | seed 2 |")[1]  # the candidate, seed by seed
     assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · |" in candidate
     assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining) | · |" in candidate

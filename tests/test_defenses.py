@@ -446,6 +446,19 @@ def test_inversion_with_nothing_named_returns_the_model_it_read_without_a_second
     assert "retrain" not in (tmp_path / "run" / "log.csv").read_text()
 
 
+def test_inversion_reading_a_short_model_trains_it_itself_and_the_whole_recipe_where_nothing_is_named(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    options = {"steps": 1, "images": 16, "budget": 1e-3, "read_epochs": 1}
+    result = train(defended(mnist_root, tmp_path / "run", tmp_path / "cache", "inversion", options), progress=False)
+    report = result.metrics["defense_report"]
+    assert report["estimated_target"] is None and not report["retrained"]
+    assert report["reader"]["epochs"] == 1 and 0 <= report["reader"]["acc"] <= 1
+    phases = [row.split(",")[0] for row in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert phases == ["read", "train", "train"]  # one short epoch read, then the recipe's two on every image
+    assert not (tmp_path / "cache" / "backdoored").exists() or not entries_in(tmp_path / "cache")
+
+
 @pytest.mark.slow
 def test_dst_reuses_dbrs_distinguishing_model_with_the_same_result(mnist_root: Path, tmp_path: Path) -> None:
     """D-BR and D-ST of one setting train the SD model once; a cache hit gives D-ST the same weights,

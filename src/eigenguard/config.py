@@ -340,7 +340,7 @@ class TrainConfig(Placement, Experiment):
 # Which definition a key was made with. Raise it whenever what `result_values` gives for a run changes (a
 # field or an option added, a field moved between Experiment and Placement): stores and exported grids
 # written under an older version are re-keyed from their recorded configs when read (bench/exchange.py).
-KEY_VERSION = 8
+KEY_VERSION = 9
 EXPERIMENT_FIELDS = tuple(Experiment.model_fields)
 PLACEMENT_FIELDS = tuple(Placement.model_fields)
 # What a run measures and logs without touching the weights it trains, for a run without a defense.

@@ -7,7 +7,11 @@ three votes naming the poisons' side (and, widened, flags those that carry its p
 trigger). This defense drops the flagged images and trains a fresh model on the rest with the config's
 recipe, as Spectral Signatures does with its own split (defenses/spectral_signatures.py).
 Where no class is named it flags nothing, and the model it read, trained on every image with the same
-recipe, is the one returned: a clean dataset costs the inversion alone, not a second training. `balance:
+recipe, is the one returned: a clean dataset costs the inversion alone, not a second training.
+`read_epochs: N` reads a model trained here on every image for N epochs instead (the recipe's schedule over
+N): the reader needs the backdoor, which a network learns in its first epochs, not the accuracy, so the
+defense costs N/epochs of a training, the inversion and the retraining, where the full reader costs a whole
+training (where nothing is named, the full recipe then trains on every image). `balance:
 oversample` draws the target's kept images again for the retraining, up to the other classes' median
 count (a clean-label attack such as SIG poisons most of its class, so its split leaves the class short);
 it repeats any poison the split missed as well. Its cost is two trainings and the inversion (the first
@@ -42,12 +46,23 @@ class InversionRetraining(Defense):
     balance: Literal["none", "oversample"] = option(
         "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"
     )
+    read_epochs: int = option(
+        0,
+        "epochs of the model the detector reads: 0, the no-defense model of the config's recipe (cached in a "
+        "benchmark); N, one trained here on every image with the recipe's schedule over N epochs (cheaper)",
+        ">= 0",
+    )
 
     def run(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
         shared = defaults_of(TriggerInversion)  # the detector's options, declared above with option_like
         detector = TriggerInversion(**{k: v for k, v in options_of(self).items() if k in shared})
         train = ctx.train_set
-        detection = detector.detect(DetectionContext(ctx.config, ctx.trainer, train, ctx.backdoored))
+        read, reader = ctx.backdoored, {}
+        if self.read_epochs:
+            short = ctx.trainer.new_model()
+            rows = ctx.trainer.fit(short, train, epochs=self.read_epochs, phase="read")
+            read, reader = (lambda: short), {k: rows[-1].get(k) for k in ("acc", "asr")}
+        detection = detector.detect(DetectionContext(ctx.config, ctx.trainer, train, read))
         keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)
         keep[detection.flagged.to(keep.device)] = False
         kept = torch.nonzero(keep).flatten()
@@ -59,6 +74,9 @@ class InversionRetraining(Defense):
         if retrained:
             model = ctx.trainer.new_model()
             ctx.trainer.fit(model, train.subset(kept), epochs=ctx.config.epochs, phase="retrain")
+        elif self.read_epochs:  # nothing to drop, but the model read is short of the recipe: train it whole
+            model = ctx.trainer.new_model()
+            ctx.trainer.fit(model, train, epochs=ctx.config.epochs, phase="train")
         else:  # nothing to drop: the model read was trained on every image already
             model = ctx.backdoored()
         report = dict(detection.report)
@@ -67,6 +85,7 @@ class InversionRetraining(Defense):
             "trained_on": int(keep.sum()),
             "oversampled": extra,
             "retrained": retrained,
+            **({"reader": {"epochs": self.read_epochs, **reader}} if self.read_epochs else {}),
         }
         return model, report
 
