@@ -71,7 +71,7 @@ def test_a_bad_number_is_refused_or_meaningful(
 # it (both before anything is written). A huge value is meaningful for these kinds of option:
 BUDGETS = {"epochs", "iterations", "noise_steps", "pgd_steps", "surrogate_pgd_steps", "sieve_epochs", "steps"}
 BUDGETS |= {f"{p}_epochs" for p in ("isolation", "training", "unlearning", "sd", "intra", "st", "head", "teacher")}
-BUDGETS |= {f"{p}_epochs" for p in ("backdoor", "mask", "generator", "surrogate")}
+BUDGETS |= {f"{p}_epochs" for p in ("backdoor", "mask", "generator", "surrogate", "read")}
 STEPS = {"lr", "unlearning_lr", "mask_lr", "meta_lr", "sd_lr", "st_lr", "head_lr", "backdoor_lr"}
 WEIGHTS = {"gamma", "lambda_u", "lambda_norm", "lambda_div", "mixup_alpha", "temperature", "power", "strength", "u"}
 WEIGHTS |= {"removal_factor", "negative_ratio", "cross_ratio"}
