@@ -82,6 +82,7 @@ NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
 Cells = dict[tuple[str, str], dict[str, Any]]
 STEPS = defaults_of(TriggerInversion)["steps"]  # trigger inversion's gradient steps; others are another column
+BUDGET = defaults_of(TriggerInversion)["budget"]  # its perturbations' size; likewise
 
 
 def variant(defense: dict[str, Any]) -> str:
@@ -111,8 +112,9 @@ def inversion_column(options: dict[str, Any]) -> str:
     column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
     confirm = options.get("confirm", "split")
     column += f"-{confirm}" if confirm in ("reach", "either") else ""
-    steps = options.get("steps", STEPS)
+    steps, budget = options.get("steps", STEPS), options.get("budget", BUDGET)
     column += f"-steps{steps}" if steps != STEPS else ""
+    column += f"-budget{budget:g}" if budget != BUDGET else ""
     return column + (f"-read{options['read_epochs']}" if options.get("read_epochs") else "")
 
 
