@@ -444,6 +444,9 @@ def test_inversion_with_nothing_named_returns_the_model_it_read_without_a_second
     assert report["estimated_target"] is None and report["split"]["flagged"] == 0 and not report["retrained"]
     assert result.metrics["acc"] == pytest.approx(result.metrics["backdoored_acc"], abs=1e-6)  # the same weights
     assert "retrain" not in (tmp_path / "run" / "log.csv").read_text()
+    # it asked for the model twice (to read, to return): trained here once, and not counted as its own time
+    m = result.metrics
+    assert m["backdoored_cache_hit"] is False and m["defense_seconds"] < m["total_seconds"] - m["plain_train_seconds"]
 
 
 def test_inversion_reading_a_short_model_trains_it_itself_and_the_whole_recipe_where_nothing_is_named(
