@@ -187,18 +187,13 @@ def split_table(cells: Cells) -> str:
         "sieve-outliers-pdb": "outlier sieve + PDB: the same",
         "sieve-outliers-widen": "outlier sieve, widened by the trigger estimate: the same",
         "sieve-outliers-widen-6": "the same, 6-epoch guard",
-        "sieve-outliers-widen-6-abl": "the same, ABL's isolation where no class stands out",
         "cbd": "CBD: its final weights",
         "inversion-first": "trigger inversion, first split: its split (P, R in %), target estimate",
         "inversion": "trigger inversion, widened: the same",
-        "inversion-balanced": "the same, balanced",
         "inversion-principal": "trigger inversion, principal split: the same",
-        "inversion-principal-reach": "the same, the cleanest split named",
-        "inversion-principal-either": "the same, a class reached 2x any other named first",
-        "inversion-principal-either-read4": "the same, reading a 4-epoch model",
     }
     rows = [[name, *(split_text(cells.get((a, d)), d) for d in shown)] for a, name in attacks_in(cells).items()]
-    return markdown_table(["attack", *(heads[d] for d in shown)], rows)
+    return markdown_table(["attack", *(heads.get(d, DEFENSES[d]) for d in shown)], rows)  # else its own name
 
 
 def median_epoch_seconds(cell: dict[str, Any]) -> float:

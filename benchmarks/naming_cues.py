@@ -57,8 +57,8 @@ def cues(attack: str, seed: int) -> str:
     shares, disagree, lines = [], [], []
     for c in range(train.num_classes):
         rows = torch.nonzero(train.labels == c).flatten()
-        mine = every[rows].double()
-        line = (mine - mine.mean(0)) @ top_direction(mine - mine.mean(0))
+        centred = every[rows].double() - every[rows].double().mean(0)
+        line = centred @ top_direction(centred)
         shares.append(float(otsu(line)[1]))
         disagree.append(1 - float(neighbour_share(train.images, train.labels, rows, c, generator).mean()))
         if poison[rows].any():
