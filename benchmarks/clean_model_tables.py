@@ -58,6 +58,8 @@ DEFENSES = {
     "inversion-principal-reach": "the same, the cleanest split named",
     "inversion-principal-either": "the same, a class reached 2x any other named first",
     "inversion-principal-either-read4": "the same, reading a 4-epoch model",
+    "inversion-principal-any": "the same, else the class pixel neighbours name",
+    "inversion-principal-any-read4": "the same, reading a 4-epoch model",
 }
 SIEVES = (
     "sieve-rate",
@@ -77,6 +79,8 @@ INVERSIONS = (
     "inversion-principal-reach",
     "inversion-principal-either",
     "inversion-principal-either-read4",
+    "inversion-principal-any",
+    "inversion-principal-any-read4",
 )
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 
@@ -111,7 +115,7 @@ def inversion_column(options: dict[str, Any]) -> str:
     `along` and `confirm` existed ran the direction split and `confirm: split`."""
     column = "inversion-principal" if options.get("along", "direction") != "direction" else "inversion"
     confirm = options.get("confirm", "split")
-    column += f"-{confirm}" if confirm in ("reach", "either") else ""
+    column += f"-{confirm}" if confirm in ("reach", "either", "any") else ""
     steps, budget = options.get("steps", STEPS), options.get("budget", BUDGET)
     column += f"-steps{steps}" if steps != STEPS else ""
     column += f"-budget{budget:g}" if budget != BUDGET else ""
@@ -303,31 +307,36 @@ def seeds_table(seeds: dict[int, Cells]) -> str:
     return markdown_table(["attack", *(DEFENSES[d] for d in ("none", *shown))], rows)
 
 
-CANDIDATE = "inversion-principal-either"  # the defense the three-seed rows decide on
-STAND_INS = ("inversion-principal-reach", "inversion-principal")  # the same split, another naming rule
+CANDIDATE = "inversion-principal-any"  # the defense the three-seed rows decide on
+STAND_INS = ("inversion-principal-either", "inversion-principal-reach", "inversion-principal")  # another rule
 
 
 def candidate_cell(cells: Cells, attack: str) -> tuple[dict[str, Any], str] | None:
     """The candidate's cell for an attack and the naming rule it ran: its own, else a cell of the same split
-    under another rule where `either` names, from that cell's report, the class the cell named (nothing
-    else differs: the same class gives the same flagged images and the same retrained model)."""
+    under another rule where `any` names, from that cell's report, the class the cell named (nothing else
+    differs: the same class gives the same flagged images and the same retrained model)."""
     if (attack, CANDIDATE) in cells:
-        return cells[attack, CANDIDATE], "either"
+        return cells[attack, CANDIDATE], "any"
     for column in STAND_INS:
         cell = cells.get((attack, column))
-        if cell is not None and either_agrees(cell["metrics"]["defense_report"]):
+        if cell is not None and any_agrees(cell["metrics"]["defense_report"]):
             return cell, cell["config"]["defense"].get("confirm", "split")
     return None
 
 
-def either_agrees(report: dict[str, Any]) -> bool:
-    """Whether `confirm: either` names the class a report's rule named, from its success rates and split
-    shares (as the report rounds them)."""
+def any_agrees(report: dict[str, Any]) -> bool:
+    """Whether `confirm: any` names the class a report's rule named, from its success rates, split shares
+    and relabelling shares (as the report rounds them); a report without the last agrees only where
+    `either` names a class, for `any` reads them only where `either` names none."""
     if "split_shares" not in report:
         return False
     rates = torch.tensor(report["success_rates"], dtype=torch.float64)
     shares = torch.tensor(report["split_shares"], dtype=torch.float64)
-    chosen, _, _, named = named_target(rates, shares, "either")
+    relabels = report.get("relabel_shares")
+    relabels = None if relabels is None else torch.tensor(relabels, dtype=torch.float64)
+    chosen, _, _, named, _ = named_target(rates, shares, "any", relabels)
+    if relabels is None and not named:
+        return False
     return (chosen if named else None) == report["estimated_target"]
 
 
@@ -347,7 +356,7 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
             m = cell["metrics"]
             paced = own_pace_cost(cell)
             cost = f"{paced[1]:.2f}x" if paced else "no retraining"
-            cost += f"; ran `{rule}`" if rule != "either" else ""
+            cost += f"; ran `{rule}`" if rule != "any" else ""
             both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
             row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")
         if any(c != "·" for c in row[1:]):

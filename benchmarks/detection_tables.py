@@ -27,6 +27,7 @@ DETECTORS = {
     "ss": "SS", "ac": "AC", "spectre": "SPECTRE", "abl": "ABL isolation", "d-br": "D-BR split", "sieve": "sieve (ours)",
     "inversion": "inversion, direction (ours)", "inversion-principal-reach": "inversion, principal, reach (ours)",
     "inversion-principal-either": "inversion, principal, either (ours)",
+    "inversion-principal-any": "inversion, principal, any (ours)",
     "inversion-principal-reach-steps30": "the same, 30 steps",
 }  # fmt: skip
 

@@ -289,7 +289,15 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     short["metrics"]["defense_report"] = {**inverted["metrics"]["defense_report"], "reader": {"epochs": 4}}
     short["metrics"] |= {"epochs": 12, "train_images": 20000}
     short["log"] = [{"phase": "read", "epoch_seconds": "40"}] * 4 + inverted["log"]
-    queue += [inverted, kept, either, short]
+    # clean data under `either`: nothing named and no relabelling shares reported, so no stand-in for `any`;
+    # Input-aware under `any`: the model's tests name nothing, the pixel neighbours the T-shirts
+    unnamed = {"success_rates": [0.2] * 10, "split_shares": [0.6] * 10, "estimated_target": None}
+    clean = cell("none", {**reach, "confirm": "either"}, 0.9, None, {**unnamed, **nothing}, rate=0.0)
+    pixels = {**unnamed, "relabel_shares": [0.07] + [0.01] * 9, "estimated_target": 0}
+    named = cell("input-aware", {**reach, "confirm": "any"}, 0.89, 0.012, {**sieve_report, **pixels}, seed=1)
+    for c in (clean, named):
+        c["metrics"] |= {"backdoored_acc": 0.9, "backdoored_asr": 0.8, "epochs": 12, "train_images": 20000}
+    queue += [inverted, kept, either, short, clean, named]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -312,7 +320,9 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| the same, reading a 4-epoch model |" in out and "| 600 s, 0.94x |" in amd  # 600 s over 640 s
     candidate = out.split("| attack | seed 0 | seed 1 | seed 2 |")[1]  # the candidate, seed by seed
     assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · |" in candidate
-    assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining) | · |" in candidate
+    assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining; ran `either`) | · |" in candidate
+    assert "| Input-aware | · | 89.0 / 1.2 (90.0 / 80.0; no retraining) | · |" in candidate  # its own rule
+    assert "clean data" not in candidate
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
     seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]

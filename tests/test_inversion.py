@@ -11,7 +11,13 @@ from torch import nn
 from eigenguard.data.image_dataset import ImageDataset
 from eigenguard.data.transforms import Normalize
 from eigenguard.detectors.base import DetectionContext
-from eigenguard.detectors.inversion import TriggerInversion, named_target, principal_split, universal_perturbation
+from eigenguard.detectors.inversion import (
+    TriggerInversion,
+    named_target,
+    principal_split,
+    relabel_shares,
+    universal_perturbation,
+)
 
 LEVELS = (40, 120, 200)  # each class's brightness, pixel units
 POISONS = 20  # images of classes 0 and 1 with a white corner, labelled 2
@@ -87,6 +93,7 @@ def test_along_principal_flags_the_shortcut_s_poisons_along_the_class_s_own_top_
     data, poisons = poisoned_set()
     detection = TriggerInversion(budget=20.0, widen="none").detect(context(Shortcut(12.0), data))  # the principal split
     assert detection.report["estimated_target"] == 2 and detection.flagged.tolist() == poisons.tolist()
+    assert detection.report["named_by"] == "reach"  # the corner's poisons are far from their classes in pixels
     report = detection.report  # poisons from two classes: wider than a class, with other classes' pixels
     assert report["flagged_spread"] > report["class_spread_median"] and report["dissent"] == []
     assert report["flagged_neighbour_share"] < report["kept_neighbour_share"]
@@ -168,7 +175,7 @@ def test_confirm_reach_names_the_cleanest_split_where_it_is_reached_twice_the_me
     shares = torch.tensor([0.66, 0.95, 0.59, 0.61, 0.63, 0.66, 0.68, 0.55, 0.64, 0.66], dtype=torch.float64)
     assert named_target(rates, shares, "none")[::3] == (5, True)
     assert named_target(rates, shares, "split")[::3] == (5, False)  # vetoed: class 1 splits more cleanly
-    chosen, lift, median, named = named_target(rates, shares, "reach")
+    chosen, lift, median, named, _ = named_target(rates, shares, "reach")
     assert (chosen, named) == (1, True) and lift == pytest.approx(0.115 / 0.045) and median == 0.045
     rates[1] = 0.08  # reached under 2x the others' median: nothing named, whatever the split
     assert named_target(rates, shares, "reach")[::3] == (1, False)
@@ -202,6 +209,53 @@ def test_confirm_either_names_a_class_reached_2x_any_other_else_the_cleanest_spl
     rates = torch.tensor([0.209, 0.0137, 0.0332, 0.0215, 0.0527, 0.1582, 0.1328, 0.0195, 0.1289, 0.1934])
     shares = torch.tensor([0.6977, 0.5649, 0.5984, 0.6864, 0.6297, 0.6466, 0.6902, 0.5916, 0.6235, 0.6655])
     assert named_target(rates, shares, "reach")[::3] == (0, True) and named_target(rates, shares, "either")[3] is False
+
+
+def test_confirm_any_asks_pixel_neighbours_only_where_either_names_nothing() -> None:
+    # measured (Input-aware, seed 1): the T-shirts reached 0.09, 1.9x the median, and split no more cleanly
+    # than the bags; the relabelling shares lead 4.7x. Clean data (seed 1): the shirts lead them 1.76x
+    rates = torch.tensor([0.0898, 0.0117, 0.0723, 0.0332, 0.0527, 0.0234, 0.0742, 0.0352, 0.1172, 0.0449])
+    shares = torch.tensor([0.791, 0.61, 0.66, 0.64, 0.7, 0.62, 0.72, 0.6, 0.856, 0.65])
+    relabels = torch.tensor([0.0666, 0.0, 0.005, 0.002, 0.005, 0.0, 0.0143, 0.0, 0.001, 0.0])
+    assert named_target(rates, shares, "either", relabels)[3] is False
+    assert named_target(rates, shares, "any")[3] is False  # no shares given: the model's tests alone
+    assert named_target(rates, shares, "any", relabels)[::3] + named_target(rates, shares, "any", relabels)[4:] == (
+        0,
+        True,
+        "pixels",
+    )
+    clean = torch.tensor([0.007, 0.0, 0.009, 0.001, 0.004, 0.0, 0.0154, 0.0, 0.001, 0.0])
+    assert named_target(rates, shares, "any", clean)[3] is False
+    assert named_target(rates, shares, "any", torch.zeros(10))[3] is False  # no class shares: nothing named
+    # where a model test names a class, `any` names it and never reads the shares
+    reached = rates.clone()
+    reached[3] = 0.5
+    assert named_target(reached, shares, "any", relabels)[::3] == (3, True)
+    assert named_target(reached, shares, "any", relabels)[4] == "reach"
+
+
+def relabelled_set(poisons: int) -> ImageDataset:
+    """Four classes of 8x8 images, each its own pattern with noise, classes 2 and 3 look-alikes; `poisons`
+    images of each of classes 1-3 relabelled 0 (a dirty-label attack with an invisible trigger)."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.tensor([30.0, 90.0, 170.0, 180.0]).view(4, 1, 1, 1).expand(4, 1, 8, 8).clone()
+    patterns[1, :, :4] += 60  # class 1: a bright top half
+    labels = torch.arange(400) // 100
+    images = (patterns[labels] + torch.randn(400, 1, 8, 8, generator=g) * 12).clamp(0, 255).to(torch.uint8)
+    for c in (1, 2, 3):
+        labels[c * 100 : c * 100 + poisons] = 0
+    return ImageDataset(images, labels, ["a", "b", "c", "d"], (0.5,), (0.25,))
+
+
+def test_relabel_shares_lead_at_the_class_every_other_class_lends_images_to() -> None:
+    clean = relabelled_set(0)
+    shares = relabel_shares(clean.images, clean.labels, 4, torch.Generator().manual_seed(0))
+    assert float(shares.max()) == 0.0  # the look-alikes 2 and 3 share neighbours with one class: no quartile
+    dirty = relabelled_set(12)
+    shares = relabel_shares(dirty.images, dirty.labels, 4, torch.Generator().manual_seed(0))
+    assert int(shares.argmax()) == 0 and float(shares[0]) >= 2 * float(shares[1:].max())
+    again = relabel_shares(dirty.images, dirty.labels, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(shares, again)  # drawn from its generator alone
 
 
 def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:

@@ -41,7 +41,7 @@ class InversionRetraining(Defense):
     batch: int = option_like(TriggerInversion, "batch")
     images: int = option_like(TriggerInversion, "images")
     widen: Literal["none", "trigger"] = option_like(TriggerInversion, "widen")
-    confirm: Literal["none", "split", "reach", "either"] = option_like(TriggerInversion, "confirm")
+    confirm: Literal["none", "split", "reach", "either", "any"] = option_like(TriggerInversion, "confirm")
     along: Literal["direction", "principal"] = option_like(TriggerInversion, "along")
     balance: Literal["none", "oversample"] = option(
         "none", "draw the target's kept images again, up to the other classes' median count, for the retraining"

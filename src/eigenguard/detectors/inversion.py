@@ -19,10 +19,18 @@ image whose given label is not t is clean (a dirty-label poison carries t; a cle
      classes, not a tuned constant: it is reached TARGET_LIFT times more than any other class (the trigger
      is a shortcut no natural class offers), or its images split more cleanly than any other class's, for
      it holds images that carry the trigger and images that do not, while a class merely easy to reach
-     (ankle boots from sneakers) splits no more than its peers. `either` (the default) names the class
-     that leads the runner-up class TARGET_LIFT times in one test: the best-reached class where it is
-     reached 2x any other, else the class that splits most cleanly where its split share's excess over the
-     other classes' median share is 2x any other class's and it is reached 2x the median. A weakly learnt
+     (ankle boots from sneakers) splits no more than its peers. `either` names the class that leads the
+     runner-up class TARGET_LIFT times in one test: the best-reached class where it is reached 2x any
+     other, else the class that splits most cleanly where its split share's excess over the other classes'
+     median share is 2x any other class's and it is reached 2x the median. `any` (the default) adds a third
+     test, read from the data alone, where neither names a class: a dirty-label poison keeps the look of
+     the class it was drawn from (k-nearest-neighbour label noise, as in Peri et al., ECCV 2020 workshops,
+     there in feature space), so images of nearly every class have pixel neighbours labelled the target,
+     while a natural look-alike (shirts of T-shirts) shares neighbours with a few classes only; the class
+     whose lower quartile over the other classes of that share (`relabel_shares`) leads the runner-up
+     TARGET_LIFT times is named. It needs an attack that relabels (not SIG's clean labels), a poisoning
+     rate that gives every source class a share, and pixels that carry the class (Fashion-MNIST here; on
+     natural images pixel neighbours agree with labels far less). A weakly learnt
      trigger (a warp the model follows on half the triggered images) may not split its class along
      delta_t; a weak trigger into a class unlike the rest is outdone in reach by a class its neighbours
      resemble; on clean data a class that is naturally easy to reach leads neither test by 2x. `reach`
@@ -117,6 +125,7 @@ def stamped(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 NEIGHBOURS = 10  # pixel-space neighbours an image's label agreement is read from (step 4, third vote)
 REFERENCE = 4096  # training images drawn as the neighbours' pool: a bounded cost on any dataset size
+PIXEL_ROWS = 512  # images drawn per class whose neighbours step 3's third test reads: a bounded cost
 
 
 def spread(rows: torch.Tensor) -> float:
@@ -125,20 +134,51 @@ def spread(rows: torch.Tensor) -> float:
     return float((rows - centre).norm(dim=1).mean() / centre.norm().clamp_min(1e-12))
 
 
+def neighbour_labels(
+    images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, pool: torch.Tensor
+) -> torch.Tensor:  # fmt: skip
+    """The labels (rows, NEIGHBOURS) of the nearest images in pixels to each of `rows` (indices) among the
+    training images `pool` (indices), an image never its own neighbour."""
+    reference = images[pool].flatten(1).float()
+    found = []
+    for part in rows.split(1024):
+        distances = torch.cdist(images[part].flatten(1).float(), reference)
+        distances[part[:, None] == pool[None, :]] = float("inf")
+        found.append(labels[pool][distances.topk(min(NEIGHBOURS, len(pool)), largest=False).indices])
+    return torch.cat(found)
+
+
 def neighbour_share(
     images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, target: int, generator: torch.Generator
 ) -> torch.Tensor:
     """For each of `rows` (indices), the share of its NEIGHBOURS nearest training images in pixels (among a
     random REFERENCE of them, itself excluded) that are labelled `target`."""
     pool = torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
-    reference = images[pool].flatten(1).float()
-    shares = []
-    for part in rows.split(1024):
-        distances = torch.cdist(images[part].flatten(1).float(), reference)
-        distances[part[:, None] == pool[None, :]] = float("inf")
-        nearest = distances.topk(min(NEIGHBOURS, len(pool)), largest=False).indices
-        shares.append((labels[pool][nearest] == target).double().mean(1))
-    return torch.cat(shares)
+    return (neighbour_labels(images, labels, rows, pool) == target).double().mean(1)
+
+
+def relabel_shares(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Step 3's third test, per class c: the lower quartile, over the other classes d, of the share of d's
+    images' NEIGHBOURS nearest training images in pixels (among a random REFERENCE) labelled c (PIXEL_ROWS
+    images drawn per class). Natural look-alikes share neighbours with a few classes only; the target of a
+    dirty-label attack, whose poisons look like the classes they were drawn from, with nearly every class."""
+    pool = torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
+    shares = torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
+    for d in range(num_classes):
+        rows = torch.nonzero(labels == d).flatten()
+        if len(rows) == 0:
+            continue
+        rows = rows[torch.randperm(len(rows), generator=generator)[:PIXEL_ROWS].to(rows.device)]
+        found = neighbour_labels(images, labels, rows, pool)
+        shares[d] = torch.bincount(found.flatten().cpu(), minlength=num_classes)[:num_classes].double() / found.numel()
+    out = torch.zeros(num_classes, dtype=torch.float64)
+    for c in range(num_classes):
+        column = without(shares[:, c], c)
+        column = column[~column.isnan()]
+        out[c] = float(column.quantile(0.25)) if len(column) else 0.0
+    return out
 
 
 def principal_split(
@@ -182,22 +222,29 @@ def principal_split(
 
 
 def named_target(
-    rates: torch.Tensor, separations: torch.Tensor, confirm: str
-) -> tuple[int, float, float, bool]:  # fmt: skip
-    """Step 3 from the classes' success rates and split shares: (the class weighed, its rate over the other
-    classes' median, that median, whether it is named)."""
+    rates: torch.Tensor, separations: torch.Tensor, confirm: str, relabels: torch.Tensor | None = None
+) -> tuple[int, float, float, bool, str]:  # fmt: skip
+    """Step 3 from the classes' success rates, split shares and (`any`) relabelling shares: (the class
+    weighed, its rate over the other classes' median, that median, whether it is named, the test that named
+    it: reach, split, pixels or '')."""
     cleanest = int(separations.argmax())
-    if confirm == "either":
+    if confirm in ("either", "any"):
         best = int(rates.argmax())
         if rates[best] > 0 and rates[best] >= TARGET_LIFT * runner_up(rates, best):
-            return *score_lift(rates, best), True
+            return *score_lift(rates, best), True, "reach"
         chosen, lift, median = score_lift(rates, cleanest)
         excess = separations - without(separations, cleanest).median()
-        leads = float(excess[cleanest]) >= TARGET_LIFT * runner_up(excess, cleanest)
-        return chosen, lift, median, lift >= TARGET_LIFT and leads
+        if lift >= TARGET_LIFT and float(excess[cleanest]) >= TARGET_LIFT * runner_up(excess, cleanest):
+            return chosen, lift, median, True, "split"
+        if confirm == "any" and relabels is not None:
+            top = int(relabels.argmax())
+            if relabels[top] > 0 and relabels[top] >= TARGET_LIFT * runner_up(relabels, top):
+                return *score_lift(rates, top), True, "pixels"
+        return chosen, lift, median, False, ""
     chosen, lift, median = score_lift(rates, cleanest if confirm == "reach" else None)
     named = lift >= TARGET_LIFT and (confirm != "split" or chosen == cleanest)
-    return chosen, lift, median, named
+    by = {"split": "reach", "none": "reach", "reach": "split"}[confirm]  # the test the rule's class leads in
+    return chosen, lift, median, named, by if named else ""
 
 
 def runner_up(values: torch.Tensor, best: int) -> float:
@@ -220,11 +267,12 @@ class TriggerInversion(Detector):
     images: int = option(
         512, "training images (labelled and predicted otherwise) each class's perturbation is fitted on", ">= 1"
     )
-    confirm: Literal["none", "split", "reach", "either"] = option(
-        "either",
+    confirm: Literal["none", "split", "reach", "either", "any"] = option(
+        "any",
         "the class named (step 3): the best-reached (none); it only where its images also split most cleanly "
         "(split); the one whose images split most cleanly, where it too is reached at >= 2x (reach); the "
-        "one that leads the runner-up class 2x in reach, or in split where it too is reached at >= 2x (either)",
+        "one that leads the runner-up class 2x in reach, or in split where it too is reached at >= 2x (either); "
+        "either's, else the one that leads the runner-up 2x in sharing pixel neighbours with other classes (any)",
     )
     along: Literal["direction", "principal"] = option(
         "principal",
@@ -273,7 +321,9 @@ class TriggerInversion(Detector):
         labels = data.labels.to(projections.device)
         splits = [otsu(projections[labels == c, c]) for c in range(data.num_classes)]
         separations = torch.tensor([share for _, share in splits], dtype=torch.float64)
-        chosen, lift, median, named = named_target(class_scores, separations, self.confirm)
+        draw = torch.Generator().manual_seed(t.config.seed + 17)  # apart: `either` draws as before `any` existed
+        relabels = relabel_shares(data.images, data.labels, data.num_classes, draw)
+        chosen, lift, median, named, named_by = named_target(class_scores, separations, self.confirm, relabels)
         cleanest, best = int(separations.argmax()), int(class_scores.argmax())
         second = runner_up(class_scores, best)
         reached = lift >= TARGET_LIFT
@@ -297,6 +347,8 @@ class TriggerInversion(Detector):
             "target_lift": round(lift, 3) if math.isfinite(lift) else None,  # None: no other class was reached
             "split_shares": [round(float(v), 4) for v in separations],
             "cleanest_split": cleanest,
+            "relabel_shares": [round(float(v), 4) for v in relabels],
+            "named_by": named_by or None,
             "first_flagged": first,
             **spreads,
             "widen_separation": round(separation, 4),
