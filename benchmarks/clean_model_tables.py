@@ -22,6 +22,7 @@ first three of seed 0:
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,17 @@ def own_pace_plain(cell: dict[str, Any]) -> float | None:
     return statistics.median(epochs) / images * m["epochs"] * m["train_images"] if epochs and images else None
 
 
+def resumed(cell: dict[str, Any]) -> bool:
+    """Whether the cell was resumed after a kill: its wall times then miss the interrupted process's. Cells
+    recorded before runs said so show it in their log: the epochs of the defense's own fits add up to more
+    than its wall time, which holds them."""
+    if cell["metrics"].get("resumed"):
+        return True
+    own = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") in ("read", "retrain")
+           and r.get("epoch_seconds") not in (None, "")]  # fmt: skip
+    return sum(own) > cell["metrics"].get("defense_seconds", math.inf)
+
+
 def own_pace_cost(cell: dict[str, Any]) -> tuple[float, float] | None:
     """A trigger inversion cell's seconds with the plain training it reads counted at its own pace (a short
     reader it trained itself is in its own seconds already), and their ratio over that plain training; None
@@ -253,7 +265,9 @@ def own_pace_cost(cell: dict[str, Any]) -> tuple[float, float] | None:
 def spend_tables(cells: Cells) -> str:
     out = []
     for machine in sorted({cpu(c) for (_, d), c in cells.items() if d in NEW}):
-        shown = {d: DEFENSES[d] for d in NEW if any(k[1] == d and cpu(c) == machine for k, c in cells.items())}
+        listed = attacks_in(cells)  # a column with cells on clean data alone has no row here
+        here = [k[1] for k, c in cells.items() if k[0] in listed and cpu(c) == machine]
+        shown = {d: DEFENSES[d] for d in NEW if d in here}
         rows = []
         for a, name in attacks_in(cells).items():
             plain = plain_seconds(cells, a, machine)
@@ -268,6 +282,9 @@ def spend_tables(cells: Cells) -> str:
                 if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
                     seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
                 paced = own_pace_cost(cell)
+                if resumed(cell):
+                    row.append("resumed: not timed")
+                    continue
                 if d in INVERSIONS and paced is not None:  # it reads the plain model: a user trains it too
                     row.append(f"{paced[0]:,.0f} s, {paced[1]:.2f}x")
                     continue
@@ -355,7 +372,7 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
             cell, rule = found
             m = cell["metrics"]
             paced = own_pace_cost(cell)
-            cost = f"{paced[1]:.2f}x" if paced else "no retraining"
+            cost = "resumed: not timed" if resumed(cell) else f"{paced[1]:.2f}x" if paced else "no retraining"
             cost += f"; ran `{rule}`" if rule != "any" else ""
             both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
             row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")

@@ -31,6 +31,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    assert (ma.pop("resumed"), mb.pop("resumed")) == (False, True)  # its wall times: this process's only
     for key in TIMES:
         ma.pop(key, None), mb.pop(key, None)
     for m in (ma, mb):  # whether D-BR's SD model came from the cache: where it was, not what it is

@@ -222,6 +222,7 @@ def _train_in(
             round(trainer.images_trained / trainer.train_seconds, 1) if trainer.train_seconds else None
         ),
         "total_seconds": round(time.perf_counter() - started, 3),
+        "resumed": resume,  # the wall times above count this process only, not the one interrupted
         # what was read, whatever data_root said, and what the model takes (load_model needs no dataset)
         "data": {**data.source, **data_description(data.train_set)},
         "attack": data.attack.describe() if data.attack else None,
