@@ -58,9 +58,10 @@ DEFENSES = {
     "inversion-principal": "trigger inversion, principal split",
     "inversion-principal-reach": "the same, the cleanest split named",
     "inversion-principal-either": "the same, a class reached 2x any other named first",
-    "inversion-principal-either-read4": "the same, reading a 4-epoch model",
+    "inversion-principal-either-read4": "the same, `either`, reading a 4-epoch model",
     "inversion-principal-any": "the same, else the class pixel neighbours name",
-    "inversion-principal-any-read4": "the same, reading a 4-epoch model",
+    "inversion-principal-any-read4": "the same, `any`, reading a 4-epoch model",
+    "inversion-principal-any-read6": "the same, `any`, reading a 6-epoch model",
 }
 SIEVES = (
     "sieve-rate",
@@ -82,6 +83,7 @@ INVERSIONS = (
     "inversion-principal-either-read4",
     "inversion-principal-any",
     "inversion-principal-any-read4",
+    "inversion-principal-any-read6",
 )
 NEW = ("pdb", "pdb-clean", *SIEVES, "cbd", *INVERSIONS)
 

@@ -300,7 +300,10 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     # killed and resumed: its wall time misses the first process's, so no cost is shown
     again = {**short, "config": {**short["config"], "attack": {"name": "bpp"}}}
     again["metrics"] = {**short["metrics"], "resumed": True}
-    queue += [inverted, kept, either, short, clean, named, again]
+    # recorded before runs said so: its own fits' epochs (360 s) outlast its wall time, as only a resumed run's do
+    old = {**short, "config": {**short["config"], "attack": {"name": "sig"}, "poison_rate": 0.8}}
+    old["metrics"] = {**short["metrics"], "defense_seconds": 300.0}
+    queue += [inverted, kept, either, short, clean, named, again, old]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -320,8 +323,9 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| BadNets | 600 s, 2.00x (0.50x) |" in amd  # 3 epochs at the 50 s median: 150 s over 300 s of plain
     assert "| the same, the cleanest split named |" in out and "| 88.7 / 1.0 |" in out
     assert "| 1,240 s, 1.94x |" in amd  # 600 s of its own over 640 s of plain training at its pace
-    assert "| the same, reading a 4-epoch model |" in out and "| 600 s, 0.94x |" in amd  # 600 s over 640 s
+    assert "| the same, `either`, reading a 4-epoch model |" in out and "| 600 s, 0.94x |" in amd  # 600 s over 640 s
     assert "| BppAttack | · | · | · | · | · | · | resumed: not timed |" in amd
+    assert "| SIG | · | · | · | · | · | · | resumed: not timed |" in amd
     candidate = out.split("| attack | seed 0 | seed 1 | seed 2 |")[1]  # the candidate, seed by seed
     assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · |" in candidate
     assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining; ran `either`) | · |" in candidate
