@@ -18,6 +18,7 @@ from eigenguard.detectors.inversion import (
     relabel_shares,
     universal_perturbation,
 )
+from eigenguard.pipeline.scan import estimate_target
 
 LEVELS = (40, 120, 200)  # each class's brightness, pixel units
 POISONS = 20  # images of classes 0 and 1 with a white corner, labelled 2
@@ -256,6 +257,37 @@ def test_relabel_shares_lead_at_the_class_every_other_class_lends_images_to() ->
     assert int(shares.argmax()) == 0 and float(shares[0]) >= 2 * float(shares[1:].max())
     again = relabel_shares(dirty.images, dirty.labels, 4, torch.Generator().manual_seed(0))
     assert torch.equal(shares, again)  # drawn from its generator alone
+
+
+class Nearest(nn.Module):
+    """Logits by mean brightness alone, for `relabelled_set`'s four patterns: no backdoor to reach."""
+
+    insertion_points = ("head",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.centres = torch.tensor([(level / 255 - 0.5) / 0.25 for level in (30.0, 120.0, 170.0, 180.0)])
+
+    def features(self, x: torch.Tensor, point: str, through_point: bool = True) -> torch.Tensor:
+        return torch.stack([x.mean((1, 2, 3)), x[:, :, :4].mean((1, 2, 3))], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -20 * (x.mean((1, 2, 3))[:, None] - self.centres) ** 2
+
+
+def test_pixel_neighbours_name_a_relabelled_class_no_perturbation_reaches_and_the_scan_agrees() -> None:
+    data = relabelled_set(12)  # 12 images of each of classes 1-3 relabelled 0
+    detection = TriggerInversion(budget=2.0, widen="none").detect(context(Nearest(), data))
+    report = detection.report
+    assert max(report["success_rates"]) == 0.0  # too small a perturbation to reach any class
+    assert report["named_by"] == "pixels" and report["estimated_target"] == 0
+    poisons = [c * 100 + i for c in (1, 2, 3) for i in range(12)]
+    assert detection.flagged.tolist() == poisons
+    target = estimate_target(detection, data)  # the scan weighs the class by the test that named it
+    assert target["class"] == 0 and "pixel neighbours" in target["evidence"]
+    either = TriggerInversion(budget=2.0, widen="none", confirm="either").detect(context(Nearest(), data))
+    assert either.report["estimated_target"] is None and len(either.flagged) == 0
+    assert estimate_target(either, data)["class"] is None
 
 
 def test_the_perturbation_stays_inside_its_budget_and_pixels_in_range() -> None:

@@ -355,12 +355,18 @@ class TriggerInversion(Detector):
             "seconds": round(time.perf_counter() - t0, 3),
         }
         scores = flagged_first(within_class_z(projection, labels), flagged)
+        evidence = "share of the other classes' images a universal perturbation of the budget sends to the class"
+        if named_by == "pixels":  # the scan weighs the class by the test that named it
+            class_scores = relabels
+            evidence = (
+                "lower quartile over the other classes of the share of their images' pixel neighbours labelled it"
+            )
         return Detection(
             scores.cpu(),
             torch.nonzero(flagged).flatten().cpu(),
             report,
             class_scores,
-            "share of the other classes' images a universal perturbation of the budget sends to the class",
+            evidence,
             veto=veto,
             candidate=chosen,
         )
