@@ -377,3 +377,6 @@ def test_detection_tables_read_scans_of_an_export(tmp_path: Path) -> None:
     assert "| Blend | · | · | wrong (3), 42 s |" in out
     assert "| clean data | · | 300 flagged |" in out and "| clean data | · | none, 42 s |" in out
     assert "0.111" not in out
+    headline = out.split("AUROC / TPR at 5% FPR\n")[0]  # its defaults' column: the principal split's scan
+    assert "| attack | SS | AC | SPECTRE | trigger inversion (ours) |" in headline
+    assert "| BadNets | 0.987 / 91%, right | · | · | 0.999 / 91%, right |" in headline
