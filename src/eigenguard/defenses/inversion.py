@@ -2,7 +2,8 @@
 
 The `inversion` detector (detectors/inversion.py) reads the model trained on the data without a defense:
 it names the class that a small universal perturbation reaches from the other classes far more than any
-other, or whose images split most cleanly, splits its images along their own top principal component,
+other, or whose images split most cleanly, or else (`confirm: any`) the class that images of nearly every
+other class have pixel neighbours labelled with; it splits its images along their own top principal component,
 three votes naming the poisons' side (and, widened, flags those that carry its pixel estimate of the
 trigger). This defense drops the flagged images and trains a fresh model on the rest with the config's
 recipe, as Spectral Signatures does with its own split (defenses/spectral_signatures.py).
