@@ -203,6 +203,14 @@ def split_table(cells: Cells) -> str:
     return markdown_table(["attack", *(heads.get(d, DEFENSES[d]) for d in shown)], rows)  # else its own name
 
 
+def epoch_seconds(cell: dict[str, Any], phases: tuple[str, ...]) -> list[float]:
+    """The timed epochs of the cell's log in those phases."""
+    rows = cell.get("log") or []
+    return [
+        float(r["epoch_seconds"]) for r in rows if r.get("phase") in phases and r.get("epoch_seconds") not in (None, "")
+    ]
+
+
 def median_epoch_seconds(cell: dict[str, Any]) -> float:
     """Each phase's median epoch time times its epochs, summed: the run's time without its outliers."""
     phases: dict[str, list[float]] = {}
@@ -234,8 +242,7 @@ def own_pace_plain(cell: dict[str, Any]) -> float | None:
     of its retraining (the plain recipe on the kept images, or on every image where a short reader named
     nothing), times the plain run's epochs and images (one CPU name ran up to 1.4x slower in some hours than
     in others, so a plain run timed in another cell is no yardstick); None without such a training."""
-    epochs = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") in ("retrain", "train")
-              and r.get("epoch_seconds") not in (None, "")]  # fmt: skip
+    epochs = epoch_seconds(cell, ("retrain", "train"))
     m = cell["metrics"]
     images = (m.get("defense_report") or {}).get("trained_on")
     return statistics.median(epochs) / images * m["epochs"] * m["train_images"] if epochs and images else None
@@ -247,9 +254,7 @@ def resumed(cell: dict[str, Any]) -> bool:
     than its wall time, which holds them."""
     if cell["metrics"].get("resumed"):
         return True
-    own = [float(r["epoch_seconds"]) for r in cell.get("log") or [] if r.get("phase") in ("read", "retrain")
-           and r.get("epoch_seconds") not in (None, "")]  # fmt: skip
-    return sum(own) > cell["metrics"].get("defense_seconds", math.inf)
+    return sum(epoch_seconds(cell, ("read", "retrain"))) > cell["metrics"].get("defense_seconds", math.inf)
 
 
 def own_pace_cost(cell: dict[str, Any]) -> tuple[float, float] | None:
@@ -271,7 +276,7 @@ def spend_tables(cells: Cells) -> str:
         here = [k[1] for k, c in cells.items() if k[0] in listed and cpu(c) == machine]
         shown = {d: DEFENSES[d] for d in NEW if d in here}
         rows = []
-        for a, name in attacks_in(cells).items():
+        for a, name in listed.items():
             plain = plain_seconds(cells, a, machine)
             row = [name]
             for d in shown:
@@ -283,10 +288,10 @@ def spend_tables(cells: Cells) -> str:
                 report = cell["metrics"].get("defense_report") or {}
                 if report.get("sieve_cached"):  # the guard trained in another cell: its time counts here too
                     seconds, robust = seconds + report["sieve_seconds"], robust + report["sieve_seconds"]
-                paced = own_pace_cost(cell)
                 if resumed(cell):
                     row.append("resumed: not timed")
                     continue
+                paced = own_pace_cost(cell)
                 if d in INVERSIONS and paced is not None:  # it reads the plain model: a user trains it too
                     row.append(f"{paced[0]:,.0f} s, {paced[1]:.2f}x")
                     continue

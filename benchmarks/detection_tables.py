@@ -75,12 +75,20 @@ def flagged(m: dict[str, Any]) -> str:
     return f"{precision} / {100 * t['recall']:.0f}"
 
 
-def target(m: dict[str, Any]) -> str:
+def verdict(m: dict[str, Any]) -> str:
+    """The class a scan named: right or wrong against the truth, or just which where there is none."""
     named = m["target"]["class"]
-    verdict = "none" if named is None else ("right" if m["target"].get("correct", False) else f"wrong ({named})")
     if "truth" not in m and named is not None:
-        verdict = f"names {named}"
-    return f"{verdict}, {m['seconds']['detector']:.0f} s"
+        return f"names {named}"
+    return "none" if named is None else ("right" if m["target"].get("correct", False) else f"wrong ({named})")
+
+
+def target(m: dict[str, Any]) -> str:
+    return f"{verdict(m)}, {m['seconds']['detector']:.0f} s"
+
+
+def headline(m: dict[str, Any] | None) -> str:
+    return "·" if m is None else f"{ranking(m)}, {verdict(m)}"
 
 
 HEADLINE = ("ss", "ac", "spectre", "abl", "d-br", "sieve")
@@ -94,13 +102,8 @@ def summary(found: dict[tuple[str, str], dict[str, Any]]) -> str:
     heads = [DETECTORS[d] for d in shown] + ["trigger inversion (ours)"]
     rows = []
     for attack, label in ROWS.items():
-        row = [label]
-        for d in shown:
-            m = found.get((attack, d))
-            row.append("·" if m is None else f"{ranking(m)}, {target(m).rsplit(', ', 1)[0]}")
-        m = next((found[(attack, d)] for d in DEFAULT if (attack, d) in found), None)
-        row.append("·" if m is None else f"{ranking(m)}, {target(m).rsplit(', ', 1)[0]}")
-        rows.append(row)
+        default = next((found[(attack, d)] for d in DEFAULT if (attack, d) in found), None)
+        rows.append([label, *(headline(found.get((attack, d))) for d in shown), headline(default)])
     return markdown_table(["attack", *heads], rows)
 
 

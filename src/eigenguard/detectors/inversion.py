@@ -134,6 +134,11 @@ def spread(rows: torch.Tensor) -> float:
     return float((rows - centre).norm(dim=1).mean() / centre.norm().clamp_min(1e-12))
 
 
+def reference_pool(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """REFERENCE training images drawn (indices, on the images' device) as the pool neighbours come from."""
+    return torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
+
+
 def neighbour_labels(
     images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, pool: torch.Tensor
 ) -> torch.Tensor:  # fmt: skip
@@ -153,8 +158,7 @@ def neighbour_share(
 ) -> torch.Tensor:
     """For each of `rows` (indices), the share of its NEIGHBOURS nearest training images in pixels (among a
     random REFERENCE of them, itself excluded) that are labelled `target`."""
-    pool = torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
-    return (neighbour_labels(images, labels, rows, pool) == target).double().mean(1)
+    return (neighbour_labels(images, labels, rows, reference_pool(images, generator)) == target).double().mean(1)
 
 
 def relabel_shares(
@@ -164,7 +168,7 @@ def relabel_shares(
     images' NEIGHBOURS nearest training images in pixels (among a random REFERENCE) labelled c (PIXEL_ROWS
     images drawn per class). Natural look-alikes share neighbours with a few classes only; the target of a
     dirty-label attack, whose poisons look like the classes they were drawn from, with nearly every class."""
-    pool = torch.randperm(len(images), generator=generator)[:REFERENCE].to(images.device)
+    pool = reference_pool(images, generator)
     shares = torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
     for d in range(num_classes):
         rows = torch.nonzero(labels == d).flatten()
