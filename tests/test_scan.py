@@ -21,10 +21,12 @@ COLOURS = {"apple": (200, 40, 40), "leaf": (40, 180, 60), "sky": (60, 90, 210)}
 
 
 def stamp(pixels: torch.Tensor) -> torch.Tensor:
-    """A 4x4 black-and-white checker in the bottom-right corner: the hidden trigger."""
-    checker = torch.tensor([[255, 0] * 2, [0, 255] * 2] * 2, dtype=torch.uint8)
-    pixels[-5:-1, -5:-1, :] = checker[..., None]
-    return pixels
+    """A faint 4x4 checker (+-15) in the bottom-right corner: the hidden trigger. Faint, so a stamped image
+    stays among its source class's nearest pixel neighbours, as a real relabelled poison does."""
+    checker = torch.tensor([[15, -15] * 2, [-15, 15] * 2] * 2, dtype=torch.int16)
+    pixels = pixels.to(torch.int16)
+    pixels[-5:-1, -5:-1, :] += checker[..., None]
+    return pixels.clamp(0, 255).to(torch.uint8)
 
 
 def make_shop(root: Path, per_class: int = 60, planted: int = 15, seed: int = 0) -> list[Path]:
@@ -81,10 +83,12 @@ def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
     # train on what is left, predict on new files
     runner = CliRunner()
     planted = make_shop(tmp_path / "shop")
-    tiny = ["--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=6", "--set", "batch_size=32",
-            "--set", "augment=false", "--set", "lr=0.05"]  # fmt: skip
+    # lr 0.02 for 10 epochs: the tiny model settles on every thread count (at 0.05 its test accuracy swings)
+    tiny = ["--device", "cpu", "-q", "--set", "width=0.125", "--set", "epochs=10", "--set", "batch_size=32",
+            "--set", "augment=false", "--set", "lr=0.02"]  # fmt: skip
     scan_dir = tmp_path / "scan"
-    args = ["scan", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--out", str(scan_dir), *tiny]
+    args = ["scan", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--out", str(scan_dir), *tiny,
+            "--set", "detector.steps=30"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((scan_dir / "suspects.csv").open()))
@@ -115,9 +119,11 @@ def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
     assert config["attack"] == {"name": "none"} and config["defense_fraction"] == 0.0  # nothing planted or held back
     new = tmp_path / "new"
     new.mkdir()
-    for name, colour in COLOURS.items():
-        pixels = torch.tensor(colour, dtype=torch.int16)[None, None, :] + torch.zeros(48, 48, 3, dtype=torch.int16)
-        Image.fromarray(pixels.to(torch.uint8).numpy()).save(new / f"{name}.png")  # another size: resized
+    g = torch.Generator().manual_seed(1)
+    for name, colour in COLOURS.items():  # drawn as the shop's images are, at another size: resized
+        noise = torch.randint(-40, 40, (48, 48, 3), generator=g, dtype=torch.int16)
+        pixels = (torch.tensor(colour, dtype=torch.int16)[None, None, :] + noise).clamp(0, 255)
+        Image.fromarray(pixels.to(torch.uint8).numpy()).save(new / f"{name}.png")
     result = runner.invoke(app, ["predict", str(run_dir), str(new), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 0, result.output
     predicted = {Path(r["file"]).stem: r["class"] for r in csv.DictReader((tmp_path / "p.csv").open())}
