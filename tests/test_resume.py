@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_mnist_like
 from safetensors.torch import load_file
 
 from eigenguard import TrainConfig, train
@@ -25,6 +26,29 @@ def config(root: Path, out: Path, defense: object = "eigenguard", epochs: int = 
         dataset="mnist", data_root=str(root), model="resnet18", width=0.125, epochs=epochs, batch_size=50,
         attack="badnets", defense=defense, device="cpu", out=str(out), eval_every=epochs,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny dataset for the tests that compare with a shared uninterrupted run (its path is in metrics)."""
+    return make_mnist_like(tmp_path_factory.mktemp("shared") / "data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[object], Path]:
+    """The uninterrupted run of `config(shared_root, ..., defense)`, trained once per module and worker: several
+    tests cut the same run at different places. Called from a test, so it trains under that test's cache."""
+    runs: dict[str, Path] = {}
+
+    def whole(defense: object = "eigenguard") -> Path:
+        key = json.dumps(defense, sort_keys=True)
+        if key not in runs:
+            runs[key] = train(
+                config(shared_root, tmp_path_factory.mktemp("whole") / "run", defense), progress=False
+            ).run_dir
+        return runs[key]
+
+    return whole
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -86,29 +110,31 @@ FAST_ANCHORS = {**RANKED_BY_TRAINING, "anchor_features": "detached"}  # its anch
     [
         (1, False, "eigenguard"),
         pytest.param(2, False, "eigenguard", marks=pytest.mark.slow),  # the same path one epoch later
-        (2, True, "eigenguard"),
+        pytest.param(2, True, "eigenguard", marks=pytest.mark.slow),
         pytest.param(1, False, RANKED_BY_TRAINING, marks=pytest.mark.slow),  # the guard's other options
         pytest.param(1, False, FAST_ANCHORS, marks=pytest.mark.slow),
     ],
     ids=["epoch-1", "epoch-2", "epoch-2-while-writing", "ranked-by-training-epoch-1", "fast-anchors-epoch-1"],
 )
 def test_guarded_run_resumes_bit_identically(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, while_writing: bool, defense: object
-) -> None:
-    whole = train(config(mnist_root, tmp_path / "whole", defense), progress=False).run_dir
+    shared_root: Path, uninterrupted: Callable[[object], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    epoch: int, while_writing: bool, defense: object,
+) -> None:  # fmt: skip
+    whole = uninterrupted(defense)
     cut = tmp_path / "cut"
     with monkeypatch.context() as m:
         interrupt_after(m, 1, epoch, while_writing)
         with pytest.raises(Interrupt):
-            train(config(mnist_root, cut, defense), progress=False)
+            train(config(shared_root, cut, defense), progress=False)
     assert not (cut / "metrics.json").exists() and not (cut / ".lock").exists()
     saved = sorted(p.name for p in (cut / "checkpoint").iterdir())
     done = epoch - 1 if while_writing else epoch  # a checkpoint cut short leaves the one before in force
     assert f"fit-1.step-{done}.safetensors" in saved
-    train(config(mnist_root, cut, defense), progress=False, resume=True)
+    train(config(shared_root, cut, defense), progress=False, resume=True)
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_a_later_fit_resumes_after_finished_ones(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,6 +168,7 @@ def test_resume_refuses_finished_locked_and_foreign_runs(mnist_root: Path, tmp_p
         train(other, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_a_killed_grid_cell_resumes_from_its_checkpoint(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,12 +189,13 @@ def test_a_killed_grid_cell_resumes_from_its_checkpoint(
     assert_same_run(Path(whole["run_dir"]), Path(resumed["run_dir"]))
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_root: Path, uninterrupted: Callable[[object], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import errno
 
-    whole = train(config(mnist_root, tmp_path / "whole"), progress=False).run_dir
+    whole = uninterrupted("eigenguard")
     cut, save = tmp_path / "cut", checkpoint_module.atomic_save_tensors
 
     def disk_full(path: Path, tensors: object, metadata: object) -> None:
@@ -178,10 +206,10 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(
     with monkeypatch.context() as m:
         m.setattr(checkpoint_module, "atomic_save_tensors", disk_full)
         with pytest.raises(EigenguardError, match=r"No space left on device.*last complete checkpoint is kept"):
-            train(config(mnist_root, cut), progress=False)
+            train(config(shared_root, cut), progress=False)
     assert json.loads((cut / "state.json").read_text())["state"] == "failed"
     assert sorted(p.name for p in (cut / "checkpoint").iterdir()) == ["fit-1.json", "fit-1.step-1.safetensors"]
-    train(config(mnist_root, cut), progress=False, resume=True)
+    train(config(shared_root, cut), progress=False, resume=True)
     assert_same_run(whole, cut)
 
 
@@ -190,7 +218,7 @@ def test_a_corrupt_checkpoint_is_named(mnist_root: Path, tmp_path: Path, monkeyp
     with monkeypatch.context() as m:
         interrupt_after(m, 1, 1)
         with pytest.raises(Interrupt):
-            train(config(mnist_root, cut), progress=False)
+            train(config(shared_root, cut), progress=False)
     (cut / "checkpoint" / "fit-1.step-1.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(EigenguardError, match=r"checkpoint .*fit-1\.step-1\.safetensors' is unreadable"):
         train(config(mnist_root, cut), progress=False, resume=True)
@@ -226,6 +254,7 @@ def test_kill_9_mid_run_then_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_a_post_training_defense_resumes_its_unfinished_backdoored_run(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,6 +278,7 @@ def test_a_post_training_defense_resumes_its_unfinished_backdoored_run(
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     import signal
     import subprocess
@@ -278,6 +308,7 @@ def test_ctrl_c_says_how_to_resume(mnist_root: Path, tmp_path: Path) -> None:
     assert json.loads((run / "state.json").read_text())["state"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_post_training_defense_resumes_within_its_own_phase(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -324,6 +355,7 @@ def cut_within_a_phase(
     return before, after
 
 
+@pytest.mark.slow
 def test_anp_resumes_within_its_mask_optimisation(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,6 +374,7 @@ def test_anp_resumes_within_its_mask_optimisation(
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_dbr_resumes_within_its_backdoor_removal(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,6 +390,7 @@ def test_dbr_resumes_within_its_backdoor_removal(
     assert_same_run(whole, cut)
 
 
+@pytest.mark.slow
 def test_asd_resumes_after_its_last_checkpointed_epoch(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
