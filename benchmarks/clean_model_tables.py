@@ -370,7 +370,7 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
     which. Clean data is the attack `none`."""
     rows = []
     for a, name in {**ATTACKS, "none": "clean data"}.items():
-        row = [name]
+        row, ran = [name], []
         for s in (0, 1, 2):
             found = candidate_cell(seeds.get(s, {}), a)
             if found is None:
@@ -378,14 +378,22 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
                 continue
             cell, rule = found
             m = cell["metrics"]
+            ran.append(m)
             paced = own_pace_cost(cell)
             cost = "resumed: not timed" if resumed(cell) else f"{paced[1]:.2f}x" if paced else "no retraining"
             cost += f"; ran `{rule}`" if rule != "any" else ""
             both = (lambda acc, asr: pct(acc)) if a == "none" else (lambda acc, asr: f"{pct(acc)} / {pct(asr)}")
             row.append(f"{both(m['acc'], m['asr'])} ({both(m['backdoored_acc'], m['backdoored_asr'])}; {cost})")
-        if any(c != "·" for c in row[1:]):
-            rows.append(row)
-    return markdown_table(["attack", "seed 0", "seed 1", "seed 2"], rows) if rows else "(the candidate has not run)"
+        if not ran:
+            continue
+        acc = mean_sd([m["acc"] for m in ran])
+        row.append(f"{acc} ({len(ran)})" if a == "none" else f"{acc} / {mean_sd([m['asr'] for m in ran])} ({len(ran)})")
+        # the shipping bar's terms: the largest loss against the plain model of the same cell, the largest ASR
+        drop = max(m["backdoored_acc"] - m["acc"] for m in ran)
+        row.append(pct(drop) if a == "none" else f"{pct(drop)} / {pct(max(m['asr'] for m in ran))}")
+        rows.append(row)
+    header = ["attack", "seed 0", "seed 1", "seed 2", "over seeds (n)", "worst: points lost / ASR"]
+    return markdown_table(header, rows) if rows else "(the candidate has not run)"
 
 
 def main() -> None:

@@ -326,10 +326,14 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     assert "| the same, `either`, reading a 4-epoch model |" in out and "| 600 s, 0.94x |" in amd  # 600 s over 640 s
     assert "| BppAttack | · | · | · | · | · | · | resumed: not timed |" in amd
     assert "| SIG | · | · | · | · | · | · | resumed: not timed |" in amd
-    candidate = out.split("| attack | seed 0 | seed 1 | seed 2 |")[1]  # the candidate, seed by seed
-    assert "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · |" in candidate
+    candidate = out.split("| attack | seed 0 | seed 1 | seed 2 | over seeds (n) | worst: points lost / ASR |")[1]
+    assert (
+        "| BadNets | 88.7 / 1.0 (90.0 / 100.0; 1.94x; ran `reach`) | · | · | 88.7 +- 0.0 / 1.0 +- 0.0 (1) |"
+        in candidate
+    )
     assert "| WaNet | · | 87.0 / 2.0 (88.0 / 58.5; no retraining; ran `either`) | · |" in candidate
     assert "| Input-aware | · | 89.0 / 1.2 (90.0 / 80.0; no retraining) | · |" in candidate  # its own rule
+    assert "| 88.7 +- 0.0 / 1.0 +- 0.0 (1) | 1.3 / 1.0 |" in candidate  # 90.0 - 88.7 points, 1.0% ASR
     assert "clean data" not in candidate
     intel = out.split("Spend on Intel Xeon:")[1]
     assert "| BadNets | 600 s |" in intel  # no plain run on that machine: no ratio
