@@ -132,6 +132,21 @@ def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
     assert model.classes == list(COLOURS) and not model.training
 
 
+def test_set_aside_rows_name_a_folders_files(tmp_path: Path) -> None:
+    from eigenguard import TrainConfig, resolve
+    from eigenguard.pipeline.prepare import prepare_data
+    from eigenguard.pipeline.run import set_aside_rows
+
+    planted = make_shop(tmp_path / "shop")
+    config = resolve(TrainConfig(dataset="imagefolder", data_root=str(tmp_path / "shop"), device="cpu"))
+    data = prepare_data(config, torch.device("cpu"), needs_clean_pool=False)
+    apples = torch.nonzero(data.train_set.labels == 0).flatten()  # apple/: 60 apples and the 15 planted files
+    rows = set_aside_rows(config, data, apples, "dropped")
+    assert rows[0] == ["index", "file", "label", "set_aside"]  # own images: no truth column
+    assert len(rows) == 1 + 75 and {Path(r[1]).name for r in rows[1:]} >= {p.name for p in planted}
+    assert all(Path(r[1]).parent.name == r[2] == "apple" and r[3] == "dropped" for r in rows[1:])
+
+
 def test_predict_bad_input_is_one_line(mnist_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     run_dir = tmp_path / "run"

@@ -3,6 +3,7 @@
 Layout: config.yaml (resolved config + environment), log.csv (one row per epoch), metrics.json (final
 numbers, written last: its presence means the run finished), model.safetensors (weights, config in the
 metadata), split.safetensors (train / defense / poisoned indices into the original training set),
+set_aside.csv (a defense that sets training images aside: which, and what it did with them),
 state.json (running / interrupted / failed / finished), .lock (while a process writes it), checkpoint/
 (while it trains: training/checkpoint.py).
 Every file is written to a temporary name in the same directory, then renamed: a reader never sees half a file.
@@ -260,6 +261,12 @@ class RunDirectory:
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
         atomic_save_tensors(self.path / "model.safetensors", state_dict, {"config": json.dumps(dict(config))})
+
+    def write_set_aside(self, rows: list[list[Any]]) -> None:
+        """set_aside.csv: the training images the defense set aside, a header row then one row each."""
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        atomic_write_text(self.path / "set_aside.csv", buffer.getvalue())
 
     def save_split(self, tensors: Mapping[str, torch.Tensor]) -> None:
         atomic_save_tensors(self.path / "split.safetensors", tensors, {})

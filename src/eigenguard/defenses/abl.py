@@ -70,5 +70,8 @@ class ABL(Defense):
             augment=False,
             loss_fn=ascent_loss,
         )
-        report = {"isolation": ctx.precision_recall(isolated), "epochs": [iso_epochs, rest_epochs, unlearn_epochs]}
+        report = {
+            "isolation": ctx.set_aside(isolated, "isolated and unlearned"),
+            "epochs": [iso_epochs, rest_epochs, unlearn_epochs],
+        }
         return model, report

@@ -32,6 +32,16 @@ class DefenseContext:
     clean_pool: ImageDataset
     poison_indices: torch.Tensor  # ground truth, into train_set: reports only
     backdoored: Callable[[], nn.Module]  # the no-defense model of this config (needs_backdoored), cached
+    # the training images the defense set aside (indices into train_set) and what it did with them: the run
+    # directory lists them (set_aside.csv), so a user sees which of their images were judged poisoned
+    set_aside_indices: torch.Tensor | None = None
+    set_aside_how: str = ""
+
+    def set_aside(self, indices: torch.Tensor, how: str) -> dict[str, float | int]:
+        """Record the training images the defense sets aside (`how`: what it does with them) for the run
+        directory; returns their precision and recall (`precision_recall`) for the report."""
+        self.set_aside_indices, self.set_aside_how = indices.cpu().unique(), how
+        return self.precision_recall(indices)
 
     def precision_recall(self, flagged: torch.Tensor) -> dict[str, float | int]:
         """How well a set of flagged training indices matches the poisoned ones (for reports)."""

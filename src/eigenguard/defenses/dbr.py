@@ -89,5 +89,5 @@ class DBR(SensitivitySplit):
         del sd_model
         model = ctx.backdoored()
         self.remove(model, ctx.train_set.subset(clean), ctx.train_set.subset(poisoned), ctx)
-        split = {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.precision_recall(poisoned)}
+        split = {"clean_split": ctx.precision_recall(clean), "poison_split": ctx.set_aside(poisoned, "unlearned")}
         return model, {**split, **sd_report}

@@ -82,7 +82,7 @@ class InversionRetraining(Defense):
             model = ctx.backdoored()
         report = dict(detection.report)
         report |= {
-            "split": ctx.precision_recall(detection.flagged),
+            "split": ctx.set_aside(detection.flagged, "dropped before the retraining"),
             "trained_on": int(keep.sum()),
             "oversampled": extra,
             "retrained": retrained,

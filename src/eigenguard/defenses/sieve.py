@@ -61,7 +61,7 @@ class Sieve(Defense):
         flagged = torch.nonzero(split.mask).flatten()
         report |= {
             "estimated_target": split.target,
-            "split": ctx.precision_recall(flagged),
+            "split": ctx.set_aside(flagged, "dropped" if self.flagged == "drop" else "relabelled by the guard"),
             "loss_auroc": ctx.auroc(losses),
         }
         keep = torch.ones(len(train), dtype=torch.bool, device=train.images.device)

@@ -52,4 +52,4 @@ class SpectralSignatures(Defense):
         del backdoored, rows
         model = t.new_model()
         t.fit(model, ctx.train_set.subset(torch.nonzero(keep).flatten()), epochs=ctx.config.epochs, phase="retrain")
-        return model, {"removal": ctx.precision_recall(removed)}
+        return model, {"removal": ctx.set_aside(removed, "dropped before the retraining")}

@@ -18,8 +18,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from eigenguard.config import DEFENSE_NONE, DETECTOR_NONE, TrainConfig
+from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, DETECTOR_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.image_folder import image_folder_files
 from eigenguard.defenses import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
@@ -194,6 +195,8 @@ def _train_in(
     t0 = time.perf_counter()
     model, report = defense.run(context)
     defense_seconds = time.perf_counter() - t0 - backdoored.get("seconds", 0.0)
+    if context.set_aside_indices is not None:
+        run.write_set_aside(set_aside_rows(config, data, context.set_aside_indices, context.set_aside_how))
 
     # -- 4. final numbers: the last fit's evaluation, or a fresh one after a post-training repair ----
     last = trainer.history[-1] if trainer.history else {}
@@ -273,6 +276,24 @@ def _train_in(
         table.add_row(label, "-" if value is None else f"{100 * value:.2f}%")
     console.print(table)
     return RunResult(run_dir=out, metrics=metrics, model=model, history=trainer.history)
+
+
+def set_aside_rows(config: TrainConfig, data: PreparedData, indices: torch.Tensor, how: str) -> list[list[Any]]:
+    """set_aside.csv's rows: each image's index into the training set (as a scan's suspects.csv counts), its
+    file (own images), its label, what the defense did with it, and whether it was poisoned (a planted
+    attack: the truth, for the reader only)."""
+    labels = data.train_set.labels.cpu()[indices]
+    files = None
+    if config.dataset == "imagefolder":  # the loader's labels, where no planted attack changed them
+        own = labels if config.attack.name == ATTACK_NONE else None
+        files = image_folder_files(config.data_root, data.split.train.cpu()[indices], own)
+    poisoned = set(data.poison_indices.cpu().tolist())
+    planted = config.attack.name != ATTACK_NONE
+    rows: list[list[Any]] = [["index", "file", "label", "set_aside", *(["poisoned"] if planted else [])]]
+    for n, (i, label) in enumerate(zip(indices.tolist(), labels.tolist(), strict=True)):
+        file = str(files[n]) if files else ""
+        rows.append([i, file, data.train_set.classes[label], how, *([int(i in poisoned)] if planted else [])])
+    return rows
 
 
 def cpu_name() -> str:
