@@ -218,7 +218,7 @@ def test_a_corrupt_checkpoint_is_named(mnist_root: Path, tmp_path: Path, monkeyp
     with monkeypatch.context() as m:
         interrupt_after(m, 1, 1)
         with pytest.raises(Interrupt):
-            train(config(shared_root, cut), progress=False)
+            train(config(mnist_root, cut), progress=False)
     (cut / "checkpoint" / "fit-1.step-1.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(EigenguardError, match=r"checkpoint .*fit-1\.step-1\.safetensors' is unreadable"):
         train(config(mnist_root, cut), progress=False, resume=True)
