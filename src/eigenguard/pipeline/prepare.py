@@ -7,6 +7,7 @@ are poisoned: split = seed, poison choice = seed + 1, trigger = seed, the defend
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from eigenguard.cache import fingerprint
 from eigenguard.config import ATTACK_NONE, TrainConfig
 from eigenguard.data import data_dir, load_dataset
 from eigenguard.data.image_dataset import ImageDataset
+from eigenguard.data.image_folder import image_folder_files
 from eigenguard.data.split import DefenseSplit, defense_split
 from eigenguard.data.transforms import Normalize
 from eigenguard.errors import EigenguardError
@@ -109,3 +111,14 @@ def prepare_data(
         poisoned.poison_indices.cpu(),
         poisoned.cross_indices.cpu(),
     )
+
+
+def training_files(config: TrainConfig, data: PreparedData, rows: torch.Tensor | None = None) -> list[Path] | None:
+    """The files of the training images at `rows` (indices into train_set; default every one) of a user's
+    image folder, checked against the loader's labels where no planted attack changed them; None for a
+    benchmark dataset, which has no files."""
+    if config.dataset != "imagefolder":
+        return None
+    rows = torch.arange(len(data.train_set)) if rows is None else rows.cpu()
+    own = data.train_set.labels.cpu()[rows] if config.attack.name == ATTACK_NONE else None
+    return image_folder_files(config.data_root, data.split.train.cpu()[rows], own)

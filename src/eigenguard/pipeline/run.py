@@ -20,7 +20,6 @@ from rich.table import Table
 
 from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, DETECTOR_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.data.image_folder import image_folder_files
 from eigenguard.defenses import Defense, DefenseContext
 from eigenguard.errors import EigenguardError
 from eigenguard.guard import find_guards
@@ -32,7 +31,7 @@ from eigenguard.pipeline.backdoored import (
     store_plain_run,
 )
 from eigenguard.pipeline.components import build_defense, resolve
-from eigenguard.pipeline.prepare import PreparedData, prepare_data
+from eigenguard.pipeline.prepare import PreparedData, prepare_data, training_files
 from eigenguard.run_directory import RunDirectory, check_new_run_dir, check_resumable_run_dir, check_same_split
 from eigenguard.training.checkpoint import Checkpoints
 from eigenguard.training.trainer import Trainer
@@ -283,10 +282,7 @@ def set_aside_rows(config: TrainConfig, data: PreparedData, indices: torch.Tenso
     file (own images), its label, what the defense did with it, and whether it was poisoned (a planted
     attack: the truth, for the reader only)."""
     labels = data.train_set.labels.cpu()[indices]
-    files = None
-    if config.dataset == "imagefolder":  # the loader's labels, where no planted attack changed them
-        own = labels if config.attack.name == ATTACK_NONE else None
-        files = image_folder_files(config.data_root, data.split.train.cpu()[indices], own)
+    files = training_files(config, data, indices)
     poisoned = set(data.poison_indices.cpu().tolist())
     planted = config.attack.name != ATTACK_NONE
     rows: list[list[Any]] = [["index", "file", "label", "set_aside", *(["poisoned"] if planted else [])]]

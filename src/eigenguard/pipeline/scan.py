@@ -34,14 +34,13 @@ from rich.console import Console
 
 from eigenguard.config import ATTACK_NONE, DEFENSE_NONE, DETECTOR_NONE, TrainConfig
 from eigenguard.data.image_dataset import ImageDataset
-from eigenguard.data.image_folder import image_folder_files
 from eigenguard.defenses.base import auroc
 from eigenguard.detectors import DETECTORS, Detection, DetectionContext
 from eigenguard.detectors.base import TARGET_LIFT, score_lift, share_lift
 from eigenguard.errors import EigenguardError
 from eigenguard.pipeline.backdoored import backdoored_entry, load_or_train_backdoored
 from eigenguard.pipeline.components import resolve
-from eigenguard.pipeline.prepare import prepare_data
+from eigenguard.pipeline.prepare import prepare_data, training_files
 from eigenguard.pipeline.run import resolve_device, train
 from eigenguard.run_directory import atomic_write_bytes, atomic_write_text, check_new_run_dir
 from eigenguard.training.evaluate import eval_logits
@@ -72,10 +71,7 @@ def scan(config: TrainConfig, out: Path, *, progress: bool = True, console: Cons
     check_new_run_dir(out)
     device = resolve_device(config.device)
     data = prepare_data(config, device, needs_clean_pool=False, say=lambda line: console.print(line, markup=False))
-    files = None
-    if config.dataset == "imagefolder":  # the loader's labels, where no planted attack changed them
-        labels = data.train_set.labels.cpu() if config.attack.name == ATTACK_NONE else None
-        files = image_folder_files(config.data_root, data.split.train, labels)
+    files = training_files(config, data)
     console.print(
         f"[bold]scan[/] {config.dataset} ({len(data.train_set)} training images"
         + (
