@@ -559,7 +559,7 @@ def test_adap_patch_quarters_get_one_trigger_each_and_the_test_trigger_is_pasted
 
 
 def test_input_aware_networks_and_losses() -> None:
-    from eigenguard.attacks.input_aware import TriggerGenerator, diversity, threshold
+    from eigenguard.attacks.input_aware import TriggerGenerator, diversity, rms, threshold
 
     for channels, width, steps in ((1, 16, 2), (3, 32, 3)):
         g = TriggerGenerator(channels, channels, width, steps)
@@ -568,6 +568,13 @@ def test_input_aware_networks_and_losses() -> None:
     assert threshold(torch.tensor(0.4)) < 0.02 and threshold(torch.tensor(0.6)) > 0.98
     a, b = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
     assert diversity(a, b, a, 0.5 * b).item() == pytest.approx(2.0, rel=1e-5)  # |a-b| = 1, |pa-pb| = 0.5
+    # two identical patterns (a saturated generator): a finite gradient, where sqrt's at 0 gave NaN weights
+    pattern = torch.full((3, 1, 2, 2), 0.7, requires_grad=True)
+    diversity(a, b, pattern, pattern.detach().clone()).backward()
+    assert torch.isfinite(pattern.grad).all()
+    # at any real distance the floor under the root changes nothing, to the last bit
+    x, y = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.rand(64, 1, 28, 28)
+    assert torch.equal(rms(x - y), (x - y).pow(2).flatten(1).mean(1).sqrt())
 
 
 def test_input_aware_poisons_carry_their_own_trigger_and_cross_samples_anothers(tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ generators). The surrogate C is a quarter-width ResNet-18 of our zoo; the budget
 (official 25 + 575), an attacker's choice on a CPU. G and M are cached under <cache>/input-aware/ by a
 hash of the training set, the seed, every option but cross_ratio (poisoning, not training) and the device
 type, so a sweep over cross_ratio trains them once; they are not checkpointed within
-their training (a killed run trains them again).
+their training (a killed run trains them again). The RMS distances carry a floor of 1e-12 under the root (a
+floor we add): two identical patterns otherwise give NaN weights, and a loss that turns non-finite stops the
+run with an error instead of poisoning with NaN triggers.
 """
 
 import json
@@ -81,11 +83,15 @@ def threshold(m: torch.Tensor) -> torch.Tensor:
     return torch.tanh(20 * m - 10) / (2 + EPS) + 0.5
 
 
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Each row's root mean square; the floor under the root is below float32's step at any real distance,
+    and keeps two identical patterns (a saturated tanh) from sqrt's infinite gradient at 0, which is NaN."""
+    return (x.pow(2).flatten(1).mean(1) + 1e-12).sqrt()
+
+
 def diversity(a: torch.Tensor, b: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
     """mean(RMS(a - b) / RMS(pa - pb)): different inputs must get different patterns (or masks)."""
-    d_in = (a - b).pow(2).flatten(1).mean(1).sqrt()
-    d_out = (pa - pb).pow(2).flatten(1).mean(1).sqrt()
-    return (d_in / (d_out + EPS)).mean()
+    return (rms(a - b) / (rms(pa - pb) + EPS)).mean()
 
 
 @component
@@ -174,6 +180,7 @@ class InputAware(Attack):
                 opt_m.step()
                 total_loss, steps = total_loss + loss.detach(), steps + 1  # summed on the device: no sync a step
             sched_m.step()
+            self._finite(total_loss, "mask", epoch)
             self.say(
                 f"input-aware mask {epoch:>3}/{self.mask_epochs}  loss {float(total_loss) / max(steps, 1):.4f}  "
                 f"({time.perf_counter() - started:.1f}s)"
@@ -206,6 +213,7 @@ class InputAware(Attack):
                 opt_c.step(), opt_g.step()
                 correct += (logits.argmax(1)[:n_bd] == self.target).sum()
                 total, total_loss, steps = total + n_bd, total_loss + loss.detach(), steps + 1
+            self._finite(total_loss, "generator", epoch)
             self.report["surrogate_train_asr"] = round(int(correct) / max(total, 1), 4)
             self.say(
                 f"input-aware generator {epoch:>3}/{self.generator_epochs}  "
@@ -213,6 +221,12 @@ class InputAware(Attack):
                 f"surrogate ASR {int(correct) / max(total, 1):.1%}  ({time.perf_counter() - started:.1f}s)"
             )
         self.pattern_net, self.mask_net = pattern.eval(), mask
+
+    @staticmethod
+    def _finite(total_loss: torch.Tensor, phase: str, epoch: int) -> None:
+        # a NaN weight makes every trigger NaN, stored as 0: black images that "implant" trivially
+        if not torch.isfinite(total_loss):
+            raise EigenguardError(f"input-aware: the {phase} training's loss is {float(total_loss)} at epoch {epoch}")
 
     def _trained(self, train: ImageDataset) -> None:
         """G and M from the cache, or trained (and stored) first."""
