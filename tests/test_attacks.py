@@ -572,7 +572,7 @@ def test_input_aware_networks_and_losses() -> None:
     pattern = torch.full((3, 1, 2, 2), 0.7, requires_grad=True)
     diversity(a, b, pattern, pattern.detach().clone()).backward()
     assert torch.isfinite(pattern.grad).all()
-    # at any real distance the floor under the root changes nothing, to the last bit
+    # above the floor, value (and gradient) are exactly the unfloored ones, to the last bit
     x, y = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.rand(64, 1, 28, 28)
     assert torch.equal(rms(x - y), (x - y).pow(2).flatten(1).mean(1).sqrt())
 

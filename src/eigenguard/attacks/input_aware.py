@@ -26,8 +26,8 @@ generators). The surrogate C is a quarter-width ResNet-18 of our zoo; the budget
 (official 25 + 575), an attacker's choice on a CPU. G and M are cached under <cache>/input-aware/ by a
 hash of the training set, the seed, every option but cross_ratio (poisoning, not training) and the device
 type, so a sweep over cross_ratio trains them once; they are not checkpointed within
-their training (a killed run trains them again). The RMS distances carry a floor of 1e-12 under the root (a
-floor we add): two identical patterns otherwise give NaN weights, and a loss that turns non-finite stops the
+their training (a killed run trains them again). The RMS distances' squares are floored at 1e-12 (a floor
+we add): two identical patterns otherwise give NaN weights, and a loss that turns non-finite stops the
 run with an error instead of poisoning with NaN triggers.
 """
 
@@ -84,9 +84,10 @@ def threshold(m: torch.Tensor) -> torch.Tensor:
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:
-    """Each row's root mean square; the floor under the root is below float32's step at any real distance,
-    and keeps two identical patterns (a saturated tanh) from sqrt's infinite gradient at 0, which is NaN."""
-    return (x.pow(2).flatten(1).mean(1) + 1e-12).sqrt()
+    """Each row's root mean square, its square floored at 1e-12: two identical patterns (a saturated tanh)
+    otherwise meet sqrt's infinite gradient at 0, which is NaN. Above the floor, value and gradient are
+    exactly sqrt's."""
+    return x.pow(2).flatten(1).mean(1).clamp_min(1e-12).sqrt()
 
 
 def diversity(a: torch.Tensor, b: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
