@@ -94,6 +94,7 @@ def test_list(tmp_path: Path) -> None:
     assert "    k = 20  [a whole number >= 1]  top singular directions" in proc.stdout  # options, ranges, help
     assert "    momentum = 0.7  [a number [0, 1)]" in proc.stdout
     assert "dimension-edit" in proc.stdout
+    assert "  recommended: a preset, inversion with along = 'principal', confirm = 'any'" in proc.stdout
 
 
 def test_help_fits_a_screen_and_config_lists_every_setting(tmp_path: Path) -> None:

@@ -73,6 +73,14 @@ def test_components_own_their_options() -> None:
     assert resolved({"attack": "clb"}).poison_rate == 0.8
 
 
+def test_the_recommended_preset_is_the_defense_it_names() -> None:
+    explicit = resolved({"defense": {"name": "inversion", "along": "principal", "confirm": "any"}})
+    assert resolved({"defense": "recommended"}) == explicit  # one config, one cache key, one result
+    assert resolved({"defense": "recommended"}, {"defense.confirm": "split"}).defense.options["confirm"] == "split"
+    with pytest.raises(EigenguardError, match=r"allowed: abl, .*, recommended"):
+        resolved({"defense": "recomended"})
+
+
 @pytest.mark.parametrize(
     ("settings", "pattern"),
     [

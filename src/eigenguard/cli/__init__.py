@@ -140,7 +140,7 @@ def list_components() -> None:
     from eigenguard.attacks import ATTACKS
     from eigenguard.config import PROFILES
     from eigenguard.data import DATASETS
-    from eigenguard.defenses import DEFENSES
+    from eigenguard.defenses import DEFENSES, PRESETS
     from eigenguard.detectors import DETECTORS
     from eigenguard.models import MODELS
 
@@ -148,7 +148,7 @@ def list_components() -> None:
         ("datasets", DATASETS.names()),
         ("models", MODELS.names()),
         ("attacks", ["none", *ATTACKS.names()]),
-        ("defenses", DEFENSES.names()),
+        ("defenses", [*DEFENSES.names(), *PRESETS]),
         ("detectors", DETECTORS.names()),
         ("profiles", list(PROFILES)),
     ):
@@ -166,6 +166,9 @@ def list_components() -> None:
                  cls.needs_backdoored)) if flag]  # fmt: skip
         typer.echo(f"  {name}" + (f" (needs {' and '.join(needs)})" if needs else ""))
         _echo_options(DEFENSES, name)
+    for name, preset in PRESETS.items():
+        fixed = ", ".join(f"{k} = {v!r}" for k, v in preset.items() if k != "name")
+        typer.echo(f"  {name}: a preset, {preset['name']} with {fixed}")
     typer.echo("detector options (eigenguard scan --detector NAME --set detector.KEY=VALUE):")
     for name in DETECTORS.names():
         typer.echo(f"  {name}")

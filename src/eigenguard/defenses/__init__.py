@@ -9,6 +9,7 @@ Post-training, repairing the cached backdoored model: ft, anp, fp, nad, clp (dat
 data: finds the poisons by their features' sensitivity). Each declares what it needs (`needs_clean_pool`,
 `needs_backdoored`: base.py) and owns its options (`eigenguard list`).
 Analysis (Figure 1 of the paper, not a defense): dimension-edit.
+Presets: `recommended` names the defense and options this project recommends (docs/results/clean-model.md).
 """
 
 from typing import Any
@@ -41,6 +42,12 @@ for _cls in (
     DEFENSES.register(_cls.name)(_cls)
 
 
+# A preset is a defense's name with options fixed; resolve() expands it and a user's options go on top.
+PRESETS: dict[str, dict[str, Any]] = {
+    "recommended": {"name": "inversion", "along": "principal", "confirm": "any"},
+}
+
+
 def defense_options(name: str) -> dict[str, Any]:
     """The options a defense accepts (`defense: {name: ..., KEY: VALUE}`, `--set defense.KEY=VALUE`), with
     their defaults."""
@@ -52,4 +59,4 @@ def create_defense(name: str, **options: Any) -> Defense:
     return DEFENSES.create(name, **options)
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseContext", "create_defense", "defense_options"]
+__all__ = ["DEFENSES", "PRESETS", "Defense", "DefenseContext", "create_defense", "defense_options"]

@@ -15,7 +15,7 @@ from typing import Any
 from eigenguard.attacks import ATTACKS
 from eigenguard.config import ATTACK_NONE, DETECTOR_NONE, PAPER_DEFENSE_FRACTION, Component, TrainConfig, make_config
 from eigenguard.data import DATASETS
-from eigenguard.defenses import DEFENSES, Defense
+from eigenguard.defenses import DEFENSES, PRESETS, Defense
 from eigenguard.detectors import DETECTORS
 from eigenguard.errors import EigenguardError
 from eigenguard.models import MODELS, create_model
@@ -38,10 +38,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if config.poison_rate is None:
             updates["poison_rate"] = ATTACKS.get(attack.name).default_rate
     defense = config.defense
+    if defense.name in PRESETS:
+        preset = dict(PRESETS[defense.name])
+        defense = Component(name=preset.pop("name"), **{**preset, **defense.options})
     if defense.name not in DEFENSES:
-        raise EigenguardError(
-            f"invalid defense = {defense.name!r}: unknown defense; allowed: {', '.join(DEFENSES.names())}"
-        )
+        allowed = ", ".join([*DEFENSES.names(), *PRESETS])
+        raise EigenguardError(f"invalid defense = {defense.name!r}: unknown defense; allowed: {allowed}")
     updates["defense"] = Component(name=defense.name, **DEFENSES.complete(defense.name, defense.options))
     instance = DEFENSES.create(defense.name, **updates["defense"].options)  # the defense's own checks
     if config.defense_fraction is None:  # a user's own images are held back only for a defense that needs them
