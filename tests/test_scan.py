@@ -131,6 +131,18 @@ def test_own_images_scan_clean_train_predict(tmp_path: Path) -> None:
     model = load_model(run_dir)
     assert model.classes == list(COLOURS) and not model.training
 
+    # or the recommended defense on the folder as it is: it sets the planted files aside by itself
+    defended = tmp_path / "defended"
+    args = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "shop"), "--out", str(defended), *tiny,
+            "--defense", "recommended", "--set", "defense.steps=30"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    aside = {Path(r["file"]).name for r in csv.DictReader((defended / "set_aside.csv").open())}
+    assert len(aside & {p.name for p in planted}) >= len(planted) - 3 and len(aside) < 60
+    result = runner.invoke(app, ["predict", str(defended), str(new), "--out", str(tmp_path / "d.csv")])
+    assert result.exit_code == 0, result.output
+    assert {Path(r["file"]).stem: r["class"] for r in csv.DictReader((tmp_path / "d.csv").open())} == predicted
+
 
 def test_set_aside_rows_name_a_folders_files(tmp_path: Path) -> None:
     from eigenguard import TrainConfig, resolve
