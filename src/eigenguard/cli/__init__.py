@@ -32,7 +32,7 @@ def train(
     width: Annotated[float | None, Opt(help="channel-width multiplier")] = None,
     attack: Annotated[str | None, Opt(help="attack name, or none")] = None,
     poison_rate: Annotated[float | None, Opt(help="poisoned fraction")] = None,
-    defense: Annotated[str | None, Opt(help="defense name (default none)")] = None,
+    defense: Annotated[str | None, Opt(help="defense name, or recommended (default none)")] = None,
     epochs: Annotated[int | None, Opt(help="training epochs")] = None,
     seed: Annotated[int | None, Opt(help="master seed")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N")] = None,
