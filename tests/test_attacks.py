@@ -559,7 +559,7 @@ def test_adap_patch_quarters_get_one_trigger_each_and_the_test_trigger_is_pasted
 
 
 def test_input_aware_networks_and_losses() -> None:
-    from eigenguard.attacks.input_aware import TriggerGenerator, diversity, rms, threshold
+    from eigenguard.attacks.input_aware import InputAware, TriggerGenerator, diversity, rms, threshold
 
     for channels, width, steps in ((1, 16, 2), (3, 32, 3)):
         g = TriggerGenerator(channels, channels, width, steps)
@@ -572,6 +572,8 @@ def test_input_aware_networks_and_losses() -> None:
     pattern = torch.full((3, 1, 2, 2), 0.7, requires_grad=True)
     diversity(a, b, pattern, pattern.detach().clone()).backward()
     assert torch.isfinite(pattern.grad).all()
+    with pytest.raises(EigenguardError, match="input-aware: the generator training's loss is nan at epoch 19"):
+        InputAware._finite(torch.tensor(float("nan")), "generator", 19)  # never NaN triggers, stored as black
     # above the floor, value (and gradient) are exactly the unfloored ones, to the last bit
     x, y = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.rand(64, 1, 28, 28)
     assert torch.equal(rms(x - y), (x - y).pow(2).flatten(1).mean(1).sqrt())
