@@ -17,6 +17,7 @@ first three of seed 0:
   counts that model's training time (`sieve_seconds`) as if it had trained it;
 - over seeds 0-2 (study-queue.json holds the no-defense runs of seeds 1 and 2): mean +- sample standard
   deviation of ACC and ASR of no defense and of every new defense with more than one seed.
+Then the candidate's three-seed rows, and its seed-0 stress cells (other rates, targets and attacks).
 `·` marks a cell that has not run.
 """
 
@@ -396,6 +397,38 @@ def candidate_table(seeds: dict[int, Cells]) -> str:
     return markdown_table(header, rows) if rows else "(the candidate has not run)"
 
 
+SIX = ("badnets", "blend", "sig", "wanet", "bpp", "input-aware")  # the shipping bar's attacks
+
+
+def stress_table(paths: list[Path]) -> str:
+    """The candidate's seed-0 cells outside the shipping bar's six attacks at their own rate into class 0:
+    another rate or target, and the attacks the bar leaves out. ACC / ASR, the plain model it read, the
+    class it named and by which test, its split against the truth, its cost at its own pace."""
+    rows = []
+    for path in paths:
+        for c in json.loads(path.read_text())["cells"]:
+            cfg, m = c["config"], c["metrics"]
+            attack, rate, target = cfg["attack"]["name"], cfg.get("poison_rate"), cfg.get("target", 0)
+            if c["status"] != "done" or cfg["seed"] != 0 or cfg.get("detector", {}).get("name", "none") != "none":
+                continue
+            if variant(cfg["defense"]) != CANDIDATE or attack == "none":
+                continue
+            if attack in SIX and rate == RATES.get(attack, 0.1) and target == 0:
+                continue
+            report = m.get("defense_report") or {}
+            setting = f"{ATTACKS.get(attack, attack)}, {rate:g}" + (f", into class {target}" if target else "")
+            guess = report.get("estimated_target")
+            named = "nothing" if guess is None else f"class {guess} ({report.get('named_by')})"
+            split = report.get("split") or {}
+            text = f"{split['flagged']:,}, P {pct(split['precision'])} R {pct(split['recall'])}" if split else "·"
+            paced = own_pace_cost(c)
+            cost = "resumed: not timed" if resumed(c) else f"{paced[1]:.2f}x" if paced else "no retraining"
+            plain = f"{pct(m['backdoored_acc'])} / {pct(m['backdoored_asr'])}"
+            rows.append([setting, plain, f"{pct(m['acc'])} / {pct(m['asr'])}", named, text, cost])
+    header = ["attack, rate", "no defense (the model read)", "recommended", "named", "flagged, P, R", "cost"]
+    return markdown_table(header, rows) if rows else "(no stress cell has run)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grids", type=Path, nargs="+", help="exported grids (JSON), merged in order")
@@ -409,7 +442,8 @@ def main() -> None:
     print(split_table(cells), end="\n\n")
     print(spend_tables(cells), end="\n\n")
     print(seeds_table(seeds), end="\n\n")
-    print(candidate_table(seeds))
+    print(candidate_table(seeds), end="\n\n")
+    print(stress_table(args.grids))
 
 
 if __name__ == "__main__":

@@ -303,7 +303,12 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     # recorded before runs said so: its own fits' epochs (360 s) outlast its wall time, as only a resumed run's do
     old = {**short, "config": {**short["config"], "attack": {"name": "sig"}, "poison_rate": 0.8}}
     old["metrics"] = {**short["metrics"], "defense_seconds": 300.0}
-    queue += [inverted, kept, either, short, clean, named, again, old]
+    # the candidate at 25% poisoning: a stress cell, in its own table only
+    heavy = cell("badnets", {**reach, "confirm": "any"}, 0.86, 0.03, {**sieve_report, "named_by": "reach"}, rate=0.25)
+    heavy["metrics"]["defense_report"]["trained_on"] = 15000
+    heavy["metrics"] |= {"backdoored_acc": 0.89, "backdoored_asr": 1.0, "epochs": 12, "train_images": 20000}
+    heavy["log"] = inverted["log"]
+    queue += [inverted, kept, either, short, clean, named, again, old, heavy]
     paths = []
     for name, cells in (("main", main), ("queue", queue)):
         paths.append(tmp_path / f"{name}.json")
@@ -340,6 +345,9 @@ def test_clean_model_tables_merge_variants_splits_and_spend(tmp_path: Path) -> N
     seeds = out.split("| attack | none | outlier sieve, widened, 6-epoch guard |")[1]
     assert "| BadNets | 85.0 +- 7.1 / 95.0 +- 7.1 (2) | 87.0 +- 1.4 / 0.8 +- 0.1 (2) |" in seeds
     assert "50.0" not in out  # the 1% cell is not the quick profile's setting
+    stress = out.split("| attack, rate | no defense (the model read) | recommended | named | flagged, P, R | cost |")[1]
+    assert "| BadNets, 0.25 | 89.0 / 100.0 | 86.0 / 3.0 | class 0 (reach) | 2,100, P 90.0 R 95.0 | 1.94x |" in stress
+    assert out.count("86.0 / 3.0") == 1 and "Input-aware" not in stress  # seed 1's cell: not a stress cell
     missing = subprocess.run([*script, str(tmp_path / "nowhere.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
