@@ -126,21 +126,32 @@ def inversion_column(options: dict[str, Any]) -> str:
     return column + (f"-read{options['read_epochs']}" if options.get("read_epochs") else "")
 
 
-def load(paths: list[Path]) -> dict[int, Cells]:
-    """seed -> (attack, column) -> finished cell of the quick profile's setting (an attack's own poisoning
-    rate; CLB in its working setting); a later file's cell replaces an earlier one's."""
-    seeds: dict[int, Cells] = {}
+def trainings(paths: list[Path]) -> list[dict[str, Any]]:
+    """The files' finished training cells of the quick profile (a scan is detection.md's), in order."""
+    cells = []
     for path in paths:
         for c in json.loads(path.read_text())["cells"]:
             cfg = c["config"]
-            attack = cfg["attack"]["name"]
             if c["status"] != "done" or cfg.get("train_subset") != 20000 or cfg.get("epochs") != 12:
                 continue
-            if cfg.get("poison_rate") != RATES.get(attack, 0.1) or cfg.get("target", 0) != 0:
-                continue
-            if cfg.get("detector", {}).get("name", "none") != "none":  # a scan: detection.md's
-                continue
-            seeds.setdefault(cfg["seed"], {})[attack, variant(cfg["defense"])] = c
+            if cfg.get("detector", {}).get("name", "none") == "none":
+                cells.append(c)
+    return cells
+
+
+def own_setting(cfg: dict[str, Any]) -> bool:
+    """Whether a cell ran its attack's own poisoning rate (CLB: its working setting) into class 0."""
+    return cfg.get("poison_rate") == RATES.get(cfg["attack"]["name"], 0.1) and cfg.get("target", 0) == 0
+
+
+def load(paths: list[Path]) -> dict[int, Cells]:
+    """seed -> (attack, column) -> finished cell of the quick profile's setting; a later file's cell
+    replaces an earlier one's."""
+    seeds: dict[int, Cells] = {}
+    for c in trainings(paths):
+        cfg = c["config"]
+        if own_setting(cfg):
+            seeds.setdefault(cfg["seed"], {})[cfg["attack"]["name"], variant(cfg["defense"])] = c
     return seeds
 
 
@@ -405,26 +416,23 @@ def stress_table(paths: list[Path]) -> str:
     another rate or target, and the attacks the bar leaves out. ACC / ASR, the plain model it read, the
     class it named and by which test, its split against the truth, its cost at its own pace."""
     rows = []
-    for path in paths:
-        for c in json.loads(path.read_text())["cells"]:
-            cfg, m = c["config"], c["metrics"]
-            attack, rate, target = cfg["attack"]["name"], cfg.get("poison_rate"), cfg.get("target", 0)
-            if c["status"] != "done" or cfg["seed"] != 0 or cfg.get("detector", {}).get("name", "none") != "none":
-                continue
-            if variant(cfg["defense"]) != CANDIDATE or attack == "none":
-                continue
-            if attack in SIX and rate == RATES.get(attack, 0.1) and target == 0:
-                continue
-            report = m.get("defense_report") or {}
-            setting = f"{ATTACKS.get(attack, attack)}, {rate:g}" + (f", into class {target}" if target else "")
-            guess = report.get("estimated_target")
-            named = "nothing" if guess is None else f"class {guess} ({report.get('named_by')})"
-            split = report.get("split") or {}
-            text = f"{split['flagged']:,}, P {pct(split['precision'])} R {pct(split['recall'])}" if split else "·"
-            paced = own_pace_cost(c)
-            cost = "resumed: not timed" if resumed(c) else f"{paced[1]:.2f}x" if paced else "no retraining"
-            plain = f"{pct(m['backdoored_acc'])} / {pct(m['backdoored_asr'])}"
-            rows.append([setting, plain, f"{pct(m['acc'])} / {pct(m['asr'])}", named, text, cost])
+    for c in trainings(paths):
+        cfg, m = c["config"], c["metrics"]
+        attack, rate, target = cfg["attack"]["name"], cfg.get("poison_rate"), cfg.get("target", 0)
+        if cfg["seed"] != 0 or variant(cfg["defense"]) != CANDIDATE or attack == "none":
+            continue
+        if attack in SIX and own_setting(cfg):
+            continue
+        report = m.get("defense_report") or {}
+        setting = f"{ATTACKS.get(attack, attack)}, {rate:g}" + (f", into class {target}" if target else "")
+        guess = report.get("estimated_target")
+        named = "nothing" if guess is None else f"class {guess} ({report.get('named_by')})"
+        split = report.get("split") or {}
+        text = f"{split['flagged']:,}, P {pct(split['precision'])} R {pct(split['recall'])}" if split else "·"
+        paced = own_pace_cost(c)
+        cost = "resumed: not timed" if resumed(c) else f"{paced[1]:.2f}x" if paced else "no retraining"
+        plain = f"{pct(m['backdoored_acc'])} / {pct(m['backdoored_asr'])}"
+        rows.append([setting, plain, f"{pct(m['acc'])} / {pct(m['asr'])}", named, text, cost])
     header = ["attack, rate", "no defense (the model read)", "recommended", "named", "flagged, P, R", "cost"]
     return markdown_table(header, rows) if rows else "(no stress cell has run)"
 
